@@ -1,0 +1,184 @@
+//! `flotilla bench submit`: submit throughput and latency against a 3-replica cluster.
+//!
+//! Each point runs `in_flight` concurrent submitters, each sending batches of `batch` tasks
+//! through the client library (one idempotency key per task, as in production), until
+//! `--tasks` tasks are acknowledged or `--secs` pass. Every acknowledgement means committed on
+//! a quorum, fsynced, and applied. Prints a table; `--out FILE` writes a JSON array.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
+use flotilla_client::{Client, TaskSpec};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::commands::Ctx;
+use crate::payload::CommandPayload;
+
+#[derive(Subcommand)]
+pub enum BenchCmd {
+    /// Submit throughput and latency with 1 and 64 requests in flight, batches of 1 and 100.
+    Submit(SubmitBench),
+}
+
+#[derive(Args)]
+pub struct SubmitBench {
+    /// Tasks to submit per point, at most.
+    #[arg(long, default_value_t = 200_000)]
+    tasks: u64,
+    /// Seconds per point, at most.
+    #[arg(long, default_value_t = 8.0)]
+    secs: f64,
+    /// Requests in flight to measure (comma separated).
+    #[arg(long, default_value = "1,64", value_delimiter = ',')]
+    in_flight: Vec<usize>,
+    /// Batch sizes to measure (comma separated).
+    #[arg(long, default_value = "1,100", value_delimiter = ',')]
+    batch: Vec<usize>,
+    /// Write the points as a JSON array to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Point {
+    scenario: &'static str,
+    in_flight: usize,
+    batch: usize,
+    tasks: u64,
+    secs: f64,
+    tasks_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
+    match cmd {
+        BenchCmd::Submit(args) => submit(ctx, args).await,
+    }
+}
+
+async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
+    if !(args.secs.is_finite() && args.secs > 0.0) {
+        bail!("invalid --secs {}: must be positive", args.secs);
+    }
+    if args.in_flight.contains(&0) || args.batch.contains(&0) {
+        bail!("invalid --in-flight/--batch: values must be at least 1");
+    }
+    if args
+        .batch
+        .iter()
+        .any(|b| *b > flotilla_core::Limits::MAX_BATCH_TASKS)
+    {
+        bail!(
+            "invalid --batch: at most {}",
+            flotilla_core::Limits::MAX_BATCH_TASKS
+        );
+    }
+    // Keep the cluster (and its temp dir) alive for the whole run.
+    let mut _own = None;
+    let client = match ctx.cluster_given {
+        true => Client::new(ctx.cluster.split(',')).context("invalid --cluster")?,
+        false => {
+            let dir = tempfile::tempdir().context("temp dir")?;
+            let bin = std::env::current_exe().context("locating the flotilla binary")?;
+            let mut cluster = LocalCluster::new(&bin, 3, dir.path(), ReplicaOptions::default())?;
+            cluster.start_all()?;
+            cluster
+                .wait_for_leader(Duration::from_secs(20))
+                .await
+                .map_err(anyhow::Error::msg)?;
+            eprintln!(
+                "started a 3-replica cluster on {}",
+                cluster.addrs().join(",")
+            );
+            let client = cluster.client();
+            _own = Some((cluster, dir));
+            client
+        }
+    };
+    let mut points = Vec::new();
+    for &batch in &args.batch {
+        for &in_flight in &args.in_flight {
+            let p = run_point(&client, in_flight, batch, args.tasks, args.secs).await?;
+            eprintln!(
+                "in_flight={:<3} batch={:<4} {:>10.0} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                p.in_flight, p.batch, p.tasks_per_sec, p.p50_ms, p.p99_ms
+            );
+            points.push(p);
+        }
+    }
+    println!(
+        "{:<9} {:>9} {:>6} {:>10} {:>8} {:>12} {:>9} {:>9}",
+        "scenario", "in_flight", "batch", "tasks", "secs", "tasks/s", "p50_ms", "p99_ms"
+    );
+    for p in &points {
+        println!(
+            "{:<9} {:>9} {:>6} {:>10} {:>8.2} {:>12.0} {:>9.2} {:>9.2}",
+            p.scenario, p.in_flight, p.batch, p.tasks, p.secs, p.tasks_per_sec, p.p50_ms, p.p99_ms
+        );
+    }
+    let json = serde_json::to_string_pretty(&points)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{json}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_point(
+    client: &Client,
+    in_flight: usize,
+    batch: usize,
+    max_tasks: u64,
+    secs: f64,
+) -> Result<Point> {
+    let payload = CommandPayload {
+        argv: vec!["true".into()],
+    }
+    .encode();
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(secs);
+    let mut handles = Vec::new();
+    for _ in 0..in_flight {
+        let client = client.clone();
+        let done = done.clone();
+        let payload = payload.clone();
+        handles.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+            while Instant::now() < deadline && done.load(Ordering::Relaxed) < max_tasks {
+                let specs = (0..batch)
+                    .map(|_| TaskSpec::new("bench", payload.clone()))
+                    .collect();
+                let t0 = Instant::now();
+                client.submit(specs).await?;
+                hist.record(t0.elapsed().as_micros() as u64).ok();
+                done.fetch_add(batch as u64, Ordering::Relaxed);
+            }
+            Ok::<_, flotilla_client::ClientError>(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    for h in handles {
+        hist.add(h.await??).ok();
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let tasks = done.load(Ordering::Relaxed);
+    Ok(Point {
+        scenario: "submit",
+        in_flight,
+        batch,
+        tasks,
+        secs: elapsed,
+        tasks_per_sec: tasks as f64 / elapsed,
+        p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
+        p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
+    })
+}

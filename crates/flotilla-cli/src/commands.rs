@@ -1,0 +1,238 @@
+//! Client commands: submit, status, wait, cancel, list, cluster status.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use flotilla_client::{Client, ClientError, ListQuery, TaskId, TaskSpec, TaskState};
+use serde_json::Value;
+
+use crate::output::{status_json, status_text, task_json, task_text};
+use crate::payload::CommandPayload;
+
+/// Options every client command shares.
+pub struct Ctx {
+    pub cluster: String,
+    /// Whether the cluster came from --cluster or FLOTILLA_CLUSTER rather than the default.
+    pub cluster_given: bool,
+    pub json: bool,
+}
+
+impl Ctx {
+    fn client(&self) -> Result<Client> {
+        Client::new(self.cluster.split(',')).context("invalid --cluster")
+    }
+
+    fn print(&self, json: Value, text: String) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{text}");
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    /// Queue to submit to.
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// Priority, -1000..=1000 (higher runs first under the priority policy).
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// Idempotency key: resubmitting with the same key returns the original task.
+    #[arg(long)]
+    key: Option<String>,
+    /// Run only after this task succeeded (repeatable).
+    #[arg(long = "after", value_name = "ID")]
+    after: Vec<u64>,
+    /// Attempts before the task fails for good.
+    #[arg(long, default_value_t = flotilla_core::Limits::DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: u32,
+    /// Estimated run time in seconds (for shortest-job-first).
+    #[arg(long, value_name = "SECS")]
+    estimate: Option<f64>,
+    /// CPU needed, in millicores.
+    #[arg(long, value_name = "MILLI", default_value_t = 0)]
+    cpu: u32,
+    /// Memory needed, in MiB.
+    #[arg(long, value_name = "MB", default_value_t = 0)]
+    mem_mb: u32,
+    /// The command to run, after `--`.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
+    let mut spec = TaskSpec::new(args.queue, CommandPayload { argv: args.command }.encode());
+    spec.priority = args.priority;
+    spec.idempotency_key = args.key;
+    spec.depends_on = args.after.into_iter().map(TaskId).collect();
+    spec.max_attempts = args.max_attempts;
+    spec.resources.cpu_millis = args.cpu;
+    spec.resources.mem_mb = args.mem_mb;
+    if let Some(secs) = args.estimate {
+        if !(secs.is_finite() && secs >= 0.0) {
+            bail!("invalid --estimate {secs}: must be a non-negative number of seconds");
+        }
+        spec.estimate_ms = Some((secs * 1000.0) as u64);
+    }
+    let ids = ctx.client()?.submit(vec![spec]).await?;
+    let id = ids[0];
+    ctx.print(serde_json::json!({ "id": id.0 }), id.to_string());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    /// Task id.
+    id: u64,
+    /// Read from the asked replica without a leader round trip (may lag).
+    #[arg(long)]
+    stale: bool,
+}
+
+pub async fn status(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
+    let consistency = if args.stale {
+        flotilla_client::Consistency::Stale
+    } else {
+        flotilla_client::Consistency::Linearizable
+    };
+    let task = ctx.client()?.get_with(TaskId(args.id), consistency).await?;
+    ctx.print(task_json(&task), task_text(&task));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct WaitArgs {
+    /// Task id.
+    id: u64,
+    /// Give up after this many seconds (exit 2).
+    #[arg(long, default_value_t = 3600.0, value_name = "SECS")]
+    timeout: f64,
+}
+
+pub async fn wait(ctx: &Ctx, args: WaitArgs) -> Result<ExitCode> {
+    if !(args.timeout.is_finite() && args.timeout >= 0.0) {
+        bail!(
+            "invalid --timeout {}: must be a non-negative number of seconds",
+            args.timeout
+        );
+    }
+    let task = ctx
+        .client()?
+        .wait(TaskId(args.id), Duration::from_secs_f64(args.timeout))
+        .await?;
+    ctx.print(task_json(&task), task_text(&task));
+    Ok(match task.state {
+        TaskState::Succeeded => ExitCode::SUCCESS,
+        s if s.is_terminal() => ExitCode::from(1),
+        _ => {
+            eprintln!(
+                "timed out after {}s; task {} is {}",
+                args.timeout, task.id, task.state
+            );
+            ExitCode::from(2)
+        }
+    })
+}
+
+pub async fn cancel(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
+    let previous = ctx.client()?.cancel(TaskId(args.id)).await?;
+    ctx.print(
+        serde_json::json!({ "id": args.id, "previous": previous.as_str() }),
+        format!("task {} cancelled (was {previous})", args.id),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// Only this queue.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Only this state: waiting, pending, running, succeeded, failed, cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    /// Most tasks to show.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    /// Start after this task id.
+    #[arg(long, value_name = "ID")]
+    after: Option<u64>,
+}
+
+pub async fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode> {
+    let state = match args.state.as_deref() {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).with_context(|| {
+            format!("invalid --state {s:?}: use waiting, pending, running, succeeded, failed or cancelled")
+        })?),
+    };
+    let client = ctx.client()?;
+    let mut tasks = Vec::new();
+    let mut after = args.after.map(TaskId);
+    // Page through the server's limit until we have what was asked for.
+    while tasks.len() < args.limit as usize {
+        let want = (args.limit as usize - tasks.len()).min(1000) as u32;
+        let page = client
+            .list(&ListQuery {
+                queue: args.queue.clone(),
+                state,
+                after,
+                limit: want,
+                ..Default::default()
+            })
+            .await?;
+        tasks.extend(page.tasks);
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    if ctx.json {
+        println!("{}", Value::Array(tasks.iter().map(task_json).collect()));
+    } else if tasks.is_empty() {
+        println!("no tasks");
+    } else {
+        for t in &tasks {
+            let cmd = CommandPayload::decode(&t.spec.payload)
+                .map(|p| p.argv.join(" "))
+                .unwrap_or_else(|| format!("{} bytes", t.spec.payload.len()));
+            println!(
+                "{:>8}  {:<10} {:<12} {}",
+                t.id,
+                t.state.as_str(),
+                t.spec.queue,
+                cmd
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// What a replica says about itself and the cluster (the first that answers, or --node).
+    Status {
+        /// Ask the replica at this address instead.
+        #[arg(long, value_name = "HOST:PORT")]
+        node: Option<String>,
+    },
+}
+
+pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<ExitCode> {
+    match cmd {
+        ClusterCmd::Status { node } => {
+            let client = ctx.client()?;
+            let status = match node {
+                Some(addr) => client.cluster_status_of(&addr).await,
+                None => client.cluster_status().await,
+            }
+            .map_err(|e: ClientError| anyhow::anyhow!(e))?;
+            ctx.print(status_json(&status), status_text(&status));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

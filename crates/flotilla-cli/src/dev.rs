@@ -1,0 +1,76 @@
+//! `flotilla dev`: a 3-replica cluster on loopback in this process, data under
+//! `./flotilla-data`. Stops cleanly on Ctrl-C and restarts on the same data.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use flotilla_server::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Where the replicas keep their data (one subdirectory each).
+    #[arg(long, default_value = "./flotilla-data")]
+    data_dir: PathBuf,
+    /// First port; replicas listen on this port and the next two.
+    #[arg(long, default_value_t = 7401)]
+    base_port: u16,
+}
+
+pub const DEV_CLUSTER_NAME: &str = "flotilla-dev";
+
+pub async fn run(args: DevArgs) -> Result<ExitCode> {
+    crate::init_tracing("warn,openraft=off");
+    let peers: BTreeMap<u64, String> = (1..=3u64)
+        .map(|id| (id, format!("127.0.0.1:{}", args.base_port + id as u16 - 1)))
+        .collect();
+    let shutdown = CancellationToken::new();
+    let mut nodes = Vec::new();
+    for (id, addr) in &peers {
+        let mut config = ServerConfig::new(
+            *id,
+            addr.clone(),
+            args.data_dir.join(format!("node-{id}")),
+            peers.clone(),
+        );
+        config.cluster_name = DEV_CLUSTER_NAME.into();
+        let node = flotilla_server::start(config, shutdown.child_token())
+            .await
+            .with_context(|| format!("replica {id}"))?;
+        nodes.push(node);
+    }
+    let addrs: Vec<&str> = peers.values().map(String::as_str).collect();
+    println!("flotilla dev cluster: 3 replicas on {}", addrs.join(", "));
+    println!("data under {}", args.data_dir.display());
+    // Wait for a leader so that the first `flotilla submit` does not have to.
+    let mut metrics = nodes[0].raft.metrics();
+    let leader = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(l) = metrics.borrow().current_leader {
+                return l;
+            }
+            if metrics.changed().await.is_err() {
+                return 0;
+            }
+        }
+    })
+    .await
+    .unwrap_or(0);
+    if leader > 0 {
+        println!("leader: replica {leader}");
+    }
+    println!("try: flotilla submit -- echo hello    (Ctrl-C stops the cluster)");
+
+    crate::server::wait_for_signal().await;
+    println!("stopping...");
+    shutdown.cancel();
+    for node in nodes {
+        node.stopped().await?;
+    }
+    println!("stopped; `flotilla dev` restarts on the same data");
+    Ok(ExitCode::SUCCESS)
+}

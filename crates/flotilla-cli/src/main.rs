@@ -1,0 +1,121 @@
+//! The `flotilla` binary: run a replica (`server`), a local cluster (`dev`), talk to a
+//! cluster (`submit`, `status`, `wait`, `cancel`, `list`, `cluster status`) and measure it
+//! (`bench submit`). Errors print one line and exit non-zero.
+
+mod bench;
+mod commands;
+mod dev;
+mod output;
+mod payload;
+mod server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Addresses of the cluster `flotilla dev` starts; the default for client commands.
+pub const DEV_CLUSTER: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A highly available task scheduler"
+)]
+struct Cli {
+    /// Replica addresses (HOST:PORT,...) of the cluster to talk to [default: the dev cluster,
+    /// 127.0.0.1:7401-7403].
+    #[arg(long, global = true, env = "FLOTILLA_CLUSTER")]
+    cluster: Option<String>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one replica.
+    Server(server::ServerArgs),
+    /// Run a 3-replica cluster on loopback with data under ./flotilla-data.
+    Dev(dev::DevArgs),
+    /// Submit a command task; prints its id.
+    Submit(commands::SubmitArgs),
+    /// Show a task.
+    Status(commands::IdArgs),
+    /// Wait until a task finishes; exit 0 only if it succeeded.
+    Wait(commands::WaitArgs),
+    /// Cancel a task.
+    Cancel(commands::IdArgs),
+    /// List tasks.
+    List(commands::ListArgs),
+    /// Cluster commands.
+    Cluster {
+        #[command(subcommand)]
+        command: commands::ClusterCmd,
+    },
+    /// Benchmarks against a cluster (one started for the purpose unless --cluster is given).
+    Bench {
+        #[command(subcommand)]
+        command: bench::BenchCmd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let ctx = commands::Ctx {
+            cluster_given: cli.cluster.is_some(),
+            cluster: cli.cluster.unwrap_or_else(|| DEV_CLUSTER.to_string()),
+            json: cli.json,
+        };
+        match cli.command {
+            Cmd::Server(args) => server::run(args).await,
+            Cmd::Dev(args) => dev::run(args).await,
+            Cmd::Submit(args) => commands::submit(&ctx, args).await,
+            Cmd::Status(args) => commands::status(&ctx, args).await,
+            Cmd::Wait(args) => commands::wait(&ctx, args).await,
+            Cmd::Cancel(args) => commands::cancel(&ctx, args).await,
+            Cmd::List(args) => commands::list(&ctx, args).await,
+            Cmd::Cluster { command } => commands::cluster(&ctx, command).await,
+            Cmd::Bench { command } => bench::run(&ctx, command).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+/// Installs the log subscriber; `RUST_LOG` overrides `default`.
+pub fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

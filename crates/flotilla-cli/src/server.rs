@@ -1,0 +1,80 @@
+//! `flotilla server`: one replica, until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Args;
+use flotilla_server::{parse_peers, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// This replica's id (must appear in --peers).
+    #[arg(long)]
+    id: u64,
+    /// HOST:PORT to listen on for peers and clients.
+    #[arg(long)]
+    listen: String,
+    /// Data directory (created on first start).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Initial members: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
+    #[arg(long)]
+    peers: String,
+    /// Cluster name; data dirs and peers of another cluster are refused.
+    #[arg(long, default_value = "flotilla")]
+    cluster_name: String,
+    /// Leader heartbeat period in ms.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Minimum election timeout in ms (the maximum is twice this).
+    #[arg(long)]
+    election_timeout_ms: Option<u64>,
+}
+
+pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
+    let peers = parse_peers(&args.peers).map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?;
+    let mut config = ServerConfig::new(args.id, args.listen.clone(), args.data_dir.clone(), peers);
+    config.cluster_name = args.cluster_name.clone();
+    if let Some(h) = args.heartbeat_ms {
+        config.heartbeat_interval_ms = h;
+    }
+    if let Some(e) = args.election_timeout_ms {
+        config.election_timeout_min_ms = e;
+        config.election_timeout_max_ms = e * 2;
+    }
+    config
+        .validate()
+        .map_err(|p| anyhow::anyhow!("invalid configuration: {}", p.join("; ")))?;
+    Ok(config)
+}
+
+pub async fn run(args: ServerArgs) -> Result<ExitCode> {
+    crate::init_tracing("info,openraft=error");
+    let config = config_from(&args)?;
+    let shutdown = CancellationToken::new();
+    let node = flotilla_server::start(config, shutdown.clone()).await?;
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        shutdown.cancel();
+    });
+    node.stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,29 @@
+//! Client errors.
+
+/// Why a call failed. `Rejected` is final (the server refused the request and nothing
+/// happened); `Unavailable` means the outcome is unknown after every retry.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("no replica addresses given")]
+    NoEndpoints,
+    #[error("invalid replica address {addr:?}: {message}")]
+    BadAddress { addr: String, message: String },
+    /// The server answered with a final error (invalid argument, not found, ...).
+    #[error("{}", .0.message())]
+    Rejected(tonic::Status),
+    /// No replica could complete the call before the deadline.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    #[error("bad response from server: {0}")]
+    BadResponse(String),
+}
+
+impl ClientError {
+    /// The gRPC code of a server rejection.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            ClientError::Rejected(s) => Some(s.code()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! Why a command was rejected. A rejected command changes nothing.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{TaskId, TaskState};
+
+/// A deterministic rejection, part of the replicated response: every replica rejects the same
+/// command with the same error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum CommandError {
+    /// The input is malformed; `field` names the offending field (e.g. `tasks[3].queue`).
+    #[error("invalid {field}: {message}")]
+    Invalid { field: String, message: String },
+    #[error("task {0} not found")]
+    NotFound(TaskId),
+    /// The task is in a state where the command does not apply.
+    #[error("task {task_id} is {state}: {message}")]
+    WrongState {
+        task_id: TaskId,
+        state: TaskState,
+        message: String,
+    },
+}
+
+impl CommandError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        CommandError::Invalid {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Flotilla's deterministic core.
+//!
+//! This crate owns the domain model of the scheduler — tasks, their states, the commands that
+//! change them — and [`State::apply`], the replicated state machine's transition function.
+//!
+//! It must not depend on tokio, the clock, randomness or any I/O: every replica applies the same
+//! log to the same state and must reach byte-identical results. Time enters only as a value
+//! (`now_ms`) inside a [`Command`] that the leader stamped before proposing it. Maps are
+//! `BTreeMap`s so that iteration order, which reaches outputs, is deterministic.
+//!
+//! ```text
+//!   client ──TaskSpec──▶ leader stamps now_ms ──Command──▶ Raft log ──▶ State::apply ──▶ Response
+//! ```
+
+mod command;
+mod error;
+mod limits;
+mod state;
+mod task;
+
+pub use command::{Command, Proposal, Response};
+pub use error::CommandError;
+pub use limits::{validate_spec, Limits};
+pub use state::{State, StateImage, STATE_IMAGE_VERSION};
+pub use task::{Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};

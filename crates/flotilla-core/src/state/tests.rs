@@ -1,0 +1,349 @@
+//! Table-driven tests of `apply` and property tests of determinism and invariants.
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn spec(queue: &str) -> TaskSpec {
+    TaskSpec::new(queue, b"echo hi".to_vec())
+}
+
+fn keyed(queue: &str, key: &str) -> TaskSpec {
+    let mut s = spec(queue);
+    s.idempotency_key = Some(key.into());
+    s
+}
+
+fn submit(state: &mut State, now_ms: u64, tasks: Vec<TaskSpec>) -> Response {
+    state.apply(&Command::Submit { now_ms, tasks })
+}
+
+fn ids(r: &Response) -> Vec<TaskId> {
+    match r {
+        Response::Submitted { ids, .. } => ids.clone(),
+        other => panic!("expected Submitted, got {other:?}"),
+    }
+}
+
+fn image_bytes(state: &State) -> Vec<u8> {
+    bincode::serialize(&state.to_image()).unwrap()
+}
+
+#[test]
+fn submit_assigns_sequential_ids_and_pending_state() {
+    let mut s = State::new();
+    let r = submit(&mut s, 10, vec![spec("a"), spec("b"), spec("a")]);
+    assert_eq!(
+        r,
+        Response::Submitted {
+            ids: vec![TaskId(1), TaskId(2), TaskId(3)],
+            created: vec![true, true, true]
+        }
+    );
+    assert_eq!(s.count(TaskState::Pending), 3);
+    assert_eq!(
+        s.pending_in("a").collect::<Vec<_>>(),
+        vec![TaskId(1), TaskId(3)]
+    );
+    let t = s.get(TaskId(2)).unwrap();
+    assert_eq!(
+        (t.state, t.submitted_at_ms, t.attempts),
+        (TaskState::Pending, 10, 0)
+    );
+}
+
+#[test]
+fn invalid_batch_is_rejected_whole_and_changes_nothing() {
+    let cases: Vec<(Vec<TaskSpec>, &str)> = vec![
+        (vec![], "tasks"),
+        (vec![spec("ok"), spec("")], "tasks[1].queue"),
+        (vec![spec(&"q".repeat(129))], "tasks[0].queue"),
+        (vec![spec("bad queue")], "tasks[0].queue"),
+        (
+            vec![TaskSpec::new("q", vec![0u8; Limits::MAX_PAYLOAD_BYTES + 1])],
+            "tasks[0].payload",
+        ),
+        (
+            vec![spec("ok"), {
+                let mut t = spec("q");
+                t.priority = 1001;
+                t
+            }],
+            "tasks[1].priority",
+        ),
+        (
+            vec![{
+                let mut t = spec("q");
+                t.depends_on = vec![TaskId(99)];
+                t
+            }],
+            "tasks[0].depends_on",
+        ),
+        (
+            vec![{
+                let mut t = spec("q");
+                t.max_attempts = 0;
+                t
+            }],
+            "tasks[0].max_attempts",
+        ),
+        (vec![spec("q"); Limits::MAX_BATCH_TASKS + 1], "tasks"),
+    ];
+    for (batch, field) in cases {
+        let mut s = State::new();
+        submit(&mut s, 1, vec![keyed("q", "existing")]);
+        let before = image_bytes(&s);
+        match submit(&mut s, 1, batch) {
+            Response::Rejected(CommandError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected rejection naming {field}, got {other:?}"),
+        }
+        assert_eq!(
+            image_bytes(&s),
+            before,
+            "rejected batch changed state ({field})"
+        );
+        s.take_dirty();
+    }
+}
+
+#[test]
+fn idempotency_key_returns_original_and_creates_nothing() {
+    let mut s = State::new();
+    let first = ids(&submit(&mut s, 1, vec![keyed("q", "k1"), keyed("q", "k2")]));
+    let r = submit(
+        &mut s,
+        2,
+        vec![keyed("q", "k2"), keyed("q", "k3"), keyed("q", "k3")],
+    );
+    assert_eq!(
+        r,
+        Response::Submitted {
+            ids: vec![first[1], TaskId(3), TaskId(3)],
+            created: vec![false, true, false]
+        }
+    );
+    assert_eq!(s.task_count(), 3);
+    assert_eq!(s.task_by_key("k3"), Some(TaskId(3)));
+}
+
+#[test]
+fn dependencies_wait_and_cancel_cascades_upstream_failed() {
+    let mut s = State::new();
+    let parent = ids(&submit(&mut s, 1, vec![spec("q")]))[0];
+    let mut child = spec("q");
+    child.depends_on = vec![parent];
+    let child = ids(&submit(&mut s, 2, vec![child]))[0];
+    let mut grandchild = spec("q");
+    grandchild.depends_on = vec![child, parent, child];
+    let grandchild = ids(&submit(&mut s, 3, vec![grandchild]))[0];
+    assert_eq!(s.get(child).unwrap().state, TaskState::Waiting);
+    assert_eq!(
+        s.get(grandchild).unwrap().spec.depends_on,
+        vec![parent, child]
+    );
+
+    let r = s.apply(&Command::Cancel {
+        now_ms: 4,
+        task_id: parent,
+    });
+    assert_eq!(
+        r,
+        Response::Cancelled {
+            task_id: parent,
+            previous: TaskState::Pending
+        }
+    );
+    for id in [child, grandchild] {
+        let t = s.get(id).unwrap();
+        assert_eq!(t.state, TaskState::Failed);
+        assert_eq!(t.reason.as_deref(), Some(REASON_UPSTREAM_FAILED));
+    }
+    // A new task depending on a failed one fails at once.
+    let mut late = spec("q");
+    late.depends_on = vec![child];
+    let late = ids(&submit(&mut s, 5, vec![late]))[0];
+    assert_eq!(s.get(late).unwrap().state, TaskState::Failed);
+}
+
+#[test]
+fn cancel_errors_change_nothing() {
+    let mut s = State::new();
+    let id = ids(&submit(&mut s, 1, vec![spec("q")]))[0];
+    s.apply(&Command::Cancel {
+        now_ms: 2,
+        task_id: id,
+    });
+    let before = image_bytes(&s);
+    assert!(matches!(
+        s.apply(&Command::Cancel {
+            now_ms: 3,
+            task_id: id
+        }),
+        Response::Rejected(CommandError::WrongState {
+            state: TaskState::Cancelled,
+            ..
+        })
+    ));
+    assert_eq!(
+        s.apply(&Command::Cancel {
+            now_ms: 3,
+            task_id: TaskId(77)
+        }),
+        Response::Rejected(CommandError::NotFound(TaskId(77)))
+    );
+    // Only the clock may move.
+    let mut after = s.to_image();
+    after.clock_ms = 2;
+    assert_eq!(bincode::serialize(&after).unwrap(), before);
+}
+
+#[test]
+fn not_before_waits_for_tick() {
+    let mut s = State::new();
+    let mut later = spec("q");
+    later.not_before_ms = Some(100);
+    let id = ids(&submit(&mut s, 10, vec![later]))[0];
+    assert_eq!(s.get(id).unwrap().state, TaskState::Waiting);
+    assert_eq!(s.next_wakeup_ms(), Some(100));
+    assert_eq!(
+        s.apply(&Command::Tick { now_ms: 99 }),
+        Response::Ticked { promoted: 0 }
+    );
+    assert_eq!(
+        s.apply(&Command::Tick { now_ms: 100 }),
+        Response::Ticked { promoted: 1 }
+    );
+    assert_eq!(s.get(id).unwrap().state, TaskState::Pending);
+    assert_eq!(s.next_wakeup_ms(), None);
+    // A not_before already in the past is pending at once.
+    let mut past = spec("q");
+    past.not_before_ms = Some(50);
+    let id = ids(&submit(&mut s, 101, vec![past]))[0];
+    assert_eq!(s.get(id).unwrap().state, TaskState::Pending);
+}
+
+#[test]
+fn list_filters_and_paginates() {
+    let mut s = State::new();
+    submit(&mut s, 1, vec![spec("a"), spec("b"), spec("a"), spec("a")]);
+    s.apply(&Command::Cancel {
+        now_ms: 2,
+        task_id: TaskId(3),
+    });
+    let page = |after, limit| {
+        s.list(Some("a"), Some(TaskState::Pending), after, limit)
+            .iter()
+            .map(|t| t.id.0)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(page(None, 10), vec![1, 4]);
+    assert_eq!(page(None, 1), vec![1]);
+    assert_eq!(page(Some(TaskId(1)), 1), vec![4]);
+    assert_eq!(s.list(None, None, None, 100).len(), 4);
+}
+
+#[test]
+fn dirty_tracks_changed_tasks() {
+    let mut s = State::new();
+    submit(&mut s, 1, vec![spec("a"), spec("b")]);
+    assert_eq!(s.take_dirty().len(), 2);
+    s.apply(&Command::Cancel {
+        now_ms: 2,
+        task_id: TaskId(2),
+    });
+    assert_eq!(
+        s.take_dirty().into_iter().collect::<Vec<_>>(),
+        vec![TaskId(2)]
+    );
+}
+
+#[test]
+fn image_refuses_inconsistent_input() {
+    let mut s = State::new();
+    submit(&mut s, 1, vec![spec("a")]);
+    let mut image = s.to_image();
+    image.next_task_id = 1;
+    assert!(State::from_image(image).is_err());
+    let mut image = s.to_image();
+    image.version = 99;
+    assert!(State::from_image(image).unwrap_err().contains("version"));
+}
+
+// ---------------------------------------------------------------- property tests
+
+fn arb_spec(max_id: u64) -> impl Strategy<Value = TaskSpec> {
+    (
+        prop_oneof![Just("a"), Just("b"), Just("c"), Just("")],
+        -1001i32..=1001,
+        proptest::option::of(0u8..6),
+        proptest::collection::vec(0u64..max_id + 3, 0..3),
+        proptest::option::of(0u64..200),
+        0u32..4,
+    )
+        .prop_map(|(queue, priority, key, deps, not_before, attempts)| {
+            let mut s = TaskSpec::new(queue, vec![1, 2, 3]);
+            s.priority = priority;
+            s.idempotency_key = key.map(|k| format!("key-{k}"));
+            s.depends_on = deps.into_iter().map(TaskId).collect();
+            s.not_before_ms = not_before;
+            s.max_attempts = attempts;
+            s
+        })
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        3 => (0u64..200, proptest::collection::vec(arb_spec(30), 0..4))
+            .prop_map(|(now_ms, tasks)| Command::Submit { now_ms, tasks }),
+        1 => (0u64..200, 0u64..40).prop_map(|(now_ms, id)| Command::Cancel { now_ms, task_id: TaskId(id) }),
+        1 => (0u64..250).prop_map(|now_ms| Command::Tick { now_ms }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The same log applied to two fresh states gives byte-identical snapshots and responses.
+    #[test]
+    fn apply_is_deterministic(cmds in proptest::collection::vec(arb_command(), 0..60)) {
+        let (mut a, mut b) = (State::new(), State::new());
+        for c in &cmds {
+            prop_assert_eq!(a.apply(c), b.apply(c));
+        }
+        prop_assert_eq!(image_bytes(&a), image_bytes(&b));
+    }
+
+    /// Snapshot -> restore -> continue equals continue.
+    #[test]
+    fn restore_then_continue_equals_continue(
+        prefix in proptest::collection::vec(arb_command(), 0..40),
+        suffix in proptest::collection::vec(arb_command(), 0..40),
+    ) {
+        let mut live = State::new();
+        for c in &prefix { live.apply(c); }
+        let mut restored = State::from_image(live.to_image()).unwrap();
+        for c in &suffix {
+            prop_assert_eq!(live.apply(c), restored.apply(c));
+        }
+        prop_assert_eq!(image_bytes(&live), image_bytes(&restored));
+        restored.check_invariants().unwrap();
+    }
+
+    /// Random command sequences never break invariants, and a rejected command changes
+    /// nothing but what the passing of time does (a Tick to the same time).
+    #[test]
+    fn invariants_hold_and_rejections_change_nothing(cmds in proptest::collection::vec(arb_command(), 0..80)) {
+        let mut s = State::new();
+        for c in &cmds {
+            let mut only_time = s.clone();
+            only_time.apply(&Command::Tick { now_ms: c.now_ms() });
+            let r = s.apply(c);
+            s.check_invariants().map_err(TestCaseError::fail)?;
+            if let Response::Rejected(_) = r {
+                prop_assert_eq!(s.to_image(), only_time.to_image());
+            }
+            let total: u64 = TaskState::ALL.iter().map(|st| s.count(*st)).sum();
+            prop_assert_eq!(total as usize, s.task_count());
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Generated gRPC code for `proto/` and the conversions between wire messages and
+//! `flotilla-core` types. Domain types never derive prost; they convert here, at the edge.
+
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("flotilla.v1");
+}
+
+#[allow(clippy::all, missing_docs)]
+pub mod raftpb {
+    tonic::include_proto!("flotilla.raft.v1");
+}
+
+mod convert;
+
+pub use convert::{
+    spec_from_pb, spec_to_pb, state_from_pb, state_to_pb, task_from_pb, task_to_pb, ConvertError,
+};
+
+/// gRPC metadata key carrying the leader hint, `ID=HOST:PORT`.
+pub const LEADER_HINT_KEY: &str = "flotilla-leader";

@@ -1,0 +1,290 @@
+//! The client API service (`flotilla.v1.Flotilla`).
+//!
+//! Writes go through the [`Proposer`] and answer only after commit and apply. Reads are
+//! linearizable by default: the leader confirms its leadership with a quorum (read index) and
+//! waits until it has applied that far; a follower answers with a leader hint. Stale reads are
+//! served from the local applied state of whichever replica is asked.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_core::{validate_spec, Command, Limits, Response as CoreResponse, TaskId};
+use flotilla_proto::pb::{self, flotilla_server::Flotilla};
+use flotilla_proto::{spec_from_pb, state_from_pb, state_to_pb, task_to_pb};
+use flotilla_store::SharedState;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::ServerState;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use crate::error::ApiError;
+use crate::proposer::Proposer;
+use crate::Raft;
+
+/// Most tasks a ListTasks page returns.
+const MAX_LIST_LIMIT: u32 = 10_000;
+const DEFAULT_LIST_LIMIT: u32 = 100;
+
+pub struct Api {
+    pub node_id: u64,
+    pub cluster_name: String,
+    pub raft: Raft,
+    pub state: SharedState,
+    pub proposer: Proposer,
+    pub wait_max: Duration,
+}
+
+/// Wall-clock time in ms: read here, at the edge, and carried into commands as a value.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Api {
+    async fn propose(&self, command: Command) -> Result<CoreResponse, ApiError> {
+        match self.proposer.propose(command).await? {
+            CoreResponse::Rejected(e) => Err(e.into()),
+            other => Ok(other),
+        }
+    }
+
+    /// Waits until a read at this point is linearizable on this replica.
+    async fn linearize(&self) -> Result<(), ApiError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(ApiError::NotLeader {
+                    leader: f
+                        .leader_id
+                        .zip(f.leader_node)
+                        .map(|(id, node)| (id, node.addr)),
+                })
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
+                ApiError::Unavailable(format!("leadership not confirmed by a quorum: {e}")),
+            ),
+            Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
+        }
+    }
+
+    async fn read_consistency(&self, raw: i32) -> Result<(), ApiError> {
+        match pb::ReadConsistency::try_from(raw) {
+            Ok(pb::ReadConsistency::Linearizable) => self.linearize().await,
+            Ok(pb::ReadConsistency::Stale) => Ok(()),
+            Err(_) => Err(ApiError::Invalid {
+                field: "consistency".into(),
+                message: format!("unknown read consistency {raw}"),
+            }),
+        }
+    }
+
+    fn task(&self, id: u64) -> Result<pb::Task, ApiError> {
+        let applied = self.state.read();
+        applied
+            .state
+            .get(TaskId(id))
+            .map(|t| task_to_pb(t, true))
+            .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl Flotilla for Api {
+    #[instrument(skip_all, fields(tasks = request.get_ref().tasks.len()))]
+    async fn submit_tasks(
+        &self,
+        request: Request<pb::SubmitTasksRequest>,
+    ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let req = request.into_inner();
+        if req.tasks.is_empty() {
+            return Err(ApiError::Invalid {
+                field: "tasks".into(),
+                message: "batch is empty".into(),
+            }
+            .into());
+        }
+        if req.tasks.len() > Limits::MAX_BATCH_TASKS {
+            return Err(ApiError::Invalid {
+                field: "tasks".into(),
+                message: format!(
+                    "batch of {} tasks exceeds limit {}",
+                    req.tasks.len(),
+                    Limits::MAX_BATCH_TASKS
+                ),
+            }
+            .into());
+        }
+        let mut tasks = Vec::with_capacity(req.tasks.len());
+        for (i, t) in req.tasks.into_iter().enumerate() {
+            let field = format!("tasks[{i}]");
+            let spec = spec_from_pb(&field, t).map_err(ApiError::from)?;
+            validate_spec(&field, &spec).map_err(ApiError::from)?;
+            tasks.push(spec);
+        }
+        let command = Command::Submit {
+            now_ms: now_ms(),
+            tasks,
+        };
+        match self.propose(command).await? {
+            CoreResponse::Submitted { ids, created } => {
+                Ok(Response::new(pb::SubmitTasksResponse {
+                    ids: ids.into_iter().map(|i| i.0).collect(),
+                    created,
+                }))
+            }
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+        }
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<pb::GetTaskRequest>,
+    ) -> Result<Response<pb::GetTaskResponse>, Status> {
+        let req = request.into_inner();
+        self.read_consistency(req.consistency).await?;
+        let task = self.task(req.id)?;
+        Ok(Response::new(pb::GetTaskResponse { task: Some(task) }))
+    }
+
+    async fn wait_task(
+        &self,
+        request: Request<pb::WaitTaskRequest>,
+    ) -> Result<Response<pb::WaitTaskResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = Duration::from_millis(req.timeout_ms).min(self.wait_max);
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Start from a linearizable point, so a task acknowledged anywhere is found here.
+        self.linearize().await?;
+        let mut applied = self.raft.metrics();
+        loop {
+            let task = self.task(req.id)?;
+            let terminal = matches!(
+                pb::TaskState::try_from(task.state),
+                Ok(pb::TaskState::Succeeded | pb::TaskState::Failed | pb::TaskState::Cancelled)
+            );
+            if terminal || tokio::time::Instant::now() >= deadline {
+                return Ok(Response::new(pb::WaitTaskResponse {
+                    task: Some(task),
+                    terminal,
+                }));
+            }
+            // Any applied entry may have finished the task: look again after each.
+            match tokio::time::timeout_at(deadline, applied.changed()).await {
+                Ok(Ok(())) | Err(_) => {}
+                Ok(Err(_)) => {
+                    return Err(ApiError::Unavailable("replica is shutting down".into()).into())
+                }
+            }
+        }
+    }
+
+    async fn cancel_task(
+        &self,
+        request: Request<pb::CancelTaskRequest>,
+    ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let req = request.into_inner();
+        let command = Command::Cancel {
+            now_ms: now_ms(),
+            task_id: TaskId(req.id),
+        };
+        match self.propose(command).await? {
+            CoreResponse::Cancelled { previous, .. } => Ok(Response::new(pb::CancelTaskResponse {
+                previous: state_to_pb(previous) as i32,
+            })),
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
+        }
+    }
+
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let req = request.into_inner();
+        let state = state_from_pb("state", req.state).map_err(ApiError::from)?;
+        if req.limit > MAX_LIST_LIMIT {
+            return Err(ApiError::Invalid {
+                field: "limit".into(),
+                message: format!("{} exceeds limit {MAX_LIST_LIMIT}", req.limit),
+            }
+            .into());
+        }
+        let limit = if req.limit == 0 {
+            DEFAULT_LIST_LIMIT
+        } else {
+            req.limit
+        } as usize;
+        self.read_consistency(req.consistency).await?;
+        let applied = self.state.read();
+        let queue = Some(req.queue.as_str()).filter(|q| !q.is_empty());
+        let after = Some(TaskId(req.after_id)).filter(|a| a.0 > 0);
+        let page = applied.state.list(queue, state, after, limit + 1);
+        let more = page.len() > limit;
+        let tasks: Vec<pb::Task> = page
+            .iter()
+            .take(limit)
+            .map(|t| task_to_pb(t, !req.omit_payload))
+            .collect();
+        let next_after_id = if more {
+            tasks.last().map_or(0, |t| t.id)
+        } else {
+            0
+        };
+        Ok(Response::new(pb::ListTasksResponse {
+            tasks,
+            next_after_id,
+        }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let m = self.raft.metrics().borrow().clone();
+        let commit_index = self
+            .raft
+            .with_raft_state(|st| st.committed.map_or(0, |l| l.index))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| pb::Member {
+                id: *id,
+                addr: node.addr.clone(),
+                matched_index: m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).copied().flatten())
+                    .map_or(0, |l| l.index),
+                voter: voters.contains(id),
+            })
+            .collect();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let task_count = self.state.read().state.task_count() as u64;
+        Ok(Response::new(pb::ClusterStatusResponse {
+            node_id: self.node_id,
+            role: role.into(),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_addr,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index,
+            members,
+            cluster_name: self.cluster_name.clone(),
+            task_count,
+        }))
+    }
+}

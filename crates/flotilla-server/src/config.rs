@@ -1,0 +1,178 @@
+//! Replica configuration: one struct, explicit, validated as a whole.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of one replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// This replica's id; must appear in `peers`.
+    pub node_id: u64,
+    /// Address the replica listens on for peers and clients (HOST:PORT).
+    pub listen_addr: String,
+    /// Directory of this replica's RocksDB; created on first start.
+    pub data_dir: PathBuf,
+    /// Initial members: id -> address that the others reach it at.
+    pub peers: BTreeMap<u64, String>,
+    /// Name of the cluster; a data dir or a peer of another cluster is refused.
+    pub cluster_name: String,
+    /// Leader heartbeat period.
+    pub heartbeat_interval_ms: u64,
+    /// A follower that hears no leader for a random time in this range starts an election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Group commit: most client commands folded into one Raft entry.
+    pub max_commands_per_entry: usize,
+    /// Group commit: an entry stops growing past this many payload bytes.
+    pub max_entry_bytes: usize,
+    /// Raft entries proposed but not yet applied, at most.
+    pub max_inflight_entries: usize,
+    /// Client commands queued for the proposer, at most; beyond it callers get UNAVAILABLE.
+    pub proposal_queue_limit: usize,
+    /// Longest server-side wait of a WaitTask call.
+    pub wait_max_ms: u64,
+    /// Largest client API message accepted.
+    pub max_request_bytes: usize,
+    /// Raft log entries since the last snapshot that trigger a new one.
+    pub snapshot_every_entries: u64,
+}
+
+impl ServerConfig {
+    /// A configuration with defaults for everything but identity and addresses.
+    pub fn new(
+        node_id: u64,
+        listen_addr: String,
+        data_dir: PathBuf,
+        peers: BTreeMap<u64, String>,
+    ) -> Self {
+        ServerConfig {
+            node_id,
+            listen_addr,
+            data_dir,
+            peers,
+            cluster_name: "flotilla".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            max_commands_per_entry: 1024,
+            max_entry_bytes: 8 * 1024 * 1024,
+            max_inflight_entries: 8,
+            proposal_queue_limit: 16 * 1024,
+            wait_max_ms: 60_000,
+            max_request_bytes: 64 * 1024 * 1024,
+            snapshot_every_entries: 20_000,
+        }
+    }
+
+    /// Every problem with this configuration, or Ok.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.node_id == 0 {
+            problems.push("node id must be at least 1".to_string());
+        }
+        if self.listen_addr.parse::<SocketAddr>().is_err() {
+            problems.push(format!(
+                "listen address {:?} is not HOST:PORT with a numeric host",
+                self.listen_addr
+            ));
+        }
+        if self.peers.is_empty() {
+            problems.push("peers must list at least this replica".into());
+        } else if !self.peers.contains_key(&self.node_id) {
+            problems.push(format!(
+                "node id {} is missing from peers ({})",
+                self.node_id,
+                self.peers
+                    .keys()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ));
+        }
+        for (id, addr) in &self.peers {
+            if addr
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                problems.push(format!("peer {id} address {addr:?} is not HOST:PORT"));
+            }
+        }
+        if self.cluster_name.is_empty() {
+            problems.push("cluster name must not be empty".into());
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.election_timeout_min_ms <= self.heartbeat_interval_ms
+            || self.election_timeout_max_ms <= self.election_timeout_min_ms
+        {
+            problems.push(
+                "timing must satisfy 0 < heartbeat_interval_ms < election_timeout_min_ms < election_timeout_max_ms"
+                    .into(),
+            );
+        }
+        for (name, v) in [
+            ("max_commands_per_entry", self.max_commands_per_entry),
+            ("max_entry_bytes", self.max_entry_bytes),
+            ("max_inflight_entries", self.max_inflight_entries),
+            ("proposal_queue_limit", self.proposal_queue_limit),
+            ("max_request_bytes", self.max_request_bytes),
+        ] {
+            if v == 0 {
+                problems.push(format!("{name} must be at least 1"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut peers = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("peer {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("peer id {id:?} is not a number"))?;
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(format!("peer id {id} listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return Err("no peers given".into());
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_reports_every_problem() {
+        let peers = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
+        let mut c = ServerConfig::new(3, "nonsense".into(), "/tmp/x".into(), peers);
+        c.heartbeat_interval_ms = 0;
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("missing from peers")));
+        assert!(problems.iter().any(|p| p.contains("listen address")));
+    }
+
+    #[test]
+    fn parse_peers_rejects_garbage() {
+        assert!(parse_peers("1=a:1,1=b:2").unwrap_err().contains("twice"));
+        assert!(parse_peers("x=a:1").unwrap_err().contains("not a number"));
+        assert!(parse_peers("a:1").unwrap_err().contains("ID=HOST:PORT"));
+        assert_eq!(parse_peers(" 2=h:5 , 1=h:4").unwrap().len(), 2);
+    }
+}

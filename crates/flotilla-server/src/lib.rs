@@ -1,0 +1,28 @@
+//! A Flotilla replica.
+//!
+//! Owns the I/O shell around the deterministic core: the openraft instance and its peer
+//! network over tonic, the client API service, the leader's group-commit [`proposer`], the
+//! leader's clock ticks, configuration and shutdown. All of it is served on one listen address.
+//!
+//! ```text
+//!  client ─gRPC─▶ api ──Command──▶ proposer ──Proposal (many commands)──▶ openraft
+//!                  │                                                      │ log (RocksDB, fsync)
+//!                  └── queries ◀── SharedState ◀── state machine ◀────────┘ commit + apply
+//! ```
+//!
+//! Must not depend on `rocksdb` directly: storage is `flotilla-store`'s.
+
+mod api;
+mod config;
+mod error;
+mod network;
+mod node;
+pub mod proposer;
+mod raft_service;
+
+pub use config::{parse_peers, ServerConfig};
+pub use error::ServerError;
+pub use node::{start, RunningNode};
+
+/// The openraft instance type of a replica.
+pub type Raft = openraft::Raft<flotilla_store::TypeConfig>;

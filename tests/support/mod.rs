@@ -1,0 +1,84 @@
+//! Shared harness of the black-box tests: a cluster of real `flotilla server` processes (the
+//! binary cargo built for this test run) on loopback ephemeral ports, data in a temp dir.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
+use flotilla_client::{Client, ListQuery, Task, TaskSpec};
+
+pub const LEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` replicas and waits for a leader.
+    pub async fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cluster = LocalCluster::new(&bin(), n, dir.path(), ReplicaOptions::default())
+            .expect("plan cluster");
+        cluster.start_all().expect("start replicas");
+        let mut tc = TestCluster { cluster, dir };
+        tc.leader().await;
+        tc
+    }
+
+    /// The current leader; panics with the replicas' logs if none appears in time.
+    pub async fn leader(&mut self) -> u64 {
+        match self.cluster.wait_for_leader(LEADER_TIMEOUT).await {
+            Ok(l) => l,
+            Err(e) => {
+                let logs: Vec<String> = self
+                    .cluster
+                    .ids()
+                    .into_iter()
+                    .map(|id| format!("--- node {id}\n{}", self.cluster.log_tail(id, 30)))
+                    .collect();
+                panic!("{e}\n{}", logs.join("\n"));
+            }
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        self.cluster.client()
+    }
+}
+
+pub fn spec(key: &str) -> TaskSpec {
+    let mut s = TaskSpec::new(
+        "default",
+        format!("{{\"argv\":[\"echo\",\"{key}\"]}}").into_bytes(),
+    );
+    s.idempotency_key = Some(key.to_string());
+    s
+}
+
+/// Every task, paging through ListTasks (linearizable).
+pub async fn all_tasks(client: &Client) -> Vec<Task> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .list(&ListQuery {
+                after,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list tasks");
+        out.extend(page.tasks);
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => return out,
+        }
+    }
+}
