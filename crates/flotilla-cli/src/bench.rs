@@ -146,9 +146,14 @@ async fn run_point(
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
+    // Several connections, as several client processes would open: one HTTP/2 connection is
+    // served by one task on the server.
+    let clients: Vec<Client> = (0..in_flight.div_ceil(8))
+        .map(|_| Client::new(client.endpoints().to_vec()))
+        .collect::<Result<_, _>>()?;
     let mut handles = Vec::new();
-    for _ in 0..in_flight {
-        let client = client.clone();
+    for i in 0..in_flight {
+        let client = clients[i % clients.len()].clone();
         let done = done.clone();
         let payload = payload.clone();
         handles.push(tokio::spawn(async move {

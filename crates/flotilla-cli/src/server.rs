@@ -31,6 +31,9 @@ pub struct ServerArgs {
     /// Minimum election timeout in ms (the maximum is twice this).
     #[arg(long)]
     election_timeout_ms: Option<u64>,
+    /// Group commit: Raft entries proposed but not yet applied, at most.
+    #[arg(long)]
+    max_inflight_entries: Option<usize>,
 }
 
 pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
@@ -43,6 +46,9 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     if let Some(e) = args.election_timeout_ms {
         config.election_timeout_min_ms = e;
         config.election_timeout_max_ms = e * 2;
+    }
+    if let Some(n) = args.max_inflight_entries {
+        config.max_inflight_entries = n;
     }
     config
         .validate()

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use crate::error::ApiError;
+use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 use crate::Raft;
 
@@ -31,6 +32,8 @@ pub struct Api {
     pub state: SharedState,
     pub proposer: Proposer,
     pub wait_max: Duration,
+    /// A deliberately broken behaviour, only in `planted-bugs` builds (see `planted`).
+    pub planted: Option<PlantedBug>,
 }
 
 /// Wall-clock time in ms: read here, at the edge, and carried into commands as a value.
@@ -122,10 +125,30 @@ impl Flotilla for Api {
             validate_spec(&field, &spec).map_err(ApiError::from)?;
             tasks.push(spec);
         }
+        if self.planted == Some(PlantedBug::NoIdempotency) {
+            for t in &mut tasks {
+                t.idempotency_key = None;
+            }
+        }
         let command = Command::Submit {
             now_ms: now_ms(),
             tasks,
         };
+        if self.planted == Some(PlantedBug::AckBeforeCommit) {
+            let n = match &command {
+                Command::Submit { tasks, .. } => tasks.len(),
+                _ => 0,
+            };
+            let proposer = self.proposer.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = proposer.propose(command).await;
+            });
+            return Ok(Response::new(pb::SubmitTasksResponse {
+                ids: vec![0; n],
+                created: vec![true; n],
+            }));
+        }
         match self.propose(command).await? {
             CoreResponse::Submitted { ids, created } => {
                 Ok(Response::new(pb::SubmitTasksResponse {

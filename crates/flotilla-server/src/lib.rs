@@ -17,6 +17,7 @@ mod config;
 mod error;
 mod network;
 mod node;
+pub mod planted;
 pub mod proposer;
 mod raft_service;
 
