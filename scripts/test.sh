@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo build --release --workspace --all-targets
 cargo test --release --workspace
+./jepsen/ci.sh
