@@ -31,7 +31,7 @@ fn applied<'a>(ops: &'a [Op], family: &'a str) -> impl Iterator<Item = &'a Op> +
     ops.iter().filter(move |o| {
         o.process == "nemesis"
             && o.f == "fault"
-            && o.str("family") == Some(family)
+            && (o.str("family") == Some(family) || o.str("fault") == Some(family))
             && o.value.get("applied").and_then(|v| v.as_bool()) == Some(true)
     })
 }
@@ -53,7 +53,7 @@ pub fn check(facts: &Facts) -> Check {
             continue;
         }
         match family {
-            "kill" => {
+            f if f.starts_with("kill") => {
                 let restarted = ops.iter().any(|o| {
                     o.process == "nemesis" && o.f == "heal" && !o.u64s("restarted").is_empty()
                 });
@@ -109,6 +109,19 @@ mod tests {
         let (p, d) = (params(0, &["kill"]), dump(vec![]));
         assert_eq!(check(&Facts::new(&h.ops, &p, &d)).verdict, Verdict::Valid);
         assert_eq!(leader_changes(&h.ops), 1);
+    }
+
+    #[test]
+    fn a_single_fault_name_is_covered_by_its_events() {
+        let mut h = base();
+        h.push(
+            "nemesis",
+            OpType::Info,
+            "fault",
+            json!({"family": "pause", "fault": "pause-one", "applied": true}),
+        );
+        let (p, d) = (params(0, &["pause-one"]), dump(vec![]));
+        assert_eq!(check(&Facts::new(&h.ops, &p, &d)).verdict, Verdict::Valid);
     }
 
     #[test]

@@ -14,7 +14,16 @@ pub fn check(facts: &Facts) -> Check {
         if !seen.insert(key.as_str()) {
             continue;
         }
+        // A task that lost its key (a server bug the unexpected checker reports) is still
+        // present under the acknowledged id.
+        let keyless = facts
+            .dump
+            .tasks
+            .iter()
+            .flatten()
+            .find(|t| t.id == *id && t.key.is_none());
         match facts.by_key.get(key) {
+            None if keyless.is_some() => {}
             None => c.violation(
                 Some(*index),
                 format!("key {key} was acknowledged as task {id} but no task has it"),
