@@ -139,10 +139,7 @@ async fn run_point(
     max_tasks: u64,
     secs: f64,
 ) -> Result<Point> {
-    let payload = CommandPayload {
-        argv: vec!["true".into()],
-    }
-    .encode();
+    let payload = CommandPayload::new(vec!["true".into()]).encode();
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);

@@ -59,13 +59,19 @@ pub struct SubmitArgs {
     /// Memory needed, in MiB.
     #[arg(long, value_name = "MB", default_value_t = 0)]
     mem_mb: u32,
+    /// Fail an attempt that runs longer than this many seconds (it is retried).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// A label the worker must have, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
 }
 
 pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
-    let mut spec = TaskSpec::new(args.queue, CommandPayload { argv: args.command }.encode());
+    let mut spec = TaskSpec::new(args.queue, CommandPayload::new(args.command).encode());
     spec.priority = args.priority;
     spec.idempotency_key = args.key;
     spec.depends_on = args.after.into_iter().map(TaskId).collect();
@@ -78,10 +84,27 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
         }
         spec.estimate_ms = Some((secs * 1000.0) as u64);
     }
+    if let Some(secs) = args.timeout {
+        if !(secs.is_finite() && secs > 0.0) {
+            bail!("invalid --timeout {secs}: must be a positive number of seconds");
+        }
+        spec.timeout_ms = Some((secs * 1000.0) as u64);
+    }
+    spec.labels = parse_labels(&args.labels)?;
     let ids = ctx.client()?.submit(vec![spec]).await?;
     let id = ids[0];
     ctx.print(serde_json::json!({ "id": id.0 }), id.to_string());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses repeated `KEY=VALUE` flags.
+pub fn parse_labels(raw: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| match l.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => bail!("invalid --label {l:?}: expected KEY=VALUE"),
+        })
+        .collect()
 }
 
 #[derive(Args)]
@@ -99,8 +122,17 @@ pub async fn status(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
     } else {
         flotilla_client::Consistency::Linearizable
     };
-    let task = ctx.client()?.get_with(TaskId(args.id), consistency).await?;
-    ctx.print(task_json(&task), task_text(&task));
+    let (task, why) = ctx
+        .client()?
+        .get_explained(TaskId(args.id), consistency)
+        .await?;
+    let mut json = task_json(&task);
+    json["pending_reason"] = serde_json::json!(why);
+    let mut text = task_text(&task);
+    if let Some(why) = why {
+        text.push_str(&format!("\n  cannot run yet: {why}"));
+    }
+    ctx.print(json, text);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -232,6 +264,96 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<ExitCode> {
             }
             .map_err(|e: ClientError| anyhow::anyhow!(e))?;
             ctx.print(status_json(&status), status_text(&status));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub async fn workers(ctx: &Ctx) -> Result<ExitCode> {
+    let workers = ctx.client()?.list_workers().await?;
+    if ctx.json {
+        let arr: Vec<Value> = workers
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "id": w.spec.id,
+                    "slots": w.spec.capacity.slots,
+                    "cpu_millis": w.spec.capacity.cpu_millis,
+                    "mem_mb": w.spec.capacity.mem_mb,
+                    "labels": w.spec.labels,
+                    "queues": w.spec.queues,
+                    "running": w.running,
+                    "used_cpu_millis": w.used_cpu_millis,
+                    "used_mem_mb": w.used_mem_mb,
+                    "connected": w.connected,
+                    "lease_age_ms": w.lease_age.map(|a| a.as_millis() as u64),
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(arr));
+    } else if workers.is_empty() {
+        println!("no workers registered");
+    } else {
+        println!(
+            "{:<20} {:>9} {:>13} {:>13} {:>10}  queues",
+            "worker", "slots", "cpu (m)", "mem (MB)", "lease age"
+        );
+        for w in &workers {
+            let c = w.spec.capacity;
+            let queues = if w.spec.queues.is_empty() {
+                "*".to_string()
+            } else {
+                w.spec.queues.join(",")
+            };
+            println!(
+                "{:<20} {:>4}/{:<4} {:>6}/{:<6} {:>6}/{:<6} {:>10}  {}",
+                w.spec.id,
+                w.running,
+                c.slots,
+                w.used_cpu_millis,
+                c.cpu_millis,
+                w.used_mem_mb,
+                c.mem_mb,
+                w.lease_age
+                    .map_or("-".to_string(), |a| format!("{:.1}s", a.as_secs_f64())),
+                queues
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Subcommand)]
+pub enum QueueCmd {
+    /// Set how a queue orders its pending tasks.
+    Policy {
+        queue: String,
+        /// fifo, priority or sjf.
+        policy: String,
+        /// With priority: gain one point per this many ms waited (0: no aging).
+        #[arg(long, default_value_t = 0)]
+        aging_ms: u64,
+    },
+}
+
+pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
+    match cmd {
+        QueueCmd::Policy {
+            queue,
+            policy,
+            aging_ms,
+        } => {
+            let p = match policy.as_str() {
+                "fifo" => flotilla_core::QueuePolicy::Fifo,
+                "priority" => flotilla_core::QueuePolicy::Priority { aging_ms },
+                "sjf" => flotilla_core::QueuePolicy::ShortestJobFirst,
+                other => bail!("invalid policy {other:?}: use fifo, priority or sjf"),
+            };
+            ctx.client()?.set_queue_policy(&queue, p).await?;
+            ctx.print(
+                serde_json::json!({"queue": queue, "policy": policy}),
+                format!("queue {queue}: {policy}"),
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

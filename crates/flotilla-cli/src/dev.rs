@@ -63,11 +63,37 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     if leader > 0 {
         println!("leader: replica {leader}");
     }
-    println!("try: flotilla submit -- echo hello    (Ctrl-C stops the cluster)");
+    // Two workers that run command tasks.
+    let client = flotilla_client::Client::new(peers.values().cloned())?;
+    let mut workers = Vec::new();
+    for n in 1..=2 {
+        let config = flotilla_worker::WorkerConfig {
+            id: format!("dev-worker-{n}"),
+            capacity: flotilla_core::Capacity {
+                slots: 4,
+                cpu_millis: 4000,
+                mem_mb: 8192,
+            },
+            labels: Default::default(),
+            queues: vec![],
+            heartbeat_interval: Duration::from_secs(1),
+        };
+        workers.push(tokio::spawn(flotilla_worker::run(
+            client.clone(),
+            config,
+            std::sync::Arc::new(flotilla_worker::CommandHandler::default()),
+            shutdown.child_token(),
+        )));
+    }
+    println!("workers: dev-worker-1, dev-worker-2 (4 slots each)");
+    println!("try: flotilla submit -- echo hello; flotilla wait 1    (Ctrl-C stops the cluster)");
 
     crate::server::wait_for_signal().await;
     println!("stopping...");
     shutdown.cancel();
+    for w in workers {
+        let _ = w.await;
+    }
     for node in nodes {
         node.stopped().await?;
     }

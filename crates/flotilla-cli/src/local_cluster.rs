@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 pub struct ReplicaOptions {
     pub heartbeat_ms: Option<u64>,
     pub election_timeout_ms: Option<u64>,
+    /// Worker lease TTL of the replicas.
+    pub worker_ttl_ms: Option<u64>,
     /// Extra environment variables, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
 }
@@ -29,6 +31,8 @@ pub struct LocalCluster {
     peers: BTreeMap<u64, String>,
     options: ReplicaOptions,
     children: BTreeMap<u64, Child>,
+    /// Worker processes by worker id.
+    workers: BTreeMap<String, Child>,
 }
 
 /// Ports the OS considers free right now.
@@ -63,6 +67,7 @@ impl LocalCluster {
             peers,
             options,
             children: BTreeMap::new(),
+            workers: BTreeMap::new(),
         })
     }
 
@@ -113,6 +118,9 @@ impl LocalCluster {
         }
         if let Some(e) = self.options.election_timeout_ms {
             cmd.arg("--election-timeout-ms").arg(e.to_string());
+        }
+        if let Some(t) = self.options.worker_ttl_ms {
+            cmd.arg("--worker-ttl-ms").arg(t.to_string());
         }
         for (k, v) in &self.options.env {
             cmd.env(k, v);
@@ -185,6 +193,53 @@ impl LocalCluster {
         self.signal(id, Signal::SIGCONT)
     }
 
+    /// Starts `flotilla worker --id ID` against this cluster, with `extra` flags; its log goes
+    /// to `worker-ID.log`.
+    pub fn start_worker(&mut self, id: &str, extra: &[&str]) -> std::io::Result<()> {
+        self.kill_worker(id)?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.base.join(format!("worker-{id}.log")))?;
+        let child = Command::new(&self.bin)
+            .arg("worker")
+            .arg("--cluster")
+            .arg(self.addrs().join(","))
+            .arg("--id")
+            .arg(id)
+            .args(extra)
+            .envs(self.options.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.workers.insert(id.to_string(), child);
+        Ok(())
+    }
+
+    /// SIGKILL a worker (its running commands are orphaned, as in a machine loss).
+    pub fn kill_worker(&mut self, id: &str) -> std::io::Result<()> {
+        if let Some(mut child) = self.workers.remove(id) {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP / SIGCONT a worker.
+    pub fn pause_worker(&self, id: &str, pause: bool) -> std::io::Result<()> {
+        let child = self
+            .workers
+            .get(id)
+            .ok_or_else(|| std::io::Error::other(format!("worker {id} not running")))?;
+        let sig = if pause {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        };
+        kill(Pid::from_raw(child.id() as i32), sig).map_err(std::io::Error::other)
+    }
+
     /// A client over every replica, with a generous retry budget for fault tests.
     pub fn client(&self) -> Client {
         let config = ClientConfig {
@@ -233,7 +288,11 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for (_, mut child) in std::mem::take(&mut self.children) {
+        let workers = std::mem::take(&mut self.workers).into_values();
+        for mut child in std::mem::take(&mut self.children)
+            .into_values()
+            .chain(workers)
+        {
             let _ = child.kill();
             let _ = child.wait();
         }

@@ -8,6 +8,7 @@ mod dev;
 mod output;
 mod payload;
 mod server;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,15 @@ enum Cmd {
     Cancel(commands::IdArgs),
     /// List tasks.
     List(commands::ListArgs),
+    /// Run a worker that executes command tasks.
+    Worker(worker::WorkerArgs),
+    /// List registered workers with capacity, load and lease age.
+    Workers,
+    /// Queue settings.
+    Queue {
+        #[command(subcommand)]
+        command: commands::QueueCmd,
+    },
     /// Cluster commands.
     Cluster {
         #[command(subcommand)]
@@ -89,6 +99,9 @@ fn main() -> ExitCode {
             Cmd::Cancel(args) => commands::cancel(&ctx, args).await,
             Cmd::List(args) => commands::list(&ctx, args).await,
             Cmd::Cluster { command } => commands::cluster(&ctx, command).await,
+            Cmd::Worker(args) => worker::run(&ctx, args).await,
+            Cmd::Workers => commands::workers(&ctx).await,
+            Cmd::Queue { command } => commands::queue(&ctx, command).await,
             Cmd::Bench { command } => bench::run(&ctx, command).await,
         }
     });

@@ -31,6 +31,12 @@ pub struct ServerArgs {
     /// Minimum election timeout in ms (the maximum is twice this).
     #[arg(long)]
     election_timeout_ms: Option<u64>,
+    /// A worker not heard from for this long is expired and its tasks reassigned (ms).
+    #[arg(long)]
+    worker_ttl_ms: Option<u64>,
+    /// Placement strategy for tasks on workers: binpack or spread.
+    #[arg(long)]
+    placement: Option<String>,
     /// Group commit: Raft entries proposed but not yet applied, at most.
     #[arg(long)]
     max_inflight_entries: Option<usize>,
@@ -46,6 +52,12 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     if let Some(e) = args.election_timeout_ms {
         config.election_timeout_min_ms = e;
         config.election_timeout_max_ms = e * 2;
+    }
+    if let Some(t) = args.worker_ttl_ms {
+        config.worker_lease_ttl_ms = t;
+    }
+    if let Some(p) = &args.placement {
+        config.placement = p.clone();
     }
     if let Some(n) = args.max_inflight_entries {
         config.max_inflight_entries = n;

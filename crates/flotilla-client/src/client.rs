@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::ClientError;
 
 /// Largest message the client sends or accepts.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Retry and timeout settings.
 #[derive(Debug, Clone)]
@@ -111,7 +111,7 @@ pub struct Client {
 struct Inner {
     endpoints: Vec<String>,
     config: ClientConfig,
-    channels: Mutex<HashMap<String, FlotillaClient<Channel>>>,
+    channels: Mutex<HashMap<String, Channel>>,
     /// Address of the replica that last served a leader-only call.
     leader: Mutex<Option<String>>,
 }
@@ -159,6 +159,11 @@ impl Client {
     }
 
     fn channel(&self, addr: &str) -> Result<FlotillaClient<Channel>, ClientError> {
+        self.raw_channel(addr).map(flotilla)
+    }
+
+    /// The (lazily connected) channel to a replica.
+    pub(crate) fn raw_channel(&self, addr: &str) -> Result<Channel, ClientError> {
         let mut channels = self
             .inner
             .channels
@@ -177,11 +182,8 @@ impl Client {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .connect_lazy();
-        let client = FlotillaClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        channels.insert(addr.to_string(), client.clone());
-        Ok(client)
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
     }
 
     fn known_leader(&self) -> Option<String> {
@@ -198,9 +200,28 @@ impl Client {
 
     /// Runs `op` against the leader (or the replica a hint names), retrying until it succeeds,
     /// is rejected for good, or the call deadline passes.
-    async fn call<T, F, Fut>(&self, what: &str, extra: Duration, op: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        what: &str,
+        extra: Duration,
+        op: F,
+    ) -> Result<T, ClientError>
     where
         F: Fn(FlotillaClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        self.call_raw(what, extra, |ch| op(flotilla(ch))).await
+    }
+
+    /// [`Client::call`] over a raw channel, for services other than the client API.
+    pub(crate) async fn call_raw<T, F, Fut>(
+        &self,
+        what: &str,
+        extra: Duration,
+        op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let cfg = &self.inner.config;
@@ -213,8 +234,8 @@ impl Client {
         let mut backoff = cfg.backoff_initial;
         let mut last_error;
         loop {
-            let client = self.channel(&target)?;
-            let attempt = tokio::time::timeout(cfg.request_timeout + extra, op(client)).await;
+            let channel = self.raw_channel(&target)?;
+            let attempt = tokio::time::timeout(cfg.request_timeout + extra, op(channel)).await;
             let mut hinted = None;
             match attempt {
                 Ok(Ok(resp)) => {
@@ -289,6 +310,15 @@ impl Client {
         id: TaskId,
         consistency: Consistency,
     ) -> Result<Task, ClientError> {
+        Ok(self.get_explained(id, consistency).await?.0)
+    }
+
+    /// The task and, for a pending task that no registered worker could ever run, why.
+    pub async fn get_explained(
+        &self,
+        id: TaskId,
+        consistency: Consistency,
+    ) -> Result<(Task, Option<String>), ClientError> {
         let req = pb::GetTaskRequest {
             id: id.0,
             consistency: consistency.to_pb(),
@@ -298,7 +328,12 @@ impl Client {
                 c.get_task(req).await
             })
             .await?;
-        decode_task(resp.task)
+        let reason = resp
+            .task
+            .as_ref()
+            .map(|t| t.pending_reason.clone())
+            .filter(|r| !r.is_empty());
+        Ok((decode_task(resp.task)?, reason))
     }
 
     /// Waits until the task is terminal or `timeout` passes; returns the task either way.
@@ -406,6 +441,12 @@ impl Client {
         }
         Err(last)
     }
+}
+
+fn flotilla(channel: Channel) -> FlotillaClient<Channel> {
+    FlotillaClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 fn decode_task(task: Option<pb::Task>) -> Result<Task, ClientError> {

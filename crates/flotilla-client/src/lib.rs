@@ -17,7 +17,10 @@
 
 mod client;
 mod error;
+mod workers;
 
 pub use client::{Client, ClientConfig, ClusterStatus, Consistency, ListPage, ListQuery, Member};
 pub use error::ClientError;
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
+pub use tonic::Code;
+pub use workers::{Assignment, WorkerEvent, WorkerInfo, WorkerStream};

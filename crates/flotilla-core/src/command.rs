@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CommandError, TaskId, TaskSpec, TaskState};
+use crate::{CommandError, QueuePolicy, TaskId, TaskSpec, TaskState, WorkerSpec};
 
 /// One Raft log entry's payload: the commands of many client requests folded together by the
 /// leader's group commit. Each command is applied on its own, all-or-nothing; one rejected
@@ -24,6 +24,53 @@ pub enum Command {
     Cancel { now_ms: u64, task_id: TaskId },
     /// Advance the replicated clock: waiting tasks whose `not_before` has passed become pending.
     Tick { now_ms: u64 },
+    /// A worker joins (or, with the same session, re-joins after a leader change).
+    RegisterWorker { now_ms: u64, worker: WorkerSpec },
+    /// A worker missed its lease: its tasks go back to pending (or fail when out of attempts).
+    ExpireWorker {
+        now_ms: u64,
+        worker_id: String,
+        reason: String,
+    },
+    /// Start attempt `attempt` (= attempts so far + 1) of a pending task on a worker.
+    Assign {
+        now_ms: u64,
+        task_id: TaskId,
+        worker_id: String,
+        attempt: u32,
+    },
+    /// The attempt succeeded. Fenced: only the current attempt on its worker is accepted.
+    Complete {
+        now_ms: u64,
+        task_id: TaskId,
+        worker_id: String,
+        attempt: u32,
+        result: Vec<u8>,
+    },
+    /// The attempt failed; retried with backoff when `retryable` and attempts remain.
+    Fail {
+        now_ms: u64,
+        task_id: TaskId,
+        worker_id: String,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+    },
+    /// Save progress of the current attempt for the next one.
+    SaveCheckpoint {
+        now_ms: u64,
+        task_id: TaskId,
+        worker_id: String,
+        attempt: u32,
+        progress_permille: u32,
+        data: Vec<u8>,
+    },
+    /// Set how a queue orders its pending tasks.
+    SetQueuePolicy {
+        now_ms: u64,
+        queue: String,
+        policy: QueuePolicy,
+    },
 }
 
 impl Command {
@@ -32,7 +79,14 @@ impl Command {
         match self {
             Command::Submit { now_ms, .. }
             | Command::Cancel { now_ms, .. }
-            | Command::Tick { now_ms } => *now_ms,
+            | Command::Tick { now_ms }
+            | Command::RegisterWorker { now_ms, .. }
+            | Command::ExpireWorker { now_ms, .. }
+            | Command::Assign { now_ms, .. }
+            | Command::Complete { now_ms, .. }
+            | Command::Fail { now_ms, .. }
+            | Command::SaveCheckpoint { now_ms, .. }
+            | Command::SetQueuePolicy { now_ms, .. } => *now_ms,
         }
     }
 }
@@ -53,5 +107,32 @@ pub enum Response {
     Ticked {
         promoted: u32,
     },
+    /// `resumed` when the same session registered again (e.g. with a new leader).
+    WorkerRegistered {
+        worker_id: String,
+        resumed: bool,
+    },
+    /// Tasks of the expired worker that went back to pending, and those that failed for good.
+    WorkerExpired {
+        worker_id: String,
+        requeued: Vec<TaskId>,
+        failed: Vec<TaskId>,
+    },
+    Assigned {
+        task_id: TaskId,
+        attempt: u32,
+    },
+    Completed {
+        task_id: TaskId,
+    },
+    /// `retry_at_ms` is when the next attempt may start, or None if the task failed for good.
+    AttemptFailed {
+        task_id: TaskId,
+        retry_at_ms: Option<u64>,
+    },
+    CheckpointSaved {
+        task_id: TaskId,
+    },
+    QueuePolicySet,
     Rejected(CommandError),
 }

@@ -13,6 +13,23 @@ pub enum CommandError {
     Invalid { field: String, message: String },
     #[error("task {0} not found")]
     NotFound(TaskId),
+    /// A completion, failure or checkpoint of an attempt that is not the current one.
+    #[error("task {task_id}: attempt {attempt} is stale (current attempt is {current})")]
+    StaleAttempt {
+        task_id: TaskId,
+        attempt: u32,
+        current: u32,
+    },
+    #[error("worker {0:?} is not registered")]
+    UnknownWorker(String),
+    #[error("worker {0:?} is already registered by another live process")]
+    DuplicateWorker(String),
+    #[error("task {task_id} does not fit worker {worker_id:?}: {message}")]
+    DoesNotFit {
+        task_id: TaskId,
+        worker_id: String,
+        message: String,
+    },
     /// The task is in a state where the command does not apply.
     #[error("task {task_id} is {state}: {message}")]
     WrongState {

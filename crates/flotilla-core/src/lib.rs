@@ -15,11 +15,15 @@
 mod command;
 mod error;
 mod limits;
+mod scheduler;
 mod state;
 mod task;
+mod worker;
 
 pub use command::{Command, Proposal, Response};
 pub use error::CommandError;
 pub use limits::{validate_spec, Limits};
+pub use scheduler::{plan, unplaceable_reason, Placement, PlanConfig};
 pub use state::{State, StateImage, STATE_IMAGE_VERSION};
-pub use task::{Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};
+pub use task::{Checkpoint, Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};
+pub use worker::{Capacity, QueuePolicy, Worker, WorkerSpec};

@@ -22,6 +22,14 @@ impl Limits {
     pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
     pub const MAX_CPU_MILLIS: u32 = 1_000_000;
     pub const MAX_MEM_MB: u32 = 16 * 1024 * 1024;
+    pub const MAX_WORKER_ID_LEN: usize = 128;
+    pub const MAX_WORKER_SLOTS: u32 = 100_000;
+    pub const MAX_RESULT_BYTES: usize = 1024 * 1024;
+    pub const MAX_CHECKPOINT_BYTES: usize = 1024 * 1024;
+    pub const MAX_ERROR_LEN: usize = 4096;
+    /// First retry delay after a failed attempt; doubles per attempt up to the cap.
+    pub const RETRY_BACKOFF_BASE_MS: u64 = 500;
+    pub const RETRY_BACKOFF_MAX_MS: u64 = 60_000;
 }
 
 /// Checks one task of a batch in isolation (existence of dependencies is checked by `apply`).

@@ -51,6 +51,8 @@ pub struct TaskSpec {
     pub max_attempts: u32,
     /// The task may not start before this time (ms since the Unix epoch).
     pub not_before_ms: Option<u64>,
+    /// An attempt running longer than this is failed (and retried if attempts remain).
+    pub timeout_ms: Option<u64>,
 }
 
 impl TaskSpec {
@@ -67,6 +69,7 @@ impl TaskSpec {
             depends_on: Vec::new(),
             max_attempts: crate::Limits::DEFAULT_MAX_ATTEMPTS,
             not_before_ms: None,
+            timeout_ms: None,
         }
     }
 }
@@ -150,6 +153,22 @@ pub struct Task {
     pub updated_at_ms: u64,
     /// Output of the successful attempt.
     pub result: Option<Vec<u8>>,
-    /// Why the task failed or was cancelled.
+    /// Why the task failed or was cancelled, or the last attempt's error while it retries.
     pub reason: Option<String>,
+    /// The worker running the current attempt (state `running` only).
+    pub worker: Option<String>,
+    /// Leader time at which the current attempt was assigned.
+    pub started_at_ms: Option<u64>,
+    /// The latest checkpoint, handed to the next attempt.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Progress saved by an attempt, so a later attempt can resume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The attempt that saved it.
+    pub attempt: u32,
+    /// Progress in thousandths (0..=1000), for display.
+    pub progress_permille: u32,
+    pub data: Vec<u8>,
 }

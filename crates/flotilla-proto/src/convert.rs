@@ -39,6 +39,7 @@ pub fn spec_from_pb(field: &str, spec: pb::TaskSpec) -> Result<TaskSpec, Convert
             spec.max_attempts
         },
         not_before_ms: Some(spec.not_before_ms).filter(|t| *t > 0),
+        timeout_ms: Some(spec.timeout_ms).filter(|t| *t > 0),
     })
 }
 
@@ -63,6 +64,7 @@ pub fn spec_to_pb(spec: &TaskSpec, with_payload: bool) -> pb::TaskSpec {
         depends_on: spec.depends_on.iter().map(|d| d.0).collect(),
         max_attempts: spec.max_attempts,
         not_before_ms: spec.not_before_ms.unwrap_or(0),
+        timeout_ms: spec.timeout_ms.unwrap_or(0),
     }
 }
 
@@ -77,6 +79,41 @@ pub fn task_to_pb(task: &Task, with_payload: bool) -> pb::Task {
         has_result: task.result.is_some(),
         result: task.result.clone().unwrap_or_default(),
         reason: task.reason.clone().unwrap_or_default(),
+        worker: task.worker.clone().unwrap_or_default(),
+        started_at_ms: task.started_at_ms.unwrap_or(0),
+        checkpoint_progress_permille: task.checkpoint.as_ref().map_or(0, |c| c.progress_permille),
+        has_checkpoint: task.checkpoint.is_some(),
+        pending_reason: String::new(),
+    }
+}
+
+pub fn worker_spec_from_pb(w: pb::WorkerSpec) -> flotilla_core::WorkerSpec {
+    flotilla_core::WorkerSpec {
+        id: w.id,
+        session: w.session,
+        capacity: flotilla_core::Capacity {
+            slots: w.slots,
+            cpu_millis: w.cpu_millis,
+            mem_mb: w.mem_mb,
+        },
+        labels: w.labels.into_iter().collect(),
+        queues: w.queues,
+    }
+}
+
+pub fn worker_spec_to_pb(w: &flotilla_core::WorkerSpec) -> pb::WorkerSpec {
+    pb::WorkerSpec {
+        id: w.id.clone(),
+        session: w.session.clone(),
+        slots: w.capacity.slots,
+        cpu_millis: w.capacity.cpu_millis,
+        mem_mb: w.capacity.mem_mb,
+        labels: w
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        queues: w.queues.clone(),
     }
 }
 
@@ -96,6 +133,14 @@ pub fn task_from_pb(task: pb::Task) -> Result<Task, ConvertError> {
         updated_at_ms: task.updated_at_ms,
         result: task.has_result.then_some(task.result),
         reason: Some(task.reason).filter(|r| !r.is_empty()),
+        worker: Some(task.worker).filter(|w| !w.is_empty()),
+        started_at_ms: Some(task.started_at_ms).filter(|t| *t > 0),
+        // The checkpoint's bytes go to workers only; readers see its progress.
+        checkpoint: task.has_checkpoint.then(|| flotilla_core::Checkpoint {
+            attempt: 0,
+            progress_permille: task.checkpoint_progress_permille,
+            data: Vec::new(),
+        }),
     })
 }
 

@@ -5,6 +5,7 @@
 //! waits until it has applied that far; a follower answers with a leader hint. Stale reads are
 //! served from the local applied state of whichever replica is asked.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_core::{validate_spec, Command, Limits, Response as CoreResponse, TaskId};
@@ -16,6 +17,7 @@ use openraft::ServerState;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
 use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
@@ -34,6 +36,19 @@ pub struct Api {
     pub wait_max: Duration,
     /// A deliberately broken behaviour, only in `planted-bugs` builds (see `planted`).
     pub planted: Option<PlantedBug>,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+/// "Not the leader", with the leader's id and address when this replica knows them.
+pub(crate) fn leader_hint(raft: &Raft) -> ApiError {
+    let m = raft.metrics().borrow().clone();
+    let leader = m.current_leader.and_then(|id| {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| (id, n.addr.clone()))
+    });
+    ApiError::NotLeader { leader }
 }
 
 /// Wall-clock time in ms: read here, at the edge, and carried into commands as a value.
@@ -84,11 +99,14 @@ impl Api {
 
     fn task(&self, id: u64) -> Result<pb::Task, ApiError> {
         let applied = self.state.read();
-        applied
+        let task = applied
             .state
             .get(TaskId(id))
-            .map(|t| task_to_pb(t, true))
-            .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))
+            .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
+        let mut out = task_to_pb(task, true);
+        out.pending_reason =
+            flotilla_core::unplaceable_reason(&applied.state, task).unwrap_or_default();
+        Ok(out)
     }
 }
 
@@ -257,6 +275,63 @@ impl Flotilla for Api {
             tasks,
             next_after_id,
         }))
+    }
+
+    async fn list_workers(
+        &self,
+        _request: Request<pb::ListWorkersRequest>,
+    ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        // Leases live on the leader.
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(leader_hint(&self.raft).into());
+        }
+        let applied = self.state.read();
+        let workers = applied
+            .state
+            .workers()
+            .map(|w| {
+                let used = applied.state.worker_usage(&w.spec.id);
+                let lease = self.dispatcher.lease_view(&w.spec.id);
+                pb::WorkerInfo {
+                    spec: Some(flotilla_proto::worker_spec_to_pb(&w.spec)),
+                    running: used.slots,
+                    used_cpu_millis: used.cpu_millis,
+                    used_mem_mb: used.mem_mb,
+                    lease_age_ms: lease.age.map_or(0, |a| a.as_millis() as u64),
+                    connected: lease.connected,
+                    registered_at_ms: w.registered_at_ms,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkersResponse { workers }))
+    }
+
+    async fn set_queue_policy(
+        &self,
+        request: Request<pb::SetQueuePolicyRequest>,
+    ) -> Result<Response<pb::SetQueuePolicyResponse>, Status> {
+        let req = request.into_inner();
+        let policy = match req.policy.as_str() {
+            "fifo" => flotilla_core::QueuePolicy::Fifo,
+            "priority" => flotilla_core::QueuePolicy::Priority {
+                aging_ms: req.aging_ms,
+            },
+            "sjf" => flotilla_core::QueuePolicy::ShortestJobFirst,
+            other => {
+                return Err(ApiError::Invalid {
+                    field: "policy".into(),
+                    message: format!("unknown policy {other:?} (use fifo, priority or sjf)"),
+                }
+                .into())
+            }
+        };
+        self.propose(Command::SetQueuePolicy {
+            now_ms: now_ms(),
+            queue: req.queue,
+            policy,
+        })
+        .await?;
+        Ok(Response::new(pb::SetQueuePolicyResponse {}))
     }
 
     async fn cluster_status(

@@ -39,6 +39,10 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Raft log entries since the last snapshot that trigger a new one.
     pub snapshot_every_entries: u64,
+    /// A worker not heard from for this long is expired and its tasks reassigned.
+    pub worker_lease_ttl_ms: u64,
+    /// Placement strategy: "binpack" or "spread".
+    pub placement: String,
 }
 
 impl ServerConfig {
@@ -65,6 +69,8 @@ impl ServerConfig {
             wait_max_ms: 60_000,
             max_request_bytes: 64 * 1024 * 1024,
             snapshot_every_entries: 20_000,
+            worker_lease_ttl_ms: 10_000,
+            placement: "binpack".into(),
         }
     }
 
@@ -101,6 +107,15 @@ impl ServerConfig {
                 problems.push(format!("peer {id} address {addr:?} is not HOST:PORT"));
             }
         }
+        if self.worker_lease_ttl_ms < 100 {
+            problems.push("worker_lease_ttl_ms must be at least 100".into());
+        }
+        if self.placement_strategy().is_none() {
+            problems.push(format!(
+                "placement {:?} is not \"binpack\" or \"spread\"",
+                self.placement
+            ));
+        }
         if self.cluster_name.is_empty() {
             problems.push("cluster name must not be empty".into());
         }
@@ -128,6 +143,16 @@ impl ServerConfig {
             Ok(())
         } else {
             Err(problems)
+        }
+    }
+}
+
+impl ServerConfig {
+    pub fn placement_strategy(&self) -> Option<flotilla_core::Placement> {
+        match self.placement.as_str() {
+            "binpack" => Some(flotilla_core::Placement::BinPack),
+            "spread" => Some(flotilla_core::Placement::Spread),
+            _ => None,
         }
     }
 }

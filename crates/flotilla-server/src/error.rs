@@ -30,6 +30,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
     /// This replica is not the leader; `leader` is the hint (id, address) when known.
     #[error("not the leader")]
     NotLeader { leader: Option<(u64, String)> },
@@ -45,7 +47,11 @@ impl From<CommandError> for ApiError {
         match e {
             CommandError::Invalid { field, message } => ApiError::Invalid { field, message },
             CommandError::NotFound(id) => ApiError::NotFound(format!("task {id} not found")),
-            e @ CommandError::WrongState { .. } => ApiError::FailedPrecondition(e.to_string()),
+            e @ (CommandError::WrongState { .. }
+            | CommandError::StaleAttempt { .. }
+            | CommandError::DoesNotFit { .. }) => ApiError::FailedPrecondition(e.to_string()),
+            e @ CommandError::UnknownWorker(_) => ApiError::NotFound(e.to_string()),
+            e @ CommandError::DuplicateWorker(_) => ApiError::AlreadyExists(e.to_string()),
         }
     }
 }
@@ -67,6 +73,7 @@ impl From<ApiError> for Status {
             }
             ApiError::NotFound(m) => Status::not_found(m),
             ApiError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ApiError::AlreadyExists(m) => Status::already_exists(m),
             ApiError::NotLeader { leader } => {
                 let mut status = Status::new(
                     Code::Unavailable,

@@ -14,12 +14,14 @@
 
 mod api;
 mod config;
+mod dispatch;
 mod error;
 mod network;
 mod node;
 pub mod planted;
 pub mod proposer;
 mod raft_service;
+mod worker_service;
 
 pub use config::{parse_peers, ServerConfig};
 pub use error::ServerError;

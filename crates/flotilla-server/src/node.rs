@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::Command;
+use flotilla_core::PlanConfig;
 use flotilla_proto::pb::flotilla_server::FlotillaServer;
+use flotilla_proto::pb::workers_server::WorkersServer;
 use flotilla_proto::raftpb::raft_server::RaftServer;
 use flotilla_store::SharedState;
 use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
@@ -17,9 +19,11 @@ use tracing::{info, warn};
 
 use crate::api::{now_ms, Api};
 use crate::config::ServerConfig;
+use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::{Proposer, ProposerLimits};
 use crate::raft_service::RaftService;
+use crate::worker_service::WorkerService;
 use crate::{Raft, ServerError};
 
 /// How often the leader checks whether a waiting task's `not_before` has passed.
@@ -134,6 +138,27 @@ pub async fn start(
             queue_limit: config.proposal_queue_limit,
         },
     );
+    let planted = crate::planted::PlantedBug::from_env();
+    let dispatcher = Arc::new(Dispatcher::new(
+        raft.clone(),
+        state.clone(),
+        proposer.clone(),
+        DispatchConfig {
+            lease_ttl: Duration::from_millis(config.worker_lease_ttl_ms),
+            plan: PlanConfig {
+                placement: config.placement_strategy().unwrap_or_default(),
+                ..PlanConfig::default()
+            },
+            interval: Duration::from_millis(50),
+        },
+        planted,
+    ));
+    let worker_service = WorkerService {
+        dispatcher: dispatcher.clone(),
+        proposer: proposer.clone(),
+        state: state.clone(),
+        planted,
+    };
     let api = Api {
         node_id: config.node_id,
         cluster_name: config.cluster_name.clone(),
@@ -141,7 +166,8 @@ pub async fn start(
         state: state.clone(),
         proposer: proposer.clone(),
         wait_max: Duration::from_millis(config.wait_max_ms),
-        planted: crate::planted::PlantedBug::from_env(),
+        planted,
+        dispatcher: dispatcher.clone(),
     };
     let raft_service = RaftService {
         raft: raft.clone(),
@@ -151,6 +177,11 @@ pub async fn start(
         .tcp_nodelay(true)
         .add_service(
             FlotillaServer::new(api)
+                .max_decoding_message_size(config.max_request_bytes)
+                .max_encoding_message_size(config.max_request_bytes),
+        )
+        .add_service(
+            WorkersServer::new(worker_service)
                 .max_decoding_message_size(config.max_request_bytes)
                 .max_encoding_message_size(config.max_request_bytes),
         )
@@ -167,6 +198,10 @@ pub async fn start(
         router.serve_with_incoming_shutdown(incoming, async move { token.cancelled().await }),
     );
 
+    {
+        let token = shutdown.clone();
+        tokio::spawn(async move { dispatcher.run(token).await });
+    }
     tokio::spawn(tick_loop(
         raft.clone(),
         state.clone(),

@@ -11,6 +11,10 @@ pub enum PlantedBug {
     AckBeforeCommit,
     /// Ignore idempotency keys: a retried submit creates a second task.
     NoIdempotency,
+    /// Push an assignment to the worker before (and whether or not) it is committed.
+    DispatchBeforeCommit,
+    /// Accept a completion carrying a stale attempt (the leader stamps the current one).
+    SkipAttemptCheck,
 }
 
 impl PlantedBug {
@@ -20,6 +24,8 @@ impl PlantedBug {
         match name {
             "ack-before-commit" => Some(PlantedBug::AckBeforeCommit),
             "no-idempotency" => Some(PlantedBug::NoIdempotency),
+            "dispatch-before-commit" => Some(PlantedBug::DispatchBeforeCommit),
+            "skip-attempt-check" => Some(PlantedBug::SkipAttemptCheck),
             _ => None,
         }
     }

@@ -71,7 +71,10 @@ impl Proposer {
 fn command_bytes(c: &Command) -> usize {
     match c {
         Command::Submit { tasks, .. } => tasks.iter().map(|t| t.payload.len() + 64).sum(),
-        Command::Cancel { .. } | Command::Tick { .. } => 16,
+        Command::Complete { result, .. } => result.len() + 64,
+        Command::SaveCheckpoint { data, .. } => data.len() + 64,
+        Command::Fail { error, .. } => error.len() + 64,
+        _ => 64,
     }
 }
 

@@ -28,11 +28,14 @@ const SNAPSHOT_KEY: &[u8] = b"snapshot";
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
-/// The state's scalar fields, stored beside the per-task records.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+/// Everything of the state but its tasks, stored beside the per-task records (small: the
+/// counters, registered workers and queue policies).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Scalars {
     next_task_id: u64,
     clock_ms: u64,
+    workers: Vec<flotilla_core::Worker>,
+    queue_policies: Vec<(String, flotilla_core::QueuePolicy)>,
 }
 
 /// The current snapshot as stored: openraft's meta plus the encoded image.
@@ -98,6 +101,8 @@ impl StateMachine {
                 next_task_id: s.next_task_id,
                 clock_ms: s.clock_ms,
                 tasks,
+                workers: s.workers,
+                queue_policies: s.queue_policies,
             })
             .map_err(|e| format!("stored state is inconsistent: {e}"))?,
         };
@@ -128,6 +133,8 @@ fn put_pointers(db: &DB, batch: &mut WriteBatch, applied: &Applied) {
     let scalars = Scalars {
         next_task_id: applied.state.next_task_id(),
         clock_ms: applied.state.clock_ms(),
+        workers: applied.state.workers().cloned().collect(),
+        queue_policies: applied.state.queue_policies(),
     };
     batch.put_cf(meta, SCALARS_KEY, encode(&scalars));
 }

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    validate_spec, Command, CommandError, Limits, Proposal, Response, Task, TaskId, TaskSpec,
-    TaskState, REASON_UPSTREAM_FAILED,
+    validate_spec, Capacity, Checkpoint, Command, CommandError, Limits, Proposal, QueuePolicy,
+    Response, Task, TaskId, TaskSpec, TaskState, Worker, WorkerSpec, REASON_UPSTREAM_FAILED,
 };
 
 /// Version of [`StateImage`]'s encoding; bump when its fields change and migrate on decode.
@@ -23,6 +23,9 @@ pub struct StateImage {
     pub next_task_id: u64,
     pub clock_ms: u64,
     pub tasks: Vec<Task>,
+    pub workers: Vec<Worker>,
+    /// Queues with a policy other than the default (FIFO).
+    pub queue_policies: Vec<(String, QueuePolicy)>,
 }
 
 /// The scheduler's replicated state. Mutated only by [`State::apply`].
@@ -32,6 +35,10 @@ pub struct State {
     next_task_id: u64,
     /// Largest `now_ms` of any applied command: the replicated clock.
     clock_ms: u64,
+    /// Registered workers by id.
+    workers: BTreeMap<String, Worker>,
+    /// Queues with a non-default policy.
+    queue_policies: BTreeMap<String, QueuePolicy>,
 
     // ---- derived indexes ----
     /// Tasks in state `waiting`.
@@ -42,6 +49,8 @@ pub struct State {
     pending: BTreeMap<String, BTreeSet<TaskId>>,
     /// Tasks in state `running`.
     running: BTreeSet<TaskId>,
+    /// Worker id -> its running tasks.
+    on_worker: BTreeMap<String, BTreeSet<TaskId>>,
     /// Idempotency key -> the task created with it.
     by_key: BTreeMap<String, TaskId>,
     /// Parent -> waiting children that still need it to succeed.
@@ -82,6 +91,56 @@ impl State {
 
     pub fn next_task_id(&self) -> u64 {
         self.next_task_id
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> + '_ {
+        self.workers.values()
+    }
+
+    pub fn worker(&self, id: &str) -> Option<&Worker> {
+        self.workers.get(id)
+    }
+
+    /// Tasks running on worker `id`.
+    pub fn tasks_on(&self, id: &str) -> impl Iterator<Item = &Task> + '_ {
+        self.on_worker
+            .get(id)
+            .into_iter()
+            .flatten()
+            .map(|t| &self.tasks[t])
+    }
+
+    /// What a worker's running tasks use of its capacity.
+    pub fn worker_usage(&self, id: &str) -> Capacity {
+        let mut used = Capacity::default();
+        for t in self.tasks_on(id) {
+            used.slots += 1;
+            used.cpu_millis = used.cpu_millis.saturating_add(t.spec.resources.cpu_millis);
+            used.mem_mb = used.mem_mb.saturating_add(t.spec.resources.mem_mb);
+        }
+        used
+    }
+
+    /// Queues with a non-default policy.
+    pub fn queue_policies(&self) -> Vec<(String, QueuePolicy)> {
+        self.queue_policies
+            .iter()
+            .map(|(q, p)| (q.clone(), *p))
+            .collect()
+    }
+
+    pub fn queue_policy(&self, queue: &str) -> QueuePolicy {
+        self.queue_policies.get(queue).copied().unwrap_or_default()
+    }
+
+    /// Queues with pending tasks, by name.
+    pub fn pending_queues(&self) -> impl Iterator<Item = &str> + '_ {
+        self.pending.keys().map(String::as_str)
+    }
+
+    /// Running tasks, by id.
+    pub fn running(&self) -> impl Iterator<Item = &Task> + '_ {
+        self.running.iter().map(|t| &self.tasks[t])
     }
 
     /// The task created with idempotency key `key`, if any.
@@ -151,6 +210,73 @@ impl State {
                 Err(e) => Response::Rejected(e),
             },
             Command::Tick { .. } => Response::Ticked { promoted },
+            Command::RegisterWorker { now_ms, worker } => self
+                .register_worker(*now_ms, worker)
+                .unwrap_or_else(Response::Rejected),
+            Command::ExpireWorker {
+                now_ms,
+                worker_id,
+                reason,
+            } => self
+                .expire_worker(*now_ms, worker_id, reason)
+                .unwrap_or_else(Response::Rejected),
+            Command::Assign {
+                now_ms,
+                task_id,
+                worker_id,
+                attempt,
+            } => self
+                .assign(*now_ms, *task_id, worker_id, *attempt)
+                .unwrap_or_else(Response::Rejected),
+            Command::Complete {
+                now_ms,
+                task_id,
+                worker_id,
+                attempt,
+                result,
+            } => self
+                .complete(*now_ms, *task_id, worker_id, *attempt, result)
+                .unwrap_or_else(Response::Rejected),
+            Command::Fail {
+                now_ms,
+                task_id,
+                worker_id,
+                attempt,
+                error,
+                retryable,
+            } => self
+                .fail(*now_ms, *task_id, worker_id, *attempt, error, *retryable)
+                .unwrap_or_else(Response::Rejected),
+            Command::SaveCheckpoint {
+                now_ms,
+                task_id,
+                worker_id,
+                attempt,
+                progress_permille,
+                data,
+            } => self
+                .save_checkpoint(
+                    *now_ms,
+                    *task_id,
+                    worker_id,
+                    *attempt,
+                    *progress_permille,
+                    data,
+                )
+                .unwrap_or_else(Response::Rejected),
+            Command::SetQueuePolicy { queue, policy, .. } => {
+                match validate_queue_name("queue", queue) {
+                    Ok(()) => {
+                        if *policy == QueuePolicy::Fifo {
+                            self.queue_policies.remove(queue);
+                        } else {
+                            self.queue_policies.insert(queue.clone(), *policy);
+                        }
+                        Response::QueuePolicySet
+                    }
+                    Err(e) => Response::Rejected(e),
+                }
+            }
         };
         #[cfg(debug_assertions)]
         if let Err(e) = self.check_invariants() {
@@ -228,6 +354,277 @@ impl State {
         Ok((ids, created))
     }
 
+    fn register_worker(
+        &mut self,
+        now_ms: u64,
+        spec: &WorkerSpec,
+    ) -> Result<Response, CommandError> {
+        spec.validate()?;
+        if let Some(existing) = self.workers.get(&spec.id) {
+            if existing.spec.session != spec.session {
+                return Err(CommandError::DuplicateWorker(spec.id.clone()));
+            }
+            // Same process again (e.g. after a leader change): keep the original registration,
+            // whose capacity its running tasks were placed against.
+            return Ok(Response::WorkerRegistered {
+                worker_id: spec.id.clone(),
+                resumed: true,
+            });
+        }
+        self.workers.insert(
+            spec.id.clone(),
+            Worker {
+                spec: spec.clone(),
+                registered_at_ms: now_ms,
+            },
+        );
+        Ok(Response::WorkerRegistered {
+            worker_id: spec.id.clone(),
+            resumed: false,
+        })
+    }
+
+    fn expire_worker(
+        &mut self,
+        now_ms: u64,
+        worker_id: &str,
+        reason: &str,
+    ) -> Result<Response, CommandError> {
+        if !self.workers.contains_key(worker_id) {
+            return Err(CommandError::UnknownWorker(worker_id.to_string()));
+        }
+        let (mut requeued, mut failed) = (Vec::new(), Vec::new());
+        let lost = format!("worker {worker_id} lost: {reason}");
+        let running: Vec<TaskId> = self
+            .on_worker
+            .get(worker_id)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        for id in running {
+            let task = &self.tasks[&id];
+            if task.attempts < task.spec.max_attempts {
+                self.set_state(now_ms, id, TaskState::Pending, |t| {
+                    t.reason = Some(lost.clone())
+                });
+                requeued.push(id);
+            } else {
+                self.finish(now_ms, id, TaskState::Failed, Some(lost.clone()));
+                failed.push(id);
+            }
+        }
+        self.workers.remove(worker_id);
+        Ok(Response::WorkerExpired {
+            worker_id: worker_id.to_string(),
+            requeued,
+            failed,
+        })
+    }
+
+    /// Checks that the task can be placed on the worker now.
+    pub fn check_fit(&self, task: &Task, worker_id: &str) -> Result<(), CommandError> {
+        let worker = self
+            .workers
+            .get(worker_id)
+            .ok_or_else(|| CommandError::UnknownWorker(worker_id.to_string()))?;
+        let no = |message: String| {
+            Err(CommandError::DoesNotFit {
+                task_id: task.id,
+                worker_id: worker_id.to_string(),
+                message,
+            })
+        };
+        if !worker.spec.serves(&task.spec.queue) {
+            return no(format!("does not serve queue {:?}", task.spec.queue));
+        }
+        if !worker.spec.matches(&task.spec.labels) {
+            return no("label constraints not met".into());
+        }
+        let used = self.worker_usage(worker_id);
+        let cap = worker.spec.capacity;
+        let needs = task.spec.resources;
+        if used.slots >= cap.slots
+            || used.cpu_millis.saturating_add(needs.cpu_millis) > cap.cpu_millis
+            || used.mem_mb.saturating_add(needs.mem_mb) > cap.mem_mb
+        {
+            return no(format!(
+                "needs 1 slot, {} mcpu, {} MB; free {} slots, {} mcpu, {} MB",
+                needs.cpu_millis,
+                needs.mem_mb,
+                cap.slots.saturating_sub(used.slots),
+                cap.cpu_millis.saturating_sub(used.cpu_millis),
+                cap.mem_mb.saturating_sub(used.mem_mb)
+            ));
+        }
+        Ok(())
+    }
+
+    fn assign(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        worker_id: &str,
+        attempt: u32,
+    ) -> Result<Response, CommandError> {
+        let task = self.tasks.get(&id).ok_or(CommandError::NotFound(id))?;
+        if task.state != TaskState::Pending {
+            return Err(CommandError::WrongState {
+                task_id: id,
+                state: task.state,
+                message: "only a pending task can be assigned".into(),
+            });
+        }
+        if attempt != task.attempts + 1 {
+            return Err(CommandError::StaleAttempt {
+                task_id: id,
+                attempt,
+                current: task.attempts,
+            });
+        }
+        self.check_fit(task, worker_id)?;
+        let worker = worker_id.to_string();
+        self.set_state(now_ms, id, TaskState::Running, |t| {
+            t.attempts = attempt;
+            t.worker = Some(worker);
+            t.started_at_ms = Some(now_ms);
+        });
+        Ok(Response::Assigned {
+            task_id: id,
+            attempt,
+        })
+    }
+
+    /// The fencing check shared by completions, failures and checkpoints: the task is running
+    /// `attempt` on `worker_id`.
+    fn check_current(
+        &self,
+        id: TaskId,
+        worker_id: &str,
+        attempt: u32,
+    ) -> Result<&Task, CommandError> {
+        let task = self.tasks.get(&id).ok_or(CommandError::NotFound(id))?;
+        if attempt != task.attempts {
+            return Err(CommandError::StaleAttempt {
+                task_id: id,
+                attempt,
+                current: task.attempts,
+            });
+        }
+        if task.state != TaskState::Running {
+            return Err(CommandError::WrongState {
+                task_id: id,
+                state: task.state,
+                message: format!("attempt {attempt} is no longer running"),
+            });
+        }
+        if task.worker.as_deref() != Some(worker_id) {
+            return Err(CommandError::WrongState {
+                task_id: id,
+                state: task.state,
+                message: format!("attempt {attempt} does not run on worker {worker_id:?}"),
+            });
+        }
+        Ok(task)
+    }
+
+    fn complete(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        worker_id: &str,
+        attempt: u32,
+        result: &[u8],
+    ) -> Result<Response, CommandError> {
+        self.check_current(id, worker_id, attempt)?;
+        if result.len() > Limits::MAX_RESULT_BYTES {
+            return Err(CommandError::invalid(
+                "result",
+                format!(
+                    "{} bytes exceeds limit {}",
+                    result.len(),
+                    Limits::MAX_RESULT_BYTES
+                ),
+            ));
+        }
+        let result = result.to_vec();
+        self.set_state(now_ms, id, TaskState::Succeeded, |t| {
+            t.result = Some(result);
+            t.reason = None;
+        });
+        // Children waiting on this task may now run.
+        for child in self.children.remove(&id).unwrap_or_default() {
+            if self.is_ready(&self.tasks[&child]) {
+                self.set_state(now_ms, child, TaskState::Pending, |_| {});
+            }
+        }
+        Ok(Response::Completed { task_id: id })
+    }
+
+    fn fail(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        worker_id: &str,
+        attempt: u32,
+        error: &str,
+        retryable: bool,
+    ) -> Result<Response, CommandError> {
+        let task = self.check_current(id, worker_id, attempt)?;
+        let error: String = error.chars().take(Limits::MAX_ERROR_LEN).collect();
+        if retryable && task.attempts < task.spec.max_attempts {
+            let backoff = Limits::RETRY_BACKOFF_BASE_MS
+                .saturating_mul(1u64 << (task.attempts.saturating_sub(1)).min(20))
+                .min(Limits::RETRY_BACKOFF_MAX_MS);
+            let retry_at = now_ms.saturating_add(backoff);
+            self.set_state(now_ms, id, TaskState::Waiting, |t| {
+                t.reason = Some(error);
+                t.spec.not_before_ms = Some(retry_at);
+            });
+            return Ok(Response::AttemptFailed {
+                task_id: id,
+                retry_at_ms: Some(retry_at),
+            });
+        }
+        self.finish(now_ms, id, TaskState::Failed, Some(error));
+        Ok(Response::AttemptFailed {
+            task_id: id,
+            retry_at_ms: None,
+        })
+    }
+
+    fn save_checkpoint(
+        &mut self,
+        now_ms: u64,
+        id: TaskId,
+        worker_id: &str,
+        attempt: u32,
+        progress_permille: u32,
+        data: &[u8],
+    ) -> Result<Response, CommandError> {
+        self.check_current(id, worker_id, attempt)?;
+        if data.len() > Limits::MAX_CHECKPOINT_BYTES {
+            return Err(CommandError::invalid(
+                "checkpoint",
+                format!(
+                    "{} bytes exceeds limit {}",
+                    data.len(),
+                    Limits::MAX_CHECKPOINT_BYTES
+                ),
+            ));
+        }
+        let checkpoint = Checkpoint {
+            attempt,
+            progress_permille: progress_permille.min(1000),
+            data: data.to_vec(),
+        };
+        let task = self.tasks.get_mut(&id).expect("checked above");
+        task.checkpoint = Some(checkpoint);
+        task.updated_at_ms = now_ms;
+        self.dirty.insert(id);
+        Ok(Response::CheckpointSaved { task_id: id })
+    }
+
     fn insert_new(&mut self, now_ms: u64, spec: &TaskSpec) -> TaskId {
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
@@ -248,6 +645,9 @@ impl State {
             updated_at_ms: now_ms,
             result: None,
             reason: None,
+            worker: None,
+            started_at_ms: None,
+            checkpoint: None,
         };
         if upstream_failed {
             task.state = TaskState::Failed;
@@ -323,6 +723,9 @@ impl State {
         self.counts[task.state.index()] -= 1;
         task.state = state;
         task.updated_at_ms = now_ms;
+        if state != TaskState::Running {
+            task.worker = None;
+        }
         edit(&mut task);
         self.index_insert(&task);
         self.counts[task.state.index()] += 1;
@@ -351,6 +754,9 @@ impl State {
             }
             TaskState::Running => {
                 self.running.insert(task.id);
+                if let Some(w) = &task.worker {
+                    self.on_worker.entry(w.clone()).or_default().insert(task.id);
+                }
             }
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {}
         }
@@ -382,6 +788,14 @@ impl State {
             }
             TaskState::Running => {
                 self.running.remove(&task.id);
+                if let Some(w) = &task.worker {
+                    if let Some(set) = self.on_worker.get_mut(w) {
+                        set.remove(&task.id);
+                        if set.is_empty() {
+                            self.on_worker.remove(w);
+                        }
+                    }
+                }
             }
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {}
         }
@@ -397,6 +811,12 @@ impl State {
             next_task_id: self.next_task_id,
             clock_ms: self.clock_ms,
             tasks: self.tasks.values().cloned().collect(),
+            workers: self.workers.values().cloned().collect(),
+            queue_policies: self
+                .queue_policies
+                .iter()
+                .map(|(q, p)| (q.clone(), *p))
+                .collect(),
         }
     }
 
@@ -411,6 +831,12 @@ impl State {
         let mut state = State {
             next_task_id: image.next_task_id,
             clock_ms: image.clock_ms,
+            workers: image
+                .workers
+                .into_iter()
+                .map(|w| (w.spec.id.clone(), w))
+                .collect(),
+            queue_policies: image.queue_policies.into_iter().collect(),
             ..State::default()
         };
         for task in image.tasks {
@@ -497,6 +923,38 @@ impl State {
                 }
             }
         }
+        for t in self.running.iter().map(|id| &self.tasks[id]) {
+            let on = t.worker.as_ref().is_some_and(|w| {
+                self.workers.contains_key(w)
+                    && self.on_worker.get(w).is_some_and(|s| s.contains(&t.id))
+            });
+            if !on {
+                return Err(format!("running task {} not on a registered worker", t.id));
+            }
+        }
+        for (w, set) in &self.on_worker {
+            let Some(worker) = self.workers.get(w) else {
+                return Err(format!("tasks on unregistered worker {w}"));
+            };
+            if set.is_empty() {
+                return Err(format!("empty task set for worker {w}"));
+            }
+            let used = self.worker_usage(w);
+            let cap = worker.spec.capacity;
+            if used.slots > cap.slots
+                || used.cpu_millis > cap.cpu_millis
+                || used.mem_mb > cap.mem_mb
+            {
+                return Err(format!("worker {w} over capacity: {used:?} > {cap:?}"));
+            }
+        }
+        if self
+            .tasks
+            .values()
+            .any(|t| t.worker.is_some() && t.state != TaskState::Running)
+        {
+            return Err("a task that is not running names a worker".into());
+        }
         if counts != self.counts {
             return Err(format!("counts {:?} != actual {counts:?}", self.counts));
         }
@@ -541,6 +999,16 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// Checks a queue name (shared by specs and queue policies).
+fn validate_queue_name(field: &str, queue: &str) -> Result<(), CommandError> {
+    let mut spec = TaskSpec::new(queue, Vec::new());
+    spec.max_attempts = 1;
+    validate_spec(field, &spec).map_err(|e| match e {
+        CommandError::Invalid { message, .. } => CommandError::invalid(field, message),
+        other => other,
+    })
 }
 
 #[cfg(test)]

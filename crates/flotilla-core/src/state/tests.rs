@@ -297,6 +297,31 @@ fn arb_command() -> impl Strategy<Value = Command> {
             .prop_map(|(now_ms, tasks)| Command::Submit { now_ms, tasks }),
         1 => (0u64..200, 0u64..40).prop_map(|(now_ms, id)| Command::Cancel { now_ms, task_id: TaskId(id) }),
         1 => (0u64..250).prop_map(|now_ms| Command::Tick { now_ms }),
+        1 => (0u64..200, 0usize..3, 0u32..3, 0u32..3).prop_map(|(now_ms, w, session, slots)| Command::RegisterWorker {
+            now_ms,
+            worker: crate::WorkerSpec {
+                id: format!("w{w}"),
+                session: format!("s{session}"),
+                capacity: crate::Capacity { slots, cpu_millis: 1000, mem_mb: 1000 },
+                labels: Default::default(),
+                queues: if w == 2 { vec!["a".into()] } else { vec![] },
+            },
+        }),
+        2 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::Assign {
+            now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt,
+        }),
+        1 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::Complete {
+            now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt, result: vec![7],
+        }),
+        1 => (0u64..200, 0u64..40, 0usize..3, 0u32..4, any::<bool>()).prop_map(|(now_ms, id, w, attempt, retryable)| Command::Fail {
+            now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt, error: "boom".into(), retryable,
+        }),
+        1 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::SaveCheckpoint {
+            now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt, progress_permille: 10, data: vec![1],
+        }),
+        1 => (0u64..200, 0usize..3).prop_map(|(now_ms, w)| Command::ExpireWorker {
+            now_ms, worker_id: format!("w{w}"), reason: "lease".into(),
+        }),
     ]
 }
 
@@ -329,11 +354,13 @@ proptest! {
         restored.check_invariants().unwrap();
     }
 
-    /// Random command sequences never break invariants, and a rejected command changes
-    /// nothing but what the passing of time does (a Tick to the same time).
+    /// Random command sequences never break invariants (capacity included), a rejected command
+    /// changes nothing but what the passing of time does (a Tick to the same time), and no task
+    /// ever succeeds twice or leaves a terminal state.
     #[test]
-    fn invariants_hold_and_rejections_change_nothing(cmds in proptest::collection::vec(arb_command(), 0..80)) {
+    fn invariants_hold_and_rejections_change_nothing(cmds in proptest::collection::vec(arb_command(), 0..120)) {
         let mut s = State::new();
+        let mut terminal: std::collections::BTreeMap<TaskId, TaskState> = Default::default();
         for c in &cmds {
             let mut only_time = s.clone();
             only_time.apply(&Command::Tick { now_ms: c.now_ms() });
@@ -344,6 +371,324 @@ proptest! {
             }
             let total: u64 = TaskState::ALL.iter().map(|st| s.count(*st)).sum();
             prop_assert_eq!(total as usize, s.task_count());
+            for t in s.list(None, None, None, usize::MAX) {
+                if let Some(prev) = terminal.get(&t.id) {
+                    prop_assert_eq!(*prev, t.state, "task {} left terminal state", t.id);
+                } else if t.state.is_terminal() {
+                    terminal.insert(t.id, t.state);
+                }
+            }
         }
     }
+}
+
+// ---------------------------------------------------------------- workers and attempts
+
+fn wspec(id: &str, slots: u32) -> crate::WorkerSpec {
+    crate::WorkerSpec {
+        id: id.into(),
+        session: format!("session-{id}"),
+        capacity: crate::Capacity {
+            slots,
+            cpu_millis: 4000,
+            mem_mb: 4096,
+        },
+        labels: Default::default(),
+        queues: vec![],
+    }
+}
+
+fn running_task(s: &mut State, worker: &str, max_attempts: u32) -> TaskId {
+    let mut t = spec("q");
+    t.max_attempts = max_attempts;
+    let id = ids(&submit(s, 1, vec![t]))[0];
+    if s.worker(worker).is_none() {
+        s.apply(&Command::RegisterWorker {
+            now_ms: 1,
+            worker: wspec(worker, 4),
+        });
+    }
+    let attempt = s.get(id).unwrap().attempts + 1;
+    let r = s.apply(&Command::Assign {
+        now_ms: 2,
+        task_id: id,
+        worker_id: worker.into(),
+        attempt,
+    });
+    assert_eq!(
+        r,
+        Response::Assigned {
+            task_id: id,
+            attempt
+        }
+    );
+    id
+}
+
+#[test]
+fn stale_or_foreign_completion_is_rejected_and_changes_nothing() {
+    let mut s = State::new();
+    let id = running_task(&mut s, "w1", 3);
+    s.apply(&Command::RegisterWorker {
+        now_ms: 2,
+        worker: wspec("w2", 1),
+    });
+    // The worker is lost; the task goes back to pending and runs again as attempt 2 on w2.
+    let r = s.apply(&Command::ExpireWorker {
+        now_ms: 3,
+        worker_id: "w1".into(),
+        reason: "lease".into(),
+    });
+    assert_eq!(
+        r,
+        Response::WorkerExpired {
+            worker_id: "w1".into(),
+            requeued: vec![id],
+            failed: vec![]
+        }
+    );
+    s.apply(&Command::Assign {
+        now_ms: 4,
+        task_id: id,
+        worker_id: "w2".into(),
+        attempt: 2,
+    });
+    let before = image_bytes(&s);
+    let late = Command::Complete {
+        now_ms: 4,
+        task_id: id,
+        worker_id: "w1".into(),
+        attempt: 1,
+        result: b"old".to_vec(),
+    };
+    assert_eq!(
+        s.apply(&late),
+        Response::Rejected(CommandError::StaleAttempt {
+            task_id: id,
+            attempt: 1,
+            current: 2
+        })
+    );
+    let wrong_worker = Command::Complete {
+        now_ms: 4,
+        task_id: id,
+        worker_id: "w1".into(),
+        attempt: 2,
+        result: vec![],
+    };
+    assert!(matches!(
+        s.apply(&wrong_worker),
+        Response::Rejected(CommandError::WrongState { .. })
+    ));
+    let unknown = Command::Complete {
+        now_ms: 4,
+        task_id: TaskId(99),
+        worker_id: "w2".into(),
+        attempt: 1,
+        result: vec![],
+    };
+    assert_eq!(
+        s.apply(&unknown),
+        Response::Rejected(CommandError::NotFound(TaskId(99)))
+    );
+    assert_eq!(image_bytes(&s), before);
+    // The current attempt succeeds, once; a second completion is rejected.
+    let ok = Command::Complete {
+        now_ms: 5,
+        task_id: id,
+        worker_id: "w2".into(),
+        attempt: 2,
+        result: b"new".to_vec(),
+    };
+    assert_eq!(s.apply(&ok), Response::Completed { task_id: id });
+    assert!(matches!(
+        s.apply(&ok),
+        Response::Rejected(CommandError::WrongState { .. })
+    ));
+    let t = s.get(id).unwrap();
+    assert_eq!(
+        (t.state, t.result.as_deref(), t.worker.as_deref()),
+        (TaskState::Succeeded, Some(&b"new"[..]), None)
+    );
+}
+
+#[test]
+fn failures_retry_with_backoff_then_dead_letter() {
+    let mut s = State::new();
+    let id = running_task(&mut s, "w", 2);
+    let r = s.apply(&Command::Fail {
+        now_ms: 10,
+        task_id: id,
+        worker_id: "w".into(),
+        attempt: 1,
+        error: "exit 1".into(),
+        retryable: true,
+    });
+    assert_eq!(
+        r,
+        Response::AttemptFailed {
+            task_id: id,
+            retry_at_ms: Some(10 + Limits::RETRY_BACKOFF_BASE_MS)
+        }
+    );
+    assert_eq!(s.get(id).unwrap().state, TaskState::Waiting);
+    s.apply(&Command::Tick {
+        now_ms: 10 + Limits::RETRY_BACKOFF_BASE_MS,
+    });
+    assert_eq!(s.get(id).unwrap().state, TaskState::Pending);
+    s.apply(&Command::Assign {
+        now_ms: 600,
+        task_id: id,
+        worker_id: "w".into(),
+        attempt: 2,
+    });
+    let r = s.apply(&Command::Fail {
+        now_ms: 700,
+        task_id: id,
+        worker_id: "w".into(),
+        attempt: 2,
+        error: "exit 2".into(),
+        retryable: true,
+    });
+    assert_eq!(
+        r,
+        Response::AttemptFailed {
+            task_id: id,
+            retry_at_ms: None
+        }
+    );
+    let t = s.get(id).unwrap();
+    assert_eq!(
+        (t.state, t.reason.as_deref()),
+        (TaskState::Failed, Some("exit 2"))
+    );
+    // A worker lost on the last attempt dead-letters the task too.
+    let last = running_task(&mut s, "w", 1);
+    let r = s.apply(&Command::ExpireWorker {
+        now_ms: 800,
+        worker_id: "w".into(),
+        reason: "lease expired".into(),
+    });
+    assert_eq!(
+        r,
+        Response::WorkerExpired {
+            worker_id: "w".into(),
+            requeued: vec![],
+            failed: vec![last]
+        }
+    );
+    assert!(s
+        .get(last)
+        .unwrap()
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("lease expired"));
+}
+
+#[test]
+fn checkpoint_reaches_the_next_attempt_and_children_run_after_parent() {
+    let mut s = State::new();
+    let parent = running_task(&mut s, "w", 3);
+    let mut child = spec("q");
+    child.depends_on = vec![parent];
+    let child = ids(&submit(&mut s, 3, vec![child]))[0];
+    s.apply(&Command::SaveCheckpoint {
+        now_ms: 4,
+        task_id: parent,
+        worker_id: "w".into(),
+        attempt: 1,
+        progress_permille: 500,
+        data: b"half".to_vec(),
+    });
+    s.apply(&Command::ExpireWorker {
+        now_ms: 5,
+        worker_id: "w".into(),
+        reason: "gone".into(),
+    });
+    s.apply(&Command::RegisterWorker {
+        now_ms: 6,
+        worker: wspec("w", 2),
+    });
+    s.apply(&Command::Assign {
+        now_ms: 6,
+        task_id: parent,
+        worker_id: "w".into(),
+        attempt: 2,
+    });
+    let cp = s.get(parent).unwrap().checkpoint.clone().unwrap();
+    assert_eq!(
+        (cp.attempt, cp.progress_permille, cp.data),
+        (1, 500, b"half".to_vec())
+    );
+    assert_eq!(s.get(child).unwrap().state, TaskState::Waiting);
+    s.apply(&Command::Complete {
+        now_ms: 7,
+        task_id: parent,
+        worker_id: "w".into(),
+        attempt: 2,
+        result: vec![],
+    });
+    assert_eq!(s.get(child).unwrap().state, TaskState::Pending);
+}
+
+#[test]
+fn worker_registration_rules() {
+    let mut s = State::new();
+    let mut zero = wspec("w", 0);
+    assert!(matches!(
+        s.apply(&Command::RegisterWorker {
+            now_ms: 1,
+            worker: zero.clone()
+        }),
+        Response::Rejected(CommandError::Invalid { .. })
+    ));
+    zero.capacity.slots = 2;
+    assert_eq!(
+        s.apply(&Command::RegisterWorker {
+            now_ms: 1,
+            worker: zero.clone()
+        }),
+        Response::WorkerRegistered {
+            worker_id: "w".into(),
+            resumed: false
+        }
+    );
+    assert_eq!(
+        s.apply(&Command::RegisterWorker {
+            now_ms: 2,
+            worker: zero.clone()
+        }),
+        Response::WorkerRegistered {
+            worker_id: "w".into(),
+            resumed: true
+        }
+    );
+    zero.session = "another process".into();
+    assert_eq!(
+        s.apply(&Command::RegisterWorker {
+            now_ms: 2,
+            worker: zero
+        }),
+        Response::Rejected(CommandError::DuplicateWorker("w".into()))
+    );
+    // Capacity is enforced by apply, whatever the planner said.
+    let a = running_task(&mut s, "w", 1);
+    let _b = running_task(&mut s, "w", 1);
+    let c = ids(&submit(&mut s, 3, vec![spec("q")]))[0];
+    assert!(matches!(
+        s.apply(&Command::Assign {
+            now_ms: 3,
+            task_id: c,
+            worker_id: "w".into(),
+            attempt: 1
+        }),
+        Response::Rejected(CommandError::DoesNotFit { .. })
+    ));
+    // Cancelling a running task frees its slot.
+    s.apply(&Command::Cancel {
+        now_ms: 4,
+        task_id: a,
+    });
+    assert_eq!(s.worker_usage("w").slots, 1);
 }

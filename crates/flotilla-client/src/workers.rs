@@ -1,0 +1,255 @@
+//! The worker protocol and worker administration, on the same leader-following machinery as
+//! the client API.
+
+use std::time::Duration;
+
+use flotilla_core::{QueuePolicy, TaskId, WorkerSpec};
+use flotilla_proto::pb::{self, workers_client::WorkersClient};
+use flotilla_proto::{worker_spec_from_pb, worker_spec_to_pb};
+use tonic::transport::Channel;
+use tonic::Streaming;
+
+use crate::client::MAX_MESSAGE_BYTES;
+use crate::{Client, ClientError};
+
+fn workers(channel: Channel) -> WorkersClient<Channel> {
+    WorkersClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
+/// A task attempt pushed to a worker.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub task_id: TaskId,
+    pub attempt: u32,
+    pub queue: String,
+    pub payload: Vec<u8>,
+    /// The latest checkpoint saved by an earlier attempt.
+    pub checkpoint: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+}
+
+/// What the leader sends on a worker's stream.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    Assign(Assignment),
+    /// Stop this attempt.
+    Cancel {
+        task_id: TaskId,
+        attempt: u32,
+    },
+}
+
+/// The assignment stream of a registered worker.
+pub struct WorkerStream {
+    inner: Streaming<pb::WorkerEvent>,
+}
+
+impl WorkerStream {
+    /// The next event; `Ok(None)` when the leader closed the stream.
+    pub async fn next(&mut self) -> Result<Option<WorkerEvent>, ClientError> {
+        loop {
+            let msg = self
+                .inner
+                .message()
+                .await
+                .map_err(|s| ClientError::Unavailable(s.message().to_string()))?;
+            let Some(msg) = msg else { return Ok(None) };
+            match msg.event {
+                Some(pb::worker_event::Event::Assignment(a)) => {
+                    return Ok(Some(WorkerEvent::Assign(Assignment {
+                        task_id: TaskId(a.task_id),
+                        attempt: a.attempt,
+                        queue: a.queue,
+                        payload: a.payload,
+                        checkpoint: a.has_checkpoint.then_some(a.checkpoint),
+                        timeout: Some(a.timeout_ms)
+                            .filter(|t| *t > 0)
+                            .map(Duration::from_millis),
+                    })))
+                }
+                Some(pb::worker_event::Event::Cancel(c)) => {
+                    return Ok(Some(WorkerEvent::Cancel {
+                        task_id: TaskId(c.task_id),
+                        attempt: c.attempt,
+                    }))
+                }
+                None => continue,
+            }
+        }
+    }
+}
+
+/// A worker as the leader reports it.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    pub spec: WorkerSpec,
+    pub running: u32,
+    pub used_cpu_millis: u32,
+    pub used_mem_mb: u32,
+    pub lease_age: Option<Duration>,
+    pub connected: bool,
+    pub registered_at_ms: u64,
+}
+
+impl Client {
+    /// Registers a worker with the leader and opens its assignment stream.
+    pub async fn register_worker(&self, spec: &WorkerSpec) -> Result<WorkerStream, ClientError> {
+        let req = pb::ConnectRequest {
+            worker: Some(worker_spec_to_pb(spec)),
+        };
+        let inner = self
+            .call_raw("register", Duration::ZERO, |ch| {
+                let req = req.clone();
+                async move { workers(ch).register(req).await }
+            })
+            .await?;
+        Ok(WorkerStream { inner })
+    }
+
+    /// Renews the lease; returns the attempts to stop.
+    pub async fn heartbeat(
+        &self,
+        worker_id: &str,
+        session: &str,
+        running: &[(TaskId, u32)],
+    ) -> Result<Vec<(TaskId, u32)>, ClientError> {
+        let req = pb::HeartbeatRequest {
+            worker_id: worker_id.into(),
+            session: session.into(),
+            running: running
+                .iter()
+                .map(|(id, attempt)| pb::RunningAttempt {
+                    task_id: id.0,
+                    attempt: *attempt,
+                })
+                .collect(),
+        };
+        let resp = self
+            .call_raw("heartbeat", Duration::ZERO, |ch| {
+                let req = req.clone();
+                async move { workers(ch).heartbeat(req).await }
+            })
+            .await?;
+        Ok(resp
+            .cancel
+            .into_iter()
+            .map(|r| (TaskId(r.task_id), r.attempt))
+            .collect())
+    }
+
+    /// Reports an attempt's success. Rejected with FAILED_PRECONDITION when stale.
+    pub async fn complete_task(
+        &self,
+        worker_id: &str,
+        task_id: TaskId,
+        attempt: u32,
+        result: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let req = pb::CompleteTaskRequest {
+            worker_id: worker_id.into(),
+            task_id: task_id.0,
+            attempt,
+            result,
+        };
+        self.call_raw("complete", Duration::ZERO, |ch| {
+            let req = req.clone();
+            async move { workers(ch).complete_task(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn fail_task(
+        &self,
+        worker_id: &str,
+        task_id: TaskId,
+        attempt: u32,
+        error: String,
+        retryable: bool,
+    ) -> Result<(), ClientError> {
+        let req = pb::FailTaskRequest {
+            worker_id: worker_id.into(),
+            task_id: task_id.0,
+            attempt,
+            error,
+            retryable,
+        };
+        self.call_raw("fail", Duration::ZERO, |ch| {
+            let req = req.clone();
+            async move { workers(ch).fail_task(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn checkpoint(
+        &self,
+        worker_id: &str,
+        task_id: TaskId,
+        attempt: u32,
+        progress_permille: u32,
+        data: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let req = pb::CheckpointRequest {
+            worker_id: worker_id.into(),
+            task_id: task_id.0,
+            attempt,
+            progress_permille,
+            data,
+        };
+        self.call_raw("checkpoint", Duration::ZERO, |ch| {
+            let req = req.clone();
+            async move { workers(ch).checkpoint(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Registered workers with capacity, load and lease age.
+    pub async fn list_workers(&self) -> Result<Vec<WorkerInfo>, ClientError> {
+        let resp = self
+            .call("workers", Duration::ZERO, |mut c| async move {
+                c.list_workers(pb::ListWorkersRequest {}).await
+            })
+            .await?;
+        Ok(resp
+            .workers
+            .into_iter()
+            .map(|w| WorkerInfo {
+                spec: worker_spec_from_pb(w.spec.unwrap_or_default()),
+                running: w.running,
+                used_cpu_millis: w.used_cpu_millis,
+                used_mem_mb: w.used_mem_mb,
+                lease_age: w.connected.then(|| Duration::from_millis(w.lease_age_ms)),
+                connected: w.connected,
+                registered_at_ms: w.registered_at_ms,
+            })
+            .collect())
+    }
+
+    /// Sets how a queue orders its pending tasks.
+    pub async fn set_queue_policy(
+        &self,
+        queue: &str,
+        policy: QueuePolicy,
+    ) -> Result<(), ClientError> {
+        let (name, aging_ms) = match policy {
+            QueuePolicy::Fifo => ("fifo", 0),
+            QueuePolicy::Priority { aging_ms } => ("priority", aging_ms),
+            QueuePolicy::ShortestJobFirst => ("sjf", 0),
+        };
+        let req = pb::SetQueuePolicyRequest {
+            queue: queue.into(),
+            policy: name.into(),
+            aging_ms,
+        };
+        self.call("set-policy", Duration::ZERO, |mut c| {
+            let req = req.clone();
+            async move { c.set_queue_policy(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+}

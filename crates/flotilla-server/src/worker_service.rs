@@ -1,0 +1,139 @@
+//! The worker protocol service (`flotilla.v1.Workers`): registration and the assignment stream
+//! (through the [`Dispatcher`]), heartbeats, and fenced completions, failures and checkpoints.
+
+use std::sync::Arc;
+
+use flotilla_core::{Command, Response as CoreResponse, TaskId};
+use flotilla_proto::pb::{self, workers_server::Workers};
+use flotilla_proto::worker_spec_from_pb;
+use flotilla_store::SharedState;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::api::now_ms;
+use crate::dispatch::Dispatcher;
+use crate::error::ApiError;
+use crate::planted::PlantedBug;
+use crate::proposer::Proposer;
+
+pub struct WorkerService {
+    pub dispatcher: Arc<Dispatcher>,
+    pub proposer: Proposer,
+    pub state: SharedState,
+    pub planted: Option<PlantedBug>,
+}
+
+impl WorkerService {
+    /// Proposes a fenced command; any rejection (stale attempt, wrong worker...) is an error.
+    async fn fenced(&self, command: Command) -> Result<Response<pb::Ack>, Status> {
+        match self.proposer.propose(command).await? {
+            CoreResponse::Rejected(e) => Err(ApiError::from(e).into()),
+            _ => Ok(Response::new(pb::Ack {})),
+        }
+    }
+
+    /// Under the planted `skip-attempt-check` bug, the leader "trusts itself": it stamps the
+    /// current attempt and worker into a completion, so a stale attempt is accepted.
+    fn forge_current(&self, task_id: TaskId, worker_id: &mut String, attempt: &mut u32) {
+        if self.planted != Some(PlantedBug::SkipAttemptCheck) {
+            return;
+        }
+        let applied = self.state.read();
+        if let Some(t) = applied.state.get(task_id) {
+            *attempt = t.attempts;
+            if let Some(w) = &t.worker {
+                *worker_id = w.clone();
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Workers for WorkerService {
+    type RegisterStream = ReceiverStream<Result<pb::WorkerEvent, Status>>;
+
+    async fn register(
+        &self,
+        request: Request<pb::ConnectRequest>,
+    ) -> Result<Response<Self::RegisterStream>, Status> {
+        let spec = request
+            .into_inner()
+            .worker
+            .ok_or_else(|| Status::invalid_argument("invalid worker: missing"))?;
+        let rx = self.dispatcher.connect(worker_spec_from_pb(spec)).await?;
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let running: Vec<(TaskId, u32)> = req
+            .running
+            .iter()
+            .map(|r| (TaskId(r.task_id), r.attempt))
+            .collect();
+        let cancel = self
+            .dispatcher
+            .heartbeat(&req.worker_id, &req.session, &running)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            cancel: cancel
+                .into_iter()
+                .map(|(id, attempt)| pb::RunningAttempt {
+                    task_id: id.0,
+                    attempt,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<pb::CompleteTaskRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let mut req = request.into_inner();
+        let task_id = TaskId(req.task_id);
+        self.forge_current(task_id, &mut req.worker_id, &mut req.attempt);
+        self.fenced(Command::Complete {
+            now_ms: now_ms(),
+            task_id,
+            worker_id: req.worker_id,
+            attempt: req.attempt,
+            result: req.result,
+        })
+        .await
+    }
+
+    async fn fail_task(
+        &self,
+        request: Request<pb::FailTaskRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = request.into_inner();
+        self.fenced(Command::Fail {
+            now_ms: now_ms(),
+            task_id: TaskId(req.task_id),
+            worker_id: req.worker_id,
+            attempt: req.attempt,
+            error: req.error,
+            retryable: req.retryable,
+        })
+        .await
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<pb::CheckpointRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = request.into_inner();
+        self.fenced(Command::SaveCheckpoint {
+            now_ms: now_ms(),
+            task_id: TaskId(req.task_id),
+            worker_id: req.worker_id,
+            attempt: req.attempt,
+            progress_permille: req.progress_permille,
+            data: req.data,
+        })
+        .await
+    }
+}

@@ -1,0 +1,21 @@
+//! The Flotilla worker runtime.
+//!
+//! A worker registers with the leader (capacity, labels, queues), holds the assignment stream,
+//! runs each assigned attempt with a [`Handler`], reports the outcome fenced by its attempt
+//! number, and heartbeats its running attempts so the leader can tell it what to stop. After a
+//! leader change it re-registers with the same session and keeps running what it runs.
+//!
+//! ```text
+//!  register ─▶ stream: Assign ─▶ handler(ctx) ─▶ Complete / Fail (attempt-fenced)
+//!      ▲         heartbeat every interval: running attempts ─▶ attempts to cancel
+//!      └── stream closed / leader changed / lease lost: register again
+//! ```
+//!
+//! [`CommandHandler`] runs command tasks (`flotilla submit -- CMD ARGS`); a Rust program can
+//! serve a queue with its own async closure instead (see `examples/`).
+
+mod command;
+mod runtime;
+
+pub use command::{CommandHandler, CommandPayload};
+pub use runtime::{run, Handler, Outcome, TaskContext, WorkerConfig, WorkerError};
