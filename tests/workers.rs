@@ -1,1 +1,272 @@
+//! Workers and dispatch over real replicas and real worker processes: a killed worker's task
+//! runs again elsewhere and succeeds once; a leader killed while hundreds of tasks run loses
+//! nothing and re-runs nothing; stale completions are refused; dependencies, checkpoints and
+//! cancellation work end to end.
 
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
+use flotilla_client::{Client, TaskId, TaskSpec, TaskState};
+use flotilla_core::Capacity;
+use flotilla_worker::{CommandPayload, Outcome, TaskContext, WorkerConfig};
+use support::bin;
+use tokio_util::sync::CancellationToken;
+
+/// A cluster with a short worker lease, so worker loss is detected in about a second.
+async fn cluster(dir: &Path, ttl_ms: u64) -> LocalCluster {
+    let options = ReplicaOptions {
+        worker_ttl_ms: Some(ttl_ms),
+        ..Default::default()
+    };
+    let mut c = LocalCluster::new(&bin(), 3, dir, options).unwrap();
+    c.start_all().unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    c
+}
+
+fn sh(script: &str) -> TaskSpec {
+    TaskSpec::new(
+        "default",
+        CommandPayload::new(vec!["sh".into(), "-c".into(), script.into()]).encode(),
+    )
+}
+
+async fn wait_state(
+    client: &Client,
+    id: TaskId,
+    want: TaskState,
+    secs: u64,
+) -> flotilla_client::Task {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let t = client.get(id).await.unwrap();
+        if t.state == want {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} is {} (wanted {want}): {t:?}",
+            t.state
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_worker_task_runs_again_elsewhere_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 1500).await;
+    let client = c.client();
+    let log = dir.path().join("runs.log");
+    let id = client
+        .submit(vec![sh(&format!(
+            "echo \"$FLOTILLA_WORKER_ID $FLOTILLA_ATTEMPT\" >> {}; sleep 1.5",
+            log.display()
+        ))])
+        .await
+        .unwrap()[0];
+    c.start_worker("wa", &["--heartbeat-ms", "300"]).unwrap();
+    let running = wait_state(&client, id, TaskState::Running, 15).await;
+    assert_eq!(running.worker.as_deref(), Some("wa"));
+    c.kill_worker("wa").unwrap();
+    c.start_worker("wb", &["--heartbeat-ms", "300"]).unwrap();
+    let done = wait_state(&client, id, TaskState::Succeeded, 30).await;
+    assert_eq!(done.attempts, 2, "one attempt per worker");
+    let runs = lines(&log);
+    assert_eq!(runs, vec!["wa 1".to_string(), "wb 2".to_string()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_leader_sigkill_while_500_tasks_run_each_succeeds_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long lease: a leader change alone must not expire anyone or re-run anything.
+    let mut c = cluster(dir.path(), 10_000).await;
+    let client = c.client();
+    for w in ["w1", "w2", "w3"] {
+        c.start_worker(w, &["--slots", "8"]).unwrap();
+    }
+    let log = dir.path().join("runs.log");
+    let specs: Vec<TaskSpec> = (0..500)
+        .map(|_| {
+            sh(&format!(
+                "echo \"$FLOTILLA_TASK_ID $FLOTILLA_ATTEMPT\" >> {}; sleep 0.1",
+                log.display()
+            ))
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for chunk in specs.chunks(100) {
+        ids.extend(client.submit(chunk.to_vec()).await.unwrap());
+    }
+    // Kill the leader once a good part of the work has run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while lines(&log).len() < 150 {
+        assert!(Instant::now() < deadline, "work did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let old = c.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    c.kill(old).unwrap();
+    let new = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    assert_ne!(new, old);
+    for id in &ids {
+        let t = client.wait(*id, Duration::from_secs(90)).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "task {id}: {t:?}");
+        assert_eq!(
+            t.attempts, 1,
+            "task {id} was re-run after the leader change"
+        );
+    }
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines(&log) {
+        *runs.entry(l).or_default() += 1;
+    }
+    assert_eq!(runs.len(), 500, "every task ran");
+    assert!(
+        runs.values().all(|n| *n == 1),
+        "some task ran twice: {runs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_stale_completion_is_refused_and_dependencies_and_cancel_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("w", &["--heartbeat-ms", "300"]).unwrap();
+
+    // Dependency order: b runs only after a succeeded.
+    let log = dir.path().join("order.log");
+    let a = client
+        .submit(vec![sh(&format!("sleep 0.3; echo a >> {}", log.display()))])
+        .await
+        .unwrap()[0];
+    let mut b = sh(&format!("echo b >> {}", log.display()));
+    b.depends_on = vec![a];
+    let b = client.submit(vec![b]).await.unwrap()[0];
+    assert_eq!(client.get(b).await.unwrap().state, TaskState::Waiting);
+    assert_eq!(
+        client.wait(b, Duration::from_secs(20)).await.unwrap().state,
+        TaskState::Succeeded
+    );
+    assert_eq!(lines(&log), vec!["a", "b"]);
+
+    // A completion with a stale attempt (or from the wrong worker) changes nothing.
+    let err = client
+        .complete_task("w", a, 7, b"forged".to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(flotilla_client::Code::FailedPrecondition),
+        "{err}"
+    );
+    let t = client.get(a).await.unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Succeeded, 1));
+    assert!(String::from_utf8_lossy(t.result.as_deref().unwrap()).contains("exit_code"));
+
+    // Cancellation reaches the running command.
+    let marker = dir.path().join("should-not-exist");
+    let long = client
+        .submit(vec![sh(&format!("sleep 2; touch {}", marker.display()))])
+        .await
+        .unwrap()[0];
+    wait_state(&client, long, TaskState::Running, 15).await;
+    assert_eq!(client.cancel(long).await.unwrap(), TaskState::Running);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!marker.exists(), "the cancelled command kept running");
+    assert_eq!(client.get(long).await.unwrap().state, TaskState::Cancelled);
+
+    // A command that cannot start fails with the OS error, without retries.
+    let bad = client
+        .submit(vec![TaskSpec::new(
+            "default",
+            CommandPayload::new(vec!["/no/such/program".into()]).encode(),
+        )])
+        .await
+        .unwrap()[0];
+    let t = client.wait(bad, Duration::from_secs(20)).await.unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Failed, 1));
+    assert!(t.reason.unwrap().contains("cannot start"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_checkpoint_reaches_the_next_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    // An in-process worker with a Rust handler: attempt 1 saves a checkpoint and fails,
+    // attempt 2 resumes from it.
+    let handler = |ctx: TaskContext| async move {
+        match ctx.checkpoint.clone() {
+            None => {
+                ctx.checkpoint(500, b"step-1-done".to_vec()).await.unwrap();
+                Outcome::Failure {
+                    error: "crashed half way".into(),
+                    retryable: true,
+                }
+            }
+            Some(cp) => Outcome::Success(
+                format!(
+                    "resumed from {} on attempt {}",
+                    String::from_utf8_lossy(&cp),
+                    ctx.attempt
+                )
+                .into_bytes(),
+            ),
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let config = WorkerConfig {
+        id: "rust-worker".into(),
+        capacity: Capacity {
+            slots: 2,
+            cpu_millis: 1000,
+            mem_mb: 1000,
+        },
+        labels: Default::default(),
+        queues: vec!["rust".into()],
+        heartbeat_interval: Duration::from_millis(300),
+    };
+    let worker = tokio::spawn(flotilla_worker::run(
+        client.clone(),
+        config,
+        Arc::new(handler),
+        shutdown.clone(),
+    ));
+    let id = client
+        .submit(vec![TaskSpec::new("rust", b"job".to_vec())])
+        .await
+        .unwrap()[0];
+    let t = client.wait(id, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(
+        t.result.as_deref(),
+        Some(&b"resumed from step-1-done on attempt 2"[..])
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+
+    // Placement: a task no worker could ever fit stays pending, and says why.
+    let mut huge = TaskSpec::new("rust", b"x".to_vec());
+    huge.resources.mem_mb = 1_000_000;
+    let huge = client.submit(vec![huge]).await.unwrap()[0];
+    let (t, why) = client
+        .get_explained(huge, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(t.state, TaskState::Pending);
+    assert!(why.unwrap().contains("1000000 MB"));
+}

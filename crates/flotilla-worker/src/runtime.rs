@@ -89,6 +89,42 @@ where
 /// Attempts running on this worker: task -> (attempt, cancel token).
 type Running = Arc<Mutex<BTreeMap<TaskId, (u32, CancellationToken)>>>;
 
+/// Highest attempt of each task this worker has ever started, so a redelivered assignment
+/// (a new leader resends every attempt the state says we run) is never run twice — even when
+/// it already finished here and its outcome is still on its way. Bounded: the oldest entries
+/// go first.
+#[derive(Default)]
+struct Started {
+    highest: BTreeMap<TaskId, u32>,
+    order: std::collections::VecDeque<TaskId>,
+}
+
+/// Tasks remembered by [`Started`], at most.
+const STARTED_MEMORY: usize = 100_000;
+
+impl Started {
+    /// Records `attempt`; false if this or a later attempt was already started.
+    fn first_start(&mut self, task: TaskId, attempt: u32) -> bool {
+        match self.highest.get(&task) {
+            Some(a) if *a >= attempt => false,
+            Some(_) => {
+                self.highest.insert(task, attempt);
+                true
+            }
+            None => {
+                self.highest.insert(task, attempt);
+                self.order.push_back(task);
+                if self.order.len() > STARTED_MEMORY {
+                    if let Some(old) = self.order.pop_front() {
+                        self.highest.remove(&old);
+                    }
+                }
+                true
+            }
+        }
+    }
+}
+
 fn lock(r: &Running) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, (u32, CancellationToken)>> {
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -110,6 +146,7 @@ pub async fn run(
     spec.validate()
         .map_err(|e| WorkerError::Config(e.to_string()))?;
     let running: Running = Arc::default();
+    let started: Arc<Mutex<Started>> = Arc::default();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let mut stream = tokio::select! {
@@ -144,7 +181,13 @@ pub async fn run(
             };
             match event {
                 Ok(Some(WorkerEvent::Assign(a))) => {
-                    start_attempt(&client, &spec.id, &handler, &running, a)
+                    let first = started
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .first_start(a.task_id, a.attempt);
+                    if first {
+                        start_attempt(&client, &spec.id, &handler, &running, &shutdown, a);
+                    }
                 }
                 Ok(Some(WorkerEvent::Cancel { task_id, attempt })) => {
                     cancel_attempt(&running, task_id, attempt)
@@ -180,6 +223,7 @@ fn start_attempt(
     worker_id: &str,
     handler: &Arc<dyn Handler>,
     running: &Running,
+    shutdown: &CancellationToken,
     a: Assignment,
 ) {
     let cancel = CancellationToken::new();
@@ -209,6 +253,7 @@ fn start_attempt(
     let client = client.clone();
     let running = running.clone();
     let worker_id = worker_id.to_string();
+    let shutdown = shutdown.clone();
     tokio::spawn(async move {
         let (task_id, attempt, timeout) = (ctx.task_id, ctx.attempt, ctx.timeout);
         let work = handler.run(ctx);
@@ -236,20 +281,31 @@ fn start_attempt(
         if !still_ours {
             return; // cancelled or superseded: the leader no longer wants this outcome
         }
-        let report = match outcome {
-            Outcome::Success(result) => {
-                client
-                    .complete_task(&worker_id, task_id, attempt, result)
-                    .await
+        // Report until a leader accepts or refuses it: an outcome is never dropped while the
+        // cluster is merely unavailable.
+        loop {
+            let report = match &outcome {
+                Outcome::Success(result) => {
+                    client
+                        .complete_task(&worker_id, task_id, attempt, result.clone())
+                        .await
+                }
+                Outcome::Failure { error, retryable } => {
+                    client
+                        .fail_task(&worker_id, task_id, attempt, error.clone(), *retryable)
+                        .await
+                }
+            };
+            match report {
+                Ok(()) => break,
+                Err(ClientError::Unavailable(e)) if !shutdown.is_cancelled() => {
+                    warn!(task = %task_id, attempt, error = %e, "outcome not delivered yet; retrying");
+                }
+                Err(e) => {
+                    warn!(task = %task_id, attempt, error = %e, "outcome not accepted");
+                    break;
+                }
             }
-            Outcome::Failure { error, retryable } => {
-                client
-                    .fail_task(&worker_id, task_id, attempt, error, retryable)
-                    .await
-            }
-        };
-        if let Err(e) = report {
-            warn!(task = %task_id, attempt, error = %e, "outcome not accepted");
         }
     });
 }
