@@ -24,6 +24,9 @@ pub struct ClusterOptions {
     pub election_timeout_ms: u64,
     /// Planted bug to activate (`FLOTILLA_PLANTED_BUG`).
     pub sut_bug: Option<String>,
+    /// Worker lease TTL (`--worker-ttl-ms`); only passed when workers run, so binaries
+    /// without workers still work.
+    pub worker_ttl_ms: Option<u64>,
 }
 
 struct Proc {
@@ -138,6 +141,9 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if let Some(ttl) = self.opts.worker_ttl_ms {
+            cmd.args(["--worker-ttl-ms", &ttl.to_string()]);
+        }
         if let Some(bug) = &self.opts.sut_bug {
             cmd.env("FLOTILLA_PLANTED_BUG", bug);
         }
@@ -238,6 +244,7 @@ impl Cluster {
         let (out, err) = self.log(&format!("worker-{w}"))?;
         let child = Command::new(&self.opts.bin)
             .args(&self.worker_args)
+            .args(["--id", &format!("w{w}")])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

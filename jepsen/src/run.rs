@@ -65,6 +65,8 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
             heartbeat_ms: cfg.heartbeat_ms,
             election_timeout_ms: cfg.election_timeout_ms,
             sut_bug: p.sut_bug.clone(),
+            // Shorter than a worker-pause (3-6 s), so a paused worker's lease expires.
+            worker_ttl_ms: (p.workers > 0).then_some(2_500),
         },
         &cfg.out.join("cluster"),
     )
@@ -90,7 +92,12 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
         vec!["true".into()]
     };
     if p.workers > 0 {
-        cluster.set_worker_args(vec!["--queue".into(), "jepsen".into()]);
+        cluster.set_worker_args(vec![
+            "--queue".into(),
+            "jepsen".into(),
+            "--heartbeat-ms".into(),
+            "500".into(),
+        ]);
         for w in 1..=p.workers as u64 {
             cluster.start_worker(w)?;
         }
