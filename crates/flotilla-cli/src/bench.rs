@@ -25,6 +25,25 @@ use crate::payload::CommandPayload;
 pub enum BenchCmd {
     /// Submit throughput and latency with 1 and 64 requests in flight, batches of 1 and 100.
     Submit(SubmitBench),
+    /// End to end (submit -> assign -> complete, no-op tasks, 4 in-process workers) and
+    /// dispatch latency (submit committed -> started on a worker) at half that rate.
+    E2e(E2eBench),
+}
+
+#[derive(Args)]
+pub struct E2eBench {
+    /// Tasks in the throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: u64,
+    /// Workers (in this process, each with 64 slots).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Seconds of the latency run.
+    #[arg(long, default_value_t = 5.0)]
+    latency_secs: f64,
+    /// Write the points as a JSON array to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -61,6 +80,7 @@ struct Point {
 pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Submit(args) => submit(ctx, args).await,
+        BenchCmd::E2e(args) => e2e(ctx, args).await,
     }
 }
 
@@ -183,4 +203,203 @@ async fn run_point(
         p50_ms: hist.value_at_quantile(0.5) as f64 / 1000.0,
         p99_ms: hist.value_at_quantile(0.99) as f64 / 1000.0,
     })
+}
+
+/// The cluster to measure: --cluster if given, else a fresh 3-replica cluster on loopback
+/// (returned so that it lives as long as the run).
+async fn target_cluster(ctx: &Ctx) -> Result<(Client, Option<(LocalCluster, tempfile::TempDir)>)> {
+    if ctx.cluster_given {
+        return Ok((
+            Client::new(ctx.cluster.split(',')).context("invalid --cluster")?,
+            None,
+        ));
+    }
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let bin = std::env::current_exe().context("locating the flotilla binary")?;
+    let mut cluster = LocalCluster::new(&bin, 3, dir.path(), ReplicaOptions::default())?;
+    cluster.start_all()?;
+    cluster
+        .wait_for_leader(Duration::from_secs(20))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    eprintln!(
+        "started a 3-replica cluster on {}",
+        cluster.addrs().join(",")
+    );
+    let client = cluster.client();
+    Ok((client, Some((cluster, dir))))
+}
+
+#[derive(Serialize)]
+struct E2ePoint {
+    scenario: &'static str,
+    workers: usize,
+    tasks: u64,
+    secs: f64,
+    tasks_per_sec: f64,
+    dispatch_p50_ms: Option<f64>,
+    dispatch_p99_ms: Option<f64>,
+}
+
+async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
+    use flotilla_client::{ListQuery, TaskId, TaskState};
+    use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    if args.workers == 0 || args.tasks == 0 {
+        bail!("invalid --workers/--tasks: must be at least 1");
+    }
+    let (client, _own) = target_cluster(ctx).await?;
+    // Start times of tasks on workers, to measure dispatch latency.
+    let started: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    for n in 0..args.workers {
+        let started = started.clone();
+        let handler = move |ctx: TaskContext| {
+            started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ctx.task_id, Instant::now());
+            async { Outcome::Success(Vec::new()) }
+        };
+        let config = WorkerConfig {
+            id: format!("bench-{n}-{}", std::process::id()),
+            capacity: flotilla_core::Capacity {
+                slots: 64,
+                cpu_millis: 64_000,
+                mem_mb: 64_000,
+            },
+            labels: Default::default(),
+            queues: vec!["e2e".into()],
+            heartbeat_interval: Duration::from_secs(1),
+        };
+        tokio::spawn(flotilla_worker::run(
+            client.clone(),
+            config,
+            Arc::new(handler),
+            shutdown.child_token(),
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Throughput: submit everything (64 in flight, batches of 50), wait until all succeeded.
+    let t0 = Instant::now();
+    let per = (args.tasks as usize).div_ceil(64);
+    let mut handles = Vec::new();
+    for i in 0..64usize {
+        let client = client.clone();
+        let n = per.min((args.tasks as usize).saturating_sub(i * per));
+        handles.push(tokio::spawn(async move {
+            let mut left = n;
+            while left > 0 {
+                let b = left.min(50);
+                let specs = (0..b).map(|_| TaskSpec::new("e2e", Vec::new())).collect();
+                client.submit(specs).await?;
+                left -= b;
+            }
+            Ok::<_, flotilla_client::ClientError>(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    loop {
+        let mut busy = false;
+        for state in [TaskState::Pending, TaskState::Running, TaskState::Waiting] {
+            let q = ListQuery {
+                queue: Some("e2e".into()),
+                state: Some(state),
+                limit: 1,
+                ..Default::default()
+            };
+            busy |= !client.list(&q).await?.tasks.is_empty();
+        }
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = args.tasks as f64 / secs;
+    let mut points = vec![E2ePoint {
+        scenario: "e2e",
+        workers: args.workers,
+        tasks: args.tasks,
+        secs,
+        tasks_per_sec: rate,
+        dispatch_p50_ms: None,
+        dispatch_p99_ms: None,
+    }];
+
+    // Dispatch latency at half that rate: single-task submits, paced.
+    let half = (rate / 2.0).max(1.0);
+    let gap = Duration::from_secs_f64(1.0 / half);
+    let acked: Arc<Mutex<Vec<(TaskId, Instant)>>> = Arc::default();
+    let end = Instant::now() + Duration::from_secs_f64(args.latency_secs);
+    let mut next = Instant::now();
+    let mut inflight = Vec::new();
+    while Instant::now() < end {
+        let client = client.clone();
+        let acked = acked.clone();
+        inflight.push(tokio::spawn(async move {
+            if let Ok(ids) = client.submit(vec![TaskSpec::new("e2e", Vec::new())]).await {
+                acked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((ids[0], Instant::now()));
+            }
+        }));
+        next += gap;
+        tokio::time::sleep_until(next.into()).await;
+    }
+    for h in inflight {
+        let _ = h.await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
+    let acked = acked.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    {
+        let started = started.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, ack) in &acked {
+            if let Some(s) = started.get(id) {
+                hist.record(s.saturating_duration_since(*ack).as_micros() as u64)
+                    .ok();
+            }
+        }
+    }
+    points.push(E2ePoint {
+        scenario: "dispatch_latency",
+        workers: args.workers,
+        tasks: acked.len() as u64,
+        secs: args.latency_secs,
+        tasks_per_sec: acked.len() as f64 / args.latency_secs,
+        dispatch_p50_ms: Some(hist.value_at_quantile(0.5) as f64 / 1000.0),
+        dispatch_p99_ms: Some(hist.value_at_quantile(0.99) as f64 / 1000.0),
+    });
+    shutdown.cancel();
+
+    println!(
+        "{:<17} {:>7} {:>8} {:>8} {:>10} {:>12} {:>12}",
+        "scenario", "workers", "tasks", "secs", "tasks/s", "p50_ms", "p99_ms"
+    );
+    for p in &points {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        println!(
+            "{:<17} {:>7} {:>8} {:>8.2} {:>10.0} {:>12} {:>12}",
+            p.scenario,
+            p.workers,
+            p.tasks,
+            p.secs,
+            p.tasks_per_sec,
+            f(p.dispatch_p50_ms),
+            f(p.dispatch_p99_ms)
+        );
+    }
+    let json = serde_json::to_string_pretty(&points)?;
+    if let Some(out) = &args.out {
+        std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{json}");
+    Ok(ExitCode::SUCCESS)
 }
