@@ -96,9 +96,10 @@ struct TestArgs {
     /// Longest wait for every acknowledged task to become terminal (with workers).
     #[arg(long, default_value_t = 60)]
     drain: u64,
-    /// Pause between two operations of one client, in ms.
-    #[arg(long, default_value_t = 20)]
-    think_ms: u64,
+    /// Pause between two operations of one client, in ms (default 20; 150 with workers, so
+    /// the workers keep up and the drain can finish).
+    #[arg(long)]
+    think_ms: Option<u64>,
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     #[arg(long, default_value_t = 600)]
@@ -167,7 +168,7 @@ async fn test(a: TestArgs) -> anyhow::Result<(Results, PathBuf)> {
         drain_s: a.drain,
         heartbeat_ms: a.heartbeat_ms,
         election_timeout_ms: a.election_timeout_ms,
-        think_ms: a.think_ms,
+        think_ms: a.think_ms.unwrap_or(if a.workers > 0 { 150 } else { 20 }),
         task_work_ms: 200,
     };
     Ok((run::test(cfg).await?, out))
