@@ -102,27 +102,7 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
         );
     }
     // Keep the cluster (and its temp dir) alive for the whole run.
-    let mut _own = None;
-    let client = match ctx.cluster_given {
-        true => Client::new(ctx.cluster.split(',')).context("invalid --cluster")?,
-        false => {
-            let dir = tempfile::tempdir().context("temp dir")?;
-            let bin = std::env::current_exe().context("locating the flotilla binary")?;
-            let mut cluster = LocalCluster::new(&bin, 3, dir.path(), ReplicaOptions::default())?;
-            cluster.start_all()?;
-            cluster
-                .wait_for_leader(Duration::from_secs(20))
-                .await
-                .map_err(anyhow::Error::msg)?;
-            eprintln!(
-                "started a 3-replica cluster on {}",
-                cluster.addrs().join(",")
-            );
-            let client = cluster.client();
-            _own = Some((cluster, dir));
-            client
-        }
-    };
+    let (client, _own) = target_cluster(ctx).await?;
     let mut points = Vec::new();
     for &batch in &args.batch {
         for &in_flight in &args.in_flight {
