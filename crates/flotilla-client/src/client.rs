@@ -245,7 +245,7 @@ impl Client {
                     last_error = format!("{target}: {}", status.message());
                     hinted = leader_hint(&status);
                 }
-                Ok(Err(status)) => return Err(ClientError::Rejected(status)),
+                Ok(Err(status)) => return Err(ClientError::Rejected(Box::new(status))),
                 Err(_) => last_error = format!("{target}: {what} timed out"),
             }
             debug!(what, target = %target, error = %last_error, "retrying");

@@ -10,7 +10,7 @@ pub enum ClientError {
     BadAddress { addr: String, message: String },
     /// The server answered with a final error (invalid argument, not found, ...).
     #[error("{}", .0.message())]
-    Rejected(tonic::Status),
+    Rejected(Box<tonic::Status>),
     /// No replica could complete the call before the deadline.
     #[error("cluster unavailable: {0}")]
     Unavailable(String),

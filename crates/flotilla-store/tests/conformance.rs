@@ -86,10 +86,12 @@ async fn state_machine_and_log_survive_reopen() {
         .unwrap();
     drop(target);
     let target = flotilla_store::open(&other.path().join("d"), "c", 2).unwrap();
-    let a = target.state_machine.shared();
-    let a = a.read();
-    assert_eq!(a.state.task_count(), 5);
-    assert_eq!(a.last_applied.unwrap().index, 3);
+    {
+        let shared = target.state_machine.shared();
+        let a = shared.read();
+        assert_eq!(a.state.task_count(), 5);
+        assert_eq!(a.last_applied.unwrap().index, 3);
+    }
     assert!(reopened.log_store.is_pristine().unwrap());
     let _ = reopened.log_store.get_log_state().await.unwrap();
 }

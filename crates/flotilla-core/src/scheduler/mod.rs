@@ -53,11 +53,10 @@ pub fn queue_order<'a>(
             let mut v: Vec<(i64, TaskId)> = ids
                 .map(|id| {
                     let t = state.get(id).expect("pending task exists");
-                    let aged = if aging_ms > 0 {
-                        (now_ms.saturating_sub(t.submitted_at_ms) / aging_ms) as i64
-                    } else {
-                        0
-                    };
+                    let aged = now_ms
+                        .saturating_sub(t.submitted_at_ms)
+                        .checked_div(aging_ms)
+                        .unwrap_or(0) as i64;
                     (-(t.spec.priority as i64 + aged), id)
                 })
                 .collect();

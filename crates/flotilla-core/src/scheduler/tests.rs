@@ -133,7 +133,7 @@ proptest! {
             let better = match policy {
                 QueuePolicy::Fifo => t.id < chosen.id,
                 QueuePolicy::Priority { aging_ms } => {
-                    let eff = |x: &Task| x.spec.priority as i64 + if aging_ms > 0 { ((1000 - x.submitted_at_ms) / aging_ms) as i64 } else { 0 };
+                    let eff = |x: &Task| x.spec.priority as i64 + (1000 - x.submitted_at_ms).checked_div(aging_ms).unwrap_or(0) as i64;
                     eff(t) > eff(chosen) || (eff(t) == eff(chosen) && t.id < chosen.id)
                 }
                 QueuePolicy::ShortestJobFirst => {
