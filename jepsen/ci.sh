@@ -28,8 +28,10 @@ run 0 kill          --nemesis kill                  --time-limit 60 --seed 1 --w
 run 0 partition     --nemesis partition             --time-limit 60 --seed 2 --workers "$WORKERS"
 run 0 pause         --nemesis pause                 --time-limit 60 --seed 3 --workers "$WORKERS"
 run 0 mixed         --nemesis kill,partition,pause  --time-limit 75 --seed 4 --workers "$WORKERS"
+run 0 workers       --nemesis worker-kill,worker-pause,kill --time-limit 45 --seed 7 --workers 3
 # Planted bugs: short runs with the nemesis that exposes each.
 run 1 bug-ack-before-commit --nemesis kill-leader --time-limit 20 --seed 5 --sut-bug ack-before-commit
 run 1 bug-no-idempotency    --nemesis none        --time-limit 15 --seed 6 --sut-bug no-idempotency
+run 1 bug-dispatch-before-commit --nemesis kill-leader --time-limit 45 --seed 8 --workers 3 --sut-bug dispatch-before-commit
 
 exit $failed
