@@ -33,5 +33,7 @@ run 0 workers       --nemesis worker-kill,worker-pause,kill --time-limit 45 --se
 run 1 bug-ack-before-commit --nemesis kill-leader --time-limit 20 --seed 5 --sut-bug ack-before-commit
 run 1 bug-no-idempotency    --nemesis none        --time-limit 15 --seed 6 --sut-bug no-idempotency
 run 1 bug-dispatch-before-commit --nemesis kill-leader --time-limit 45 --seed 8 --workers 3 --sut-bug dispatch-before-commit
+# Long tasks, so a paused worker resumes while the reassigned attempt still runs.
+run 1 bug-skip-attempt-check --nemesis worker-pause --time-limit 30 --seed 9 --workers 3 --task-work-ms 3000 --think-ms 1000 --sut-bug skip-attempt-check
 
 exit $failed

@@ -100,6 +100,9 @@ struct TestArgs {
     /// the workers keep up and the drain can finish).
     #[arg(long)]
     think_ms: Option<u64>,
+    /// How long each task's command works, in ms; half before its side effect, half after.
+    #[arg(long, default_value_t = 200)]
+    task_work_ms: u64,
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
     #[arg(long, default_value_t = 600)]
@@ -169,7 +172,7 @@ async fn test(a: TestArgs) -> anyhow::Result<(Results, PathBuf)> {
         heartbeat_ms: a.heartbeat_ms,
         election_timeout_ms: a.election_timeout_ms,
         think_ms: a.think_ms.unwrap_or(if a.workers > 0 { 150 } else { 20 }),
-        task_work_ms: 200,
+        task_work_ms: a.task_work_ms,
     };
     Ok((run::test(cfg).await?, out))
 }

@@ -212,7 +212,19 @@ fn final_task(t: &Task) -> FinalTask {
         key: t.spec.idempotency_key.clone(),
         state: t.state.as_str().to_string(),
         attempts: t.attempts,
+        result_attempt: t.result.as_deref().and_then(result_attempt),
     }
+}
+
+/// The `attempt=N` that `sink-report` printed, found in a command task's result.
+fn result_attempt(result: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(result);
+    let at = text.find("attempt=")? + "attempt=".len();
+    let digits: String = text[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
 }
 
 /// Every task, paging through `ListTasks`; `None` if some page failed `tries` times.

@@ -102,8 +102,10 @@ pub async fn report(addr: &str, work_ms: u64) -> u8 {
     } else {
         worker
     };
-    // The "work": long enough that worker faults land mid-task.
-    tokio::time::sleep(Duration::from_millis(work_ms)).await;
+    // The "work": long enough that worker faults land mid-task. Half of it comes after the
+    // side effect, so a worker paused then resumed can still report an attempt whose side
+    // effect happened — the window a stale completion needs.
+    tokio::time::sleep(Duration::from_millis(work_ms / 2)).await;
     let answer = async {
         let mut s = TcpStream::connect(addr).await?;
         s.write_all(format!("{task} {attempt} {worker}\n").as_bytes())
@@ -113,7 +115,12 @@ pub async fn report(addr: &str, work_ms: u64) -> u8 {
         std::io::Result::Ok(line)
     };
     match tokio::time::timeout(Duration::from_secs(10), answer).await {
-        Ok(Ok(l)) if l.trim() == "ok" => 0,
+        Ok(Ok(l)) if l.trim() == "ok" => {
+            tokio::time::sleep(Duration::from_millis(work_ms - work_ms / 2)).await;
+            // Becomes the task's result: which attempt produced it.
+            println!("task={task} attempt={attempt} worker={worker}");
+            0
+        }
         Ok(Ok(l)) if l.trim() == "stale" => {
             eprintln!("sink-report: attempt {attempt} of task {task} is stale");
             3

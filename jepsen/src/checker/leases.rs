@@ -75,6 +75,21 @@ pub fn check(facts: &Facts) -> Check {
             }
         }
     }
+    // A task succeeds only through its current attempt: a result produced by an earlier
+    // attempt means a stale completion was accepted (the fencing token was ignored).
+    for t in facts.dump.tasks.iter().flatten() {
+        if let Some(a) = t.result_attempt.filter(|_| t.state == "succeeded") {
+            if a != t.attempts {
+                c.violation(
+                    None,
+                    format!(
+                        "task {} succeeded with the result of attempt {a}, but its current attempt is {}: a stale completion was accepted",
+                        t.id, t.attempts
+                    ),
+                );
+            }
+        }
+    }
     if !any {
         c.unknown("workers ran but the sink saw no side effect".into());
     }
@@ -84,7 +99,7 @@ pub fn check(facts: &Facts) -> Check {
 #[cfg(test)]
 mod tests {
     use super::super::fixture::*;
-    use super::super::{Facts, Verdict};
+    use super::super::{Facts, FinalTask, Verdict};
     use super::*;
     use crate::history::OpType;
     use serde_json::json;
@@ -129,6 +144,27 @@ mod tests {
         let f = Facts::new(&h.ops, &p, &d);
         assert_eq!(check(&f).verdict, Verdict::Invalid);
         assert_eq!(overlaps(&f), 1);
+    }
+
+    #[test]
+    fn a_success_from_a_stale_attempt_is_invalid() {
+        let mut h = H::new();
+        report(&mut h, 1, 1, "w1", true);
+        report(&mut h, 1, 2, "w2", true);
+        let good = FinalTask {
+            attempts: 2,
+            result_attempt: Some(2),
+            ..task(1, "a", "succeeded")
+        };
+        let p = params(2, &[]);
+        let d = dump(vec![good.clone()]);
+        assert_eq!(check(&Facts::new(&h.ops, &p, &d)).verdict, Verdict::Valid);
+        let stale = FinalTask {
+            result_attempt: Some(1),
+            ..good
+        };
+        let d = dump(vec![stale]);
+        assert_eq!(check(&Facts::new(&h.ops, &p, &d)).verdict, Verdict::Invalid);
     }
 
     #[test]

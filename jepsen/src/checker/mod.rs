@@ -82,6 +82,10 @@ pub struct FinalTask {
     pub key: Option<String>,
     pub state: String,
     pub attempts: u32,
+    /// The attempt that produced a succeeded task's result, as `sink-report` printed it
+    /// (`attempt=N` in the command's stdout).
+    #[serde(default)]
+    pub result_attempt: Option<u32>,
 }
 
 impl FinalTask {
@@ -370,6 +374,7 @@ pub(crate) mod fixture {
             key: Some(key.into()),
             state: state.into(),
             attempts: 0,
+            result_attempt: None,
         }
     }
 
