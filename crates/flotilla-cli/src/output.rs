@@ -12,6 +12,7 @@ pub fn task_json(t: &Task) -> Value {
         "state": t.state.as_str(),
         "queue": t.spec.queue,
         "attempts": t.attempts,
+        "worker": t.worker,
         "priority": t.spec.priority,
         "max_attempts": t.spec.max_attempts,
         "idempotency_key": t.spec.idempotency_key,
@@ -33,6 +34,9 @@ pub fn task_text(t: &Task) -> String {
         "task {}  {}  queue={} attempts={}/{} priority={}\n  {}",
         t.id, t.state, t.spec.queue, t.attempts, t.spec.max_attempts, t.spec.priority, what
     );
+    if let Some(w) = &t.worker {
+        s.push_str(&format!("\n  running on worker {w}"));
+    }
     if !t.spec.depends_on.is_empty() {
         let deps: Vec<String> = t.spec.depends_on.iter().map(|d| d.to_string()).collect();
         s.push_str(&format!("\n  after: {}", deps.join(",")));
