@@ -15,7 +15,6 @@ use flotilla_store::SharedState;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tonic::{Request, Response, Status};
-use tracing::instrument;
 
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
@@ -112,7 +111,6 @@ impl Api {
 
 #[tonic::async_trait]
 impl Flotilla for Api {
-    #[instrument(skip_all, fields(tasks = request.get_ref().tasks.len()))]
     async fn submit_tasks(
         &self,
         request: Request<pb::SubmitTasksRequest>,

@@ -64,7 +64,7 @@ impl ServerConfig {
             election_timeout_max_ms: 1200,
             max_commands_per_entry: 1024,
             max_entry_bytes: 8 * 1024 * 1024,
-            max_inflight_entries: 8,
+            max_inflight_entries: 1,
             proposal_queue_limit: 16 * 1024,
             wait_max_ms: 60_000,
             max_request_bytes: 64 * 1024 * 1024,

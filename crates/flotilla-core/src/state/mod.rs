@@ -4,7 +4,9 @@
 //! index derived from them, rebuilt by [`State::from_image`] and checked by
 //! [`State::check_invariants`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasherDefault;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,8 +53,10 @@ pub struct State {
     running: BTreeSet<TaskId>,
     /// Worker id -> its running tasks.
     on_worker: BTreeMap<String, BTreeSet<TaskId>>,
-    /// Idempotency key -> the task created with it.
-    by_key: BTreeMap<String, TaskId>,
+    /// Idempotency key -> the task created with it. Hashed, not ordered: a lookup per submitted
+    /// task must not cost a string comparison per tree level. The hasher is SipHash with fixed
+    /// keys — deterministic on every replica — and the map is never iterated by `apply`.
+    by_key: HashMap<String, TaskId, BuildHasherDefault<DefaultHasher>>,
     /// Parent -> waiting children that still need it to succeed.
     children: BTreeMap<TaskId, BTreeSet<TaskId>>,
     /// Number of tasks per state, indexed by `TaskState as usize`.
