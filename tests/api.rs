@@ -154,9 +154,15 @@ async fn api_bad_input_is_rejected_naming_the_field_and_applies_nothing() {
         client.cancel(TaskId(4242)).await.unwrap_err().code(),
         Some(Code::NotFound)
     );
-    client.cancel(ok).await.unwrap();
+    let mut child = spec("child-of-ok");
+    child.depends_on = vec![ok];
+    let child = client.submit(vec![child]).await.unwrap()[0];
+    assert_eq!(client.cancel(ok).await.unwrap(), TaskState::Pending);
+    // Cancel is idempotent (a retry after a lost reply succeeds) ...
+    assert_eq!(client.cancel(ok).await.unwrap(), TaskState::Cancelled);
+    // ... but a task that finished otherwise (here: failed, upstream_failed) cannot be cancelled.
     assert_eq!(
-        client.cancel(ok).await.unwrap_err().code(),
+        client.cancel(child).await.unwrap_err().code(),
         Some(Code::FailedPrecondition)
     );
     // A wait on a finished task returns at once; on a live one it times out with the task.
@@ -270,6 +276,20 @@ async fn api_cli_commands_and_json() {
     }
     let out = flotilla(&cluster, &["submit", "--priority", "9999", "--", "x"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("priority"));
+
+    // A reader that went away (`flotilla list | head -0`) is not an error, and never a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .env("FLOTILLA_CLUSTER", &cluster)
+        .args(["list", "--json"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "closed stdout: {err}");
+    assert!(!err.contains("panicked"), "closed stdout: {err}");
 }
 
 #[test]

@@ -114,21 +114,35 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
             points.push(p);
         }
     }
-    println!(
+    outln!(
         "{:<9} {:>9} {:>6} {:>10} {:>8} {:>12} {:>9} {:>9}",
-        "scenario", "in_flight", "batch", "tasks", "secs", "tasks/s", "p50_ms", "p99_ms"
+        "scenario",
+        "in_flight",
+        "batch",
+        "tasks",
+        "secs",
+        "tasks/s",
+        "p50_ms",
+        "p99_ms"
     );
     for p in &points {
-        println!(
+        outln!(
             "{:<9} {:>9} {:>6} {:>10} {:>8.2} {:>12.0} {:>9.2} {:>9.2}",
-            p.scenario, p.in_flight, p.batch, p.tasks, p.secs, p.tasks_per_sec, p.p50_ms, p.p99_ms
+            p.scenario,
+            p.in_flight,
+            p.batch,
+            p.tasks,
+            p.secs,
+            p.tasks_per_sec,
+            p.p50_ms,
+            p.p99_ms
         );
     }
     let json = serde_json::to_string_pretty(&points)?;
     if let Some(out) = &args.out {
         std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
     }
-    println!("{json}");
+    outln!("{json}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -359,13 +373,19 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
     });
     shutdown.cancel();
 
-    println!(
+    outln!(
         "{:<17} {:>7} {:>8} {:>8} {:>10} {:>12} {:>12}",
-        "scenario", "workers", "tasks", "secs", "tasks/s", "p50_ms", "p99_ms"
+        "scenario",
+        "workers",
+        "tasks",
+        "secs",
+        "tasks/s",
+        "p50_ms",
+        "p99_ms"
     );
     for p in &points {
         let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
-        println!(
+        outln!(
             "{:<17} {:>7} {:>8} {:>8.2} {:>10.0} {:>12} {:>12}",
             p.scenario,
             p.workers,
@@ -380,6 +400,6 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
     if let Some(out) = &args.out {
         std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
     }
-    println!("{json}");
+    outln!("{json}");
     Ok(ExitCode::SUCCESS)
 }

@@ -26,9 +26,9 @@ impl Ctx {
 
     fn print(&self, json: Value, text: String) {
         if self.json {
-            println!("{json}");
+            outln!("{json}");
         } else {
-            println!("{text}");
+            outln!("{text}");
         }
     }
 }
@@ -224,15 +224,15 @@ pub async fn list(ctx: &Ctx, args: ListArgs) -> Result<ExitCode> {
         }
     }
     if ctx.json {
-        println!("{}", Value::Array(tasks.iter().map(task_json).collect()));
+        outln!("{}", Value::Array(tasks.iter().map(task_json).collect()));
     } else if tasks.is_empty() {
-        println!("no tasks");
+        outln!("no tasks");
     } else {
         for t in &tasks {
             let cmd = CommandPayload::decode(&t.spec.payload)
                 .map(|p| p.argv.join(" "))
                 .unwrap_or_else(|| format!("{} bytes", t.spec.payload.len()));
-            println!(
+            outln!(
                 "{:>8}  {:<10} {:<12} {}",
                 t.id,
                 t.state.as_str(),
@@ -290,13 +290,17 @@ pub async fn workers(ctx: &Ctx) -> Result<ExitCode> {
                 })
             })
             .collect();
-        println!("{}", Value::Array(arr));
+        outln!("{}", Value::Array(arr));
     } else if workers.is_empty() {
-        println!("no workers registered");
+        outln!("no workers registered");
     } else {
-        println!(
+        outln!(
             "{:<20} {:>9} {:>13} {:>13} {:>10}  queues",
-            "worker", "slots", "cpu (m)", "mem (MB)", "lease age"
+            "worker",
+            "slots",
+            "cpu (m)",
+            "mem (MB)",
+            "lease age"
         );
         for w in &workers {
             let c = w.spec.capacity;
@@ -305,7 +309,7 @@ pub async fn workers(ctx: &Ctx) -> Result<ExitCode> {
             } else {
                 w.spec.queues.join(",")
             };
-            println!(
+            outln!(
                 "{:<20} {:>4}/{:<4} {:>6}/{:<6} {:>6}/{:<6} {:>10}  {}",
                 w.spec.id,
                 w.running,

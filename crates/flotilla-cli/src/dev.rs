@@ -44,8 +44,8 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
         nodes.push(node);
     }
     let addrs: Vec<&str> = peers.values().map(String::as_str).collect();
-    println!("flotilla dev cluster: 3 replicas on {}", addrs.join(", "));
-    println!("data under {}", args.data_dir.display());
+    outln!("flotilla dev cluster: 3 replicas on {}", addrs.join(", "));
+    outln!("data under {}", args.data_dir.display());
     // Wait for a leader so that the first `flotilla submit` does not have to.
     let mut metrics = nodes[0].raft.metrics();
     let leader = tokio::time::timeout(Duration::from_secs(10), async {
@@ -61,7 +61,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     .await
     .unwrap_or(0);
     if leader > 0 {
-        println!("leader: replica {leader}");
+        outln!("leader: replica {leader}");
     }
     // Two workers that run command tasks.
     let client = flotilla_client::Client::new(peers.values().cloned())?;
@@ -85,11 +85,11 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
             shutdown.child_token(),
         )));
     }
-    println!("workers: dev-worker-1, dev-worker-2 (4 slots each)");
-    println!("try: flotilla submit -- echo hello; flotilla wait 1    (Ctrl-C stops the cluster)");
+    outln!("workers: dev-worker-1, dev-worker-2 (4 slots each)");
+    outln!("try: flotilla submit -- echo hello; flotilla wait 1    (Ctrl-C stops the cluster)");
 
     crate::server::wait_for_signal().await;
-    println!("stopping...");
+    outln!("stopping...");
     shutdown.cancel();
     for w in workers {
         let _ = w.await;
@@ -97,6 +97,6 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     for node in nodes {
         node.stopped().await?;
     }
-    println!("stopped; `flotilla dev` restarts on the same data");
+    outln!("stopped; `flotilla dev` restarts on the same data");
     Ok(ExitCode::SUCCESS)
 }

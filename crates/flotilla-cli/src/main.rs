@@ -2,6 +2,14 @@
 //! cluster (`submit`, `status`, `wait`, `cancel`, `list`, `cluster status`) and measure it
 //! (`bench submit`). Errors print one line and exit non-zero.
 
+/// `println!` that treats a closed stdout (`flotilla list | head -1`) as the reader being done:
+/// exit quietly with success instead of panicking; any other write error exits non-zero.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::stdout_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod commands;
 mod dev;
@@ -116,6 +124,19 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes one line to stdout; see [`outln!`].
+pub(crate) fn stdout_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{args}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -672,6 +672,11 @@ impl State {
     fn cancel(&mut self, now_ms: u64, id: TaskId) -> Result<TaskState, CommandError> {
         let task = self.tasks.get(&id).ok_or(CommandError::NotFound(id))?;
         let previous = task.state;
+        if previous == TaskState::Cancelled {
+            // Idempotent: a cancel retried after its reply was lost must not turn into an
+            // error for an operation that succeeded.
+            return Ok(previous);
+        }
         if previous.is_terminal() {
             return Err(CommandError::WrongState {
                 task_id: id,

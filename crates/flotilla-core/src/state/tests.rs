@@ -174,16 +174,18 @@ fn cancel_errors_change_nothing() {
         task_id: id,
     });
     let before = image_bytes(&s);
-    assert!(matches!(
+    // Cancelling again is an idempotent success that changes nothing.
+    assert_eq!(
         s.apply(&Command::Cancel {
             now_ms: 3,
             task_id: id
         }),
-        Response::Rejected(CommandError::WrongState {
-            state: TaskState::Cancelled,
-            ..
-        })
-    ));
+        Response::Cancelled {
+            task_id: id,
+            previous: TaskState::Cancelled
+        }
+    );
+
     assert_eq!(
         s.apply(&Command::Cancel {
             now_ms: 3,
@@ -510,6 +512,17 @@ fn stale_or_foreign_completion_is_rejected_and_changes_nothing() {
         (t.state, t.result.as_deref(), t.worker.as_deref()),
         (TaskState::Succeeded, Some(&b"new"[..]), None)
     );
+    // A finished task cannot be cancelled (only a cancelled one, idempotently).
+    assert!(matches!(
+        s.apply(&Command::Cancel {
+            now_ms: 6,
+            task_id: id
+        }),
+        Response::Rejected(CommandError::WrongState {
+            state: TaskState::Succeeded,
+            ..
+        })
+    ));
 }
 
 #[test]
