@@ -270,3 +270,43 @@ async fn workers_checkpoint_reaches_the_next_attempt() {
     assert_eq!(t.state, TaskState::Pending);
     assert!(why.unwrap().contains("1000000 MB"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_lost_assignments_are_delivered_again() {
+    // A worker stream that holds only 2 assignments: most pushes of a 30-task plan are lost
+    // while the worker stays connected. Its heartbeats, which do not list those attempts,
+    // must bring them back; each still runs exactly once, as attempt 1.
+    let dir = tempfile::tempdir().unwrap();
+    let options = ReplicaOptions {
+        worker_ttl_ms: Some(10_000),
+        worker_stream_limit: Some(2),
+        ..Default::default()
+    };
+    let mut c = LocalCluster::new(&bin(), 3, dir.path(), options).unwrap();
+    c.start_all().unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    let client = c.client();
+    c.start_worker("w", &["--slots", "30", "--heartbeat-ms", "200"])
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = dir.path().join("runs.log");
+    let specs: Vec<TaskSpec> = (0..30)
+        .map(|_| {
+            sh(&format!(
+                "echo \"$FLOTILLA_TASK_ID $FLOTILLA_ATTEMPT\" >> {}",
+                log.display()
+            ))
+        })
+        .collect();
+    let ids = client.submit(specs).await.unwrap();
+    for id in &ids {
+        let t = wait_state(&client, *id, TaskState::Succeeded, 30).await;
+        assert_eq!(t.attempts, 1, "task {id}: {t:?}");
+    }
+    let mut runs: BTreeMap<String, usize> = BTreeMap::new();
+    for l in lines(&log) {
+        *runs.entry(l).or_default() += 1;
+    }
+    assert_eq!(runs.len(), 30, "every task ran: {runs:?}");
+    assert!(runs.values().all(|n| *n == 1), "a task ran twice: {runs:?}");
+}

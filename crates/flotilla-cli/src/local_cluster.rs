@@ -20,6 +20,8 @@ pub struct ReplicaOptions {
     pub election_timeout_ms: Option<u64>,
     /// Worker lease TTL of the replicas.
     pub worker_ttl_ms: Option<u64>,
+    /// Assignments queued per worker stream on the replicas.
+    pub worker_stream_limit: Option<usize>,
     /// Extra environment variables, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
 }
@@ -121,6 +123,9 @@ impl LocalCluster {
         }
         if let Some(t) = self.options.worker_ttl_ms {
             cmd.arg("--worker-ttl-ms").arg(t.to_string());
+        }
+        if let Some(n) = self.options.worker_stream_limit {
+            cmd.arg("--worker-stream-limit").arg(n.to_string());
         }
         for (k, v) in &self.options.env {
             cmd.env(k, v);

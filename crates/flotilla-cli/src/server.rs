@@ -40,6 +40,9 @@ pub struct ServerArgs {
     /// Group commit: Raft entries proposed but not yet applied, at most.
     #[arg(long)]
     max_inflight_entries: Option<usize>,
+    /// Assignments queued on one worker's stream, at most.
+    #[arg(long)]
+    worker_stream_limit: Option<usize>,
 }
 
 pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
@@ -61,6 +64,9 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(n) = args.max_inflight_entries {
         config.max_inflight_entries = n;
+    }
+    if let Some(n) = args.worker_stream_limit {
+        config.worker_stream_limit = n;
     }
     config
         .validate()

@@ -43,6 +43,9 @@ pub struct ServerConfig {
     pub worker_lease_ttl_ms: u64,
     /// Placement strategy: "binpack" or "spread".
     pub placement: String,
+    /// Assignments queued on one worker's stream, at most; one that does not fit is delivered
+    /// again once the worker's heartbeats show it does not run it.
+    pub worker_stream_limit: usize,
 }
 
 impl ServerConfig {
@@ -71,6 +74,7 @@ impl ServerConfig {
             snapshot_every_entries: 20_000,
             worker_lease_ttl_ms: 10_000,
             placement: "binpack".into(),
+            worker_stream_limit: 1024,
         }
     }
 
@@ -134,6 +138,7 @@ impl ServerConfig {
             ("max_inflight_entries", self.max_inflight_entries),
             ("proposal_queue_limit", self.proposal_queue_limit),
             ("max_request_bytes", self.max_request_bytes),
+            ("worker_stream_limit", self.worker_stream_limit),
         ] {
             if v == 0 {
                 problems.push(format!("{name} must be at least 1"));

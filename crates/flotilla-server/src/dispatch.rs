@@ -35,8 +35,6 @@ use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 use crate::Raft;
 
-/// Events queued for one worker's stream, at most.
-const WORKER_STREAM_LIMIT: usize = 1024;
 /// Shortest pause between two planning rounds.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(5);
 
@@ -49,6 +47,8 @@ pub struct DispatchConfig {
     pub plan: PlanConfig,
     /// Planning period when nothing else wakes the loop.
     pub interval: Duration,
+    /// Events queued for one worker's stream, at most.
+    pub stream_limit: usize,
 }
 
 struct Stream {
@@ -64,6 +64,8 @@ struct Leases {
     streams: BTreeMap<String, Stream>,
     /// When this replica last became leader; None while it is not.
     leader_since: Option<Instant>,
+    /// Per worker: attempts the state says it runs but its last heartbeat did not list.
+    unreported: BTreeMap<String, BTreeMap<TaskId, u32>>,
 }
 
 pub struct Dispatcher {
@@ -142,7 +144,7 @@ impl Dispatcher {
             }
             other => return Err(ApiError::Internal(format!("unexpected {other:?}"))),
         }
-        let (tx, rx) = mpsc::channel(WORKER_STREAM_LIMIT);
+        let (tx, rx) = mpsc::channel(self.config.stream_limit);
         // Redeliver whatever the state says this worker runs: a push may have been lost.
         let running: Vec<pb::WorkerEvent> = {
             let applied = self.state.read();
@@ -170,6 +172,11 @@ impl Dispatcher {
     }
 
     /// Renews a lease; returns the reported attempts the worker must stop.
+    ///
+    /// Also reconciles the other way: an attempt the state says this worker runs, but which
+    /// two heartbeats in a row did not list, is pushed again — its assignment was lost (a full
+    /// stream) and the worker, still connected, would otherwise never hear of it. Pushing
+    /// twice is harmless: a worker never starts the same attempt twice.
     pub fn heartbeat(
         &self,
         worker: &str,
@@ -177,7 +184,7 @@ impl Dispatcher {
         running: &[(TaskId, u32)],
     ) -> Result<Vec<(TaskId, u32)>, ApiError> {
         self.ensure_leader()?;
-        let cancel = {
+        let (cancel, unreported) = {
             let applied = self.state.read();
             match applied.state.worker(worker) {
                 Some(w) if w.spec.session == session => {}
@@ -187,7 +194,7 @@ impl Dispatcher {
                     )))
                 }
             }
-            running
+            let cancel = running
                 .iter()
                 .filter(|(id, attempt)| {
                     !applied.state.get(*id).is_some_and(|t| {
@@ -197,11 +204,39 @@ impl Dispatcher {
                     })
                 })
                 .copied()
-                .collect()
+                .collect();
+            let reported: BTreeSet<(TaskId, u32)> = running.iter().copied().collect();
+            let unreported: BTreeMap<TaskId, u32> = applied
+                .state
+                .tasks_on(worker)
+                .map(|t| (t.id, t.attempts))
+                .filter(|a| !reported.contains(a))
+                .collect();
+            (cancel, unreported)
         };
-        self.leases()
-            .heard
-            .insert(worker.to_string(), Instant::now());
+        let redeliver: Vec<(TaskId, u32)> = {
+            let mut l = self.leases();
+            l.heard.insert(worker.to_string(), Instant::now());
+            let before = l
+                .unreported
+                .insert(worker.to_string(), unreported)
+                .unwrap_or_default();
+            let now = l.unreported.get_mut(worker).expect("just inserted");
+            let again: Vec<(TaskId, u32)> = now
+                .iter()
+                .filter(|(id, attempt)| before.get(id) == Some(attempt))
+                .map(|(id, attempt)| (*id, *attempt))
+                .collect();
+            // Count afresh after a redelivery, so each lost push is retried every other beat.
+            for (id, _) in &again {
+                now.remove(id);
+            }
+            again
+        };
+        for (task_id, attempt) in redeliver {
+            info!(worker, task = %task_id, attempt, "heartbeats do not list an assigned attempt; delivering it again");
+            self.push_assignment(worker, task_id, attempt);
+        }
         Ok(cancel)
     }
 
@@ -274,6 +309,7 @@ impl Dispatcher {
                 let mut l = self.leases();
                 l.heard.remove(&worker_id);
                 l.streams.remove(&worker_id);
+                l.unreported.remove(&worker_id);
             }
         }
 

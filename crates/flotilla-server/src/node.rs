@@ -150,6 +150,7 @@ pub async fn start(
                 ..PlanConfig::default()
             },
             interval: Duration::from_millis(50),
+            stream_limit: config.worker_stream_limit,
         },
         planted,
     ));
