@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::api::{now_ms, Api};
 use crate::config::ServerConfig;
 use crate::dispatch::{DispatchConfig, Dispatcher};
-use crate::network::{Network, MAX_RAFT_MESSAGE_BYTES};
+use crate::network::{Network, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::{Proposer, ProposerLimits};
 use crate::raft_service::RaftService;
 use crate::worker_service::WorkerService;
@@ -176,6 +176,8 @@ pub async fn start(
     };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .add_service(
             FlotillaServer::new(api)
                 .max_decoding_message_size(config.max_request_bytes)
