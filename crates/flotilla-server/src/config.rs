@@ -66,7 +66,7 @@ impl ServerConfig {
             election_timeout_min_ms: 600,
             election_timeout_max_ms: 1200,
             max_commands_per_entry: 1024,
-            max_entry_bytes: 8 * 1024 * 1024,
+            max_entry_bytes: 2 * 1024 * 1024,
             max_inflight_entries: 1,
             proposal_queue_limit: 16 * 1024,
             wait_max_ms: 60_000,

@@ -6,7 +6,8 @@ use std::time::Duration;
 use flotilla_proto::raftpb::{raft_client::RaftClient, RaftMessage};
 use flotilla_store::{NodeId, TypeConfig};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -20,6 +21,15 @@ use tonic::transport::Channel;
 
 /// Largest peer message, in either direction.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+
+/// An AppendEntries with more than one entry stops growing past this many bytes.
+///
+/// openraft gives an AppendEntries one heartbeat interval (100 ms) to complete and then sends
+/// the same payload again. Up to `max_payload_entries` group-committed entries of a megabyte
+/// each made a request that a loaded follower could not take within that time, and a lagging
+/// follower was sent the same too-large request over and over: the cluster stalled for seconds
+/// with idle CPUs. Bounded requests keep every retry small enough to succeed.
+pub const MAX_APPEND_BYTES: usize = 2 * 1024 * 1024;
 
 /// Creates one connection per target replica.
 /// HTTP/2 flow-control windows of replica connections. h2's default (64 KiB) makes a large
@@ -75,15 +85,35 @@ enum Rpc {
     Snapshot,
 }
 
+/// How many leading entries fit in [`MAX_APPEND_BYTES`] (at least one).
+fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> u64 {
+    let mut bytes = 0u64;
+    let mut n = 0u64;
+    for e in entries {
+        bytes += bincode::serialized_size(e).unwrap_or(u64::MAX / 2);
+        if n > 0 && bytes > MAX_APPEND_BYTES as u64 {
+            break;
+        }
+        n += 1;
+    }
+    n.max(1)
+}
+
+fn encode<Req: Serialize, E: std::error::Error>(
+    req: &Req,
+) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+    bincode::serialize(req)
+        .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))
+}
+
 impl Connection {
-    async fn call<Req, Resp, E>(
+    async fn call<Resp, E>(
         &mut self,
         rpc: Rpc,
-        req: &Req,
+        data: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
     where
-        Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
@@ -91,8 +121,6 @@ impl Connection {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Message(e.clone())))),
         };
-        let data = bincode::serialize(req)
-            .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
         let msg = RaftMessage {
             cluster: self.cluster_name.clone(),
             data,
@@ -141,7 +169,15 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Append, &rpc, &option).await
+        let data = encode(&rpc)?;
+        if data.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
+            // openraft retries at once with the hinted number of entries.
+            let fit = entries_that_fit(&rpc.entries);
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        self.call(Rpc::Append, data, &option).await
     }
 
     async fn install_snapshot(
@@ -152,7 +188,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call(Rpc::Snapshot, &rpc, &option).await
+        self.call(Rpc::Snapshot, encode(&rpc)?, &option).await
     }
 
     async fn vote(
@@ -160,6 +196,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call(Rpc::Vote, &rpc, &option).await
+        self.call(Rpc::Vote, encode(&rpc)?, &option).await
     }
 }
