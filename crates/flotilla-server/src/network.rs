@@ -85,7 +85,9 @@ enum Rpc {
     Snapshot,
 }
 
-/// How many leading entries fit in [`MAX_APPEND_BYTES`] (at least one).
+/// How many leading entries to send when a request of all of them was over
+/// [`MAX_APPEND_BYTES`]: those that fit, at least one, and always fewer than all of them — the
+/// hint must shrink the request, or openraft would resend the same one forever.
 fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> u64 {
     let mut bytes = 0u64;
     let mut n = 0u64;
@@ -96,7 +98,7 @@ fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> u64 {
         }
         n += 1;
     }
-    n.max(1)
+    n.min(entries.len().saturating_sub(1) as u64).max(1)
 }
 
 fn encode<Req: Serialize, E: std::error::Error>(
@@ -197,5 +199,39 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         self.call(Rpc::Vote, encode(&rpc)?, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_core::{Command, Proposal, TaskSpec};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    fn entry(index: u64, payload_bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command::Submit {
+                    now_ms: 1,
+                    tasks: vec![TaskSpec::new("q", vec![7u8; payload_bytes])],
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn hint_shrinks_the_request_and_keeps_at_least_one_entry() {
+        let big = MAX_APPEND_BYTES * 2 / 3;
+        // Three entries of 2/3 of the limit: one fits.
+        let entries: Vec<_> = (1..=3).map(|i| entry(i, big)).collect();
+        assert_eq!(entries_that_fit(&entries), 1);
+        // One entry alone over the limit is still sent, alone.
+        let huge: Vec<_> = (1..=2).map(|i| entry(i, MAX_APPEND_BYTES * 2)).collect();
+        assert_eq!(entries_that_fit(&huge), 1);
+        // Entries that fit on their own but not with the request around them: fewer than all.
+        let half = MAX_APPEND_BYTES / 2 - 100;
+        let pair: Vec<_> = (1..=2).map(|i| entry(i, half)).collect();
+        assert_eq!(entries_that_fit(&pair), 1);
     }
 }
