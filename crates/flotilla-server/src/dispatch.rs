@@ -217,11 +217,8 @@ impl Dispatcher {
         let redeliver: Vec<(TaskId, u32)> = {
             let mut l = self.leases();
             l.heard.insert(worker.to_string(), Instant::now());
-            let before = l
-                .unreported
-                .insert(worker.to_string(), unreported)
-                .unwrap_or_default();
-            let now = l.unreported.get_mut(worker).expect("just inserted");
+            let now = l.unreported.entry(worker.to_string()).or_default();
+            let before = std::mem::replace(now, unreported);
             let again: Vec<(TaskId, u32)> = now
                 .iter()
                 .filter(|(id, attempt)| before.get(id) == Some(attempt))

@@ -31,13 +31,13 @@ pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 /// with idle CPUs. Bounded requests keep every retry small enough to succeed.
 pub const MAX_APPEND_BYTES: usize = 2 * 1024 * 1024;
 
-/// Creates one connection per target replica.
 /// HTTP/2 flow-control windows of replica connections. h2's default (64 KiB) makes a large
 /// AppendEntries (a group-committed entry can be megabytes) wait for a window update every
 /// 64 KiB; replicas on a LAN can afford megabytes in flight.
 pub(crate) const H2_STREAM_WINDOW: u32 = 4 << 20;
 pub(crate) const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 
+/// Creates one connection per target replica.
 pub struct Network {
     pub cluster_name: String,
 }
