@@ -136,8 +136,13 @@ async fn api_bad_input_is_rejected_naming_the_field_and_applies_nothing() {
             "tasks:",
         ),
     ];
+    // The same through a pipeline: the stream carries the rejection, nothing is retried.
+    let pipeline = client.pipeline();
     for (batch, field) in cases {
-        let err = client.submit(batch).await.unwrap_err();
+        let err = client.submit(batch.clone()).await.unwrap_err();
+        assert_eq!(err.code(), Some(Code::InvalidArgument), "{field}: {err}");
+        assert!(err.to_string().contains(field), "{err} should name {field}");
+        let err = pipeline.submit(batch).await.unwrap_err();
         assert_eq!(err.code(), Some(Code::InvalidArgument), "{field}: {err}");
         assert!(err.to_string().contains(field), "{err} should name {field}");
     }

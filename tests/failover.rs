@@ -117,3 +117,67 @@ async fn failover_leader_sigkill_keeps_every_task_once() {
         .unwrap();
     assert_eq!(page.tasks.len(), TASKS + 1);
 }
+
+/// Pipelined submits (one SubmitStream, many single-task requests in flight) through a leader
+/// SIGKILL: every request is answered, and exactly the acknowledged tasks exist, once each.
+/// The client lists a follower first, so the stream is also refused and redirected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_pipelined_submits_survive_leader_sigkill() {
+    const SUBMITTERS: usize = 16;
+    const PER_SUBMITTER: usize = 100;
+    let mut tc = TestCluster::start(3).await;
+    let old = tc.leader().await;
+    let mut addrs: Vec<String> = tc
+        .cluster
+        .ids()
+        .into_iter()
+        .map(|id| tc.cluster.addr(id).to_string())
+        .collect();
+    addrs.sort_by_key(|a| *a == tc.cluster.addr(old).to_string());
+    let client = flotilla_client::Client::new(addrs).unwrap();
+    let pipeline = client.pipeline();
+
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for s in 0..SUBMITTERS {
+        let pipeline = pipeline.clone();
+        let acked = acked.clone();
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..PER_SUBMITTER {
+                let key = format!("piped-{s}-{i}");
+                let id = pipeline.submit(vec![spec(&key)]).await.unwrap()[0];
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ids.push((key, id));
+            }
+            ids
+        }));
+    }
+    // Kill the leader while requests are in flight.
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < SUBMITTERS * PER_SUBMITTER / 4 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tc.cluster.kill(old).unwrap();
+    let mut keyed: BTreeMap<String, TaskId> = BTreeMap::new();
+    for h in handles {
+        keyed.extend(h.await.unwrap());
+    }
+    assert_eq!(keyed.len(), SUBMITTERS * PER_SUBMITTER);
+    assert_ne!(tc.leader().await, old);
+
+    let tasks = all_tasks(&client).await;
+    assert_eq!(
+        tasks.len(),
+        keyed.len(),
+        "exactly the acknowledged tasks exist"
+    );
+    for t in &tasks {
+        let key = t.spec.idempotency_key.clone().unwrap();
+        assert_eq!(
+            keyed.get(&key),
+            Some(&t.id),
+            "task {} under key {key}",
+            t.id
+        );
+    }
+}

@@ -60,14 +60,36 @@ pub struct SubmitBench {
     /// Batch sizes to measure (comma separated).
     #[arg(long, default_value = "1,100", value_delimiter = ',')]
     batch: Vec<usize>,
+    /// Client APIs to measure (comma separated): `unary` (one SubmitTasks call per request,
+    /// `Client::submit`) and `stream` (requests pipelined on SubmitStream, `SubmitPipeline`).
+    #[arg(long, default_value = "unary,stream", value_delimiter = ',')]
+    api: Vec<Api>,
     /// Write the points as a JSON array to this file.
     #[arg(long)]
     out: Option<PathBuf>,
 }
 
+/// How the submit bench sends its requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Unary,
+    Stream,
+}
+
+impl Api {
+    fn name(self) -> &'static str {
+        match self {
+            Api::Unary => "unary",
+            Api::Stream => "stream",
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct Point {
     scenario: &'static str,
+    api: Api,
     in_flight: usize,
     batch: usize,
     tasks: u64,
@@ -104,19 +126,22 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
     // Keep the cluster (and its temp dir) alive for the whole run.
     let (client, _own) = target_cluster(ctx).await?;
     let mut points = Vec::new();
-    for &batch in &args.batch {
-        for &in_flight in &args.in_flight {
-            let p = run_point(&client, in_flight, batch, args.tasks, args.secs).await?;
-            eprintln!(
-                "in_flight={:<3} batch={:<4} {:>10.0} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
-                p.in_flight, p.batch, p.tasks_per_sec, p.p50_ms, p.p99_ms
-            );
-            points.push(p);
+    for &api in &args.api {
+        for &batch in &args.batch {
+            for &in_flight in &args.in_flight {
+                let p = run_point(&client, api, in_flight, batch, args.tasks, args.secs).await?;
+                eprintln!(
+                    "api={:<6} in_flight={:<3} batch={:<4} {:>10.0} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    api.name(), p.in_flight, p.batch, p.tasks_per_sec, p.p50_ms, p.p99_ms
+                );
+                points.push(p);
+            }
         }
     }
     outln!(
-        "{:<9} {:>9} {:>6} {:>10} {:>8} {:>12} {:>9} {:>9}",
+        "{:<9} {:>6} {:>9} {:>6} {:>10} {:>8} {:>12} {:>9} {:>9}",
         "scenario",
+        "api",
         "in_flight",
         "batch",
         "tasks",
@@ -127,8 +152,9 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
     );
     for p in &points {
         outln!(
-            "{:<9} {:>9} {:>6} {:>10} {:>8.2} {:>12.0} {:>9.2} {:>9.2}",
+            "{:<9} {:>6} {:>9} {:>6} {:>10} {:>8.2} {:>12.0} {:>9.2} {:>9.2}",
             p.scenario,
+            p.api.name(),
             p.in_flight,
             p.batch,
             p.tasks,
@@ -146,8 +172,25 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One client connection's way of submitting.
+#[derive(Clone)]
+enum Submitter {
+    Unary(Client),
+    Stream(flotilla_client::SubmitPipeline),
+}
+
+impl Submitter {
+    async fn submit(&self, specs: Vec<TaskSpec>) -> Result<(), flotilla_client::ClientError> {
+        match self {
+            Submitter::Unary(c) => c.submit(specs).await.map(drop),
+            Submitter::Stream(p) => p.submit(specs).await.map(drop),
+        }
+    }
+}
+
 async fn run_point(
     client: &Client,
+    api: Api,
     in_flight: usize,
     batch: usize,
     max_tasks: u64,
@@ -162,9 +205,16 @@ async fn run_point(
     let clients: Vec<Client> = (0..in_flight.div_ceil(8))
         .map(|_| Client::new(client.endpoints().to_vec()))
         .collect::<Result<_, _>>()?;
+    let submitters: Vec<Submitter> = clients
+        .iter()
+        .map(|c| match api {
+            Api::Unary => Submitter::Unary(c.clone()),
+            Api::Stream => Submitter::Stream(c.pipeline()),
+        })
+        .collect();
     let mut handles = Vec::new();
     for i in 0..in_flight {
-        let client = clients[i % clients.len()].clone();
+        let client = submitters[i % submitters.len()].clone();
         let done = done.clone();
         let payload = payload.clone();
         handles.push(tokio::spawn(async move {
@@ -189,6 +239,7 @@ async fn run_point(
     let tasks = done.load(Ordering::Relaxed);
     Ok(Point {
         scenario: "submit",
+        api,
         in_flight,
         batch,
         tasks,

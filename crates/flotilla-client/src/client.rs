@@ -154,11 +154,15 @@ impl Client {
         Ok(client)
     }
 
+    pub(crate) fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
     pub fn endpoints(&self) -> &[String] {
         &self.inner.endpoints
     }
 
-    fn channel(&self, addr: &str) -> Result<FlotillaClient<Channel>, ClientError> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<FlotillaClient<Channel>, ClientError> {
         self.raw_channel(addr).map(flotilla)
     }
 
@@ -186,7 +190,7 @@ impl Client {
         Ok(channel)
     }
 
-    fn known_leader(&self) -> Option<String> {
+    pub(crate) fn known_leader(&self) -> Option<String> {
         self.inner
             .leader
             .lock()
@@ -194,7 +198,7 @@ impl Client {
             .clone()
     }
 
-    fn set_leader(&self, addr: Option<String>) {
+    pub(crate) fn set_leader(&self, addr: Option<String>) {
         *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
     }
 
@@ -275,30 +279,22 @@ impl Client {
     /// Submits a batch, all or nothing, and returns one id per spec. A spec without an
     /// idempotency key gets a fresh one, so retries inside this call never double a task.
     pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
-        let n = specs.len();
-        let tasks: Vec<pb::TaskSpec> = specs
-            .into_iter()
-            .map(|mut s| {
-                if s.idempotency_key.is_none() {
-                    s.idempotency_key = Some(uuid::Uuid::new_v4().to_string());
-                }
-                spec_to_pb(&s, true)
-            })
-            .collect();
-        let req = pb::SubmitTasksRequest { tasks };
+        self.submit_request(submit_request(specs)).await
+    }
+
+    /// [`Client::submit`] of a request whose tasks all carry idempotency keys.
+    pub(crate) async fn submit_request(
+        &self,
+        req: pb::SubmitTasksRequest,
+    ) -> Result<Vec<TaskId>, ClientError> {
+        let n = req.tasks.len();
         let resp = self
             .call("submit", Duration::ZERO, |mut c| {
                 let req = req.clone();
                 async move { c.submit_tasks(req).await }
             })
             .await?;
-        if resp.ids.len() != n {
-            return Err(ClientError::BadResponse(format!(
-                "{} ids for {n} tasks",
-                resp.ids.len()
-            )));
-        }
-        Ok(resp.ids.into_iter().map(TaskId).collect())
+        submitted_ids(resp.ids, n)
     }
 
     pub async fn get(&self, id: TaskId) -> Result<Task, ClientError> {
@@ -454,9 +450,34 @@ fn decode_task(task: Option<pb::Task>) -> Result<Task, ClientError> {
     task_from_pb(task).map_err(|e| ClientError::BadResponse(e.to_string()))
 }
 
+/// The request of a submit: every task gets an idempotency key (a fresh one when it has none).
+pub(crate) fn submit_request(specs: Vec<TaskSpec>) -> pb::SubmitTasksRequest {
+    let tasks = specs
+        .into_iter()
+        .map(|mut s| {
+            if s.idempotency_key.is_none() {
+                s.idempotency_key = Some(uuid::Uuid::new_v4().to_string());
+            }
+            spec_to_pb(&s, true)
+        })
+        .collect();
+    pb::SubmitTasksRequest { tasks }
+}
+
+/// The ids of an acknowledged submit of `n` tasks.
+pub(crate) fn submitted_ids(ids: Vec<u64>, n: usize) -> Result<Vec<TaskId>, ClientError> {
+    if ids.len() != n {
+        return Err(ClientError::BadResponse(format!(
+            "{} ids for {n} tasks",
+            ids.len()
+        )));
+    }
+    Ok(ids.into_iter().map(TaskId).collect())
+}
+
 /// Codes after which the same call may be retried elsewhere without risk: the server either
 /// did nothing or the call is idempotent (submits carry idempotency keys).
-fn retryable(status: &Status) -> bool {
+pub(crate) fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable
@@ -467,7 +488,7 @@ fn retryable(status: &Status) -> bool {
     ) || (status.code() == Code::Internal && status.message().contains("h2 protocol error"))
 }
 
-fn leader_hint(status: &Status) -> Option<String> {
+pub(crate) fn leader_hint(status: &Status) -> Option<String> {
     let value = status.metadata().get(LEADER_HINT_KEY)?.to_str().ok()?;
     let (_, addr) = value.split_once('=')?;
     Some(addr.to_string())

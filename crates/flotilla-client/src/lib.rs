@@ -17,10 +17,12 @@
 
 mod client;
 mod error;
+mod pipeline;
 mod workers;
 
 pub use client::{Client, ClientConfig, ClusterStatus, Consistency, ListPage, ListQuery, Member};
 pub use error::ClientError;
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
+pub use pipeline::SubmitPipeline;
 pub use tonic::Code;
 pub use workers::{Assignment, WorkerEvent, WorkerInfo, WorkerStream};

@@ -10,11 +10,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_core::{validate_spec, Command, Limits, Response as CoreResponse, TaskId};
 use flotilla_proto::pb::{self, flotilla_server::Flotilla};
-use flotilla_proto::{spec_from_pb, state_from_pb, state_to_pb, task_to_pb};
+use flotilla_proto::{spec_from_pb, state_from_pb, state_to_pb, task_to_pb, LEADER_HINT_KEY};
 use flotilla_store::SharedState;
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
-use tonic::{Request, Response, Status};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::debug;
 
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
@@ -26,6 +30,7 @@ use crate::Raft;
 const MAX_LIST_LIMIT: u32 = 10_000;
 const DEFAULT_LIST_LIMIT: u32 = 100;
 
+#[derive(Clone)]
 pub struct Api {
     pub node_id: u64,
     pub cluster_name: String,
@@ -63,6 +68,61 @@ impl Api {
         match self.proposer.propose(command).await? {
             CoreResponse::Rejected(e) => Err(e.into()),
             other => Ok(other),
+        }
+    }
+
+    /// Validates and proposes one batch of tasks: all or nothing, answered after commit.
+    async fn submit(&self, tasks: Vec<pb::TaskSpec>) -> Result<pb::SubmitTasksResponse, ApiError> {
+        if tasks.is_empty() {
+            return Err(ApiError::Invalid {
+                field: "tasks".into(),
+                message: "batch is empty".into(),
+            });
+        }
+        if tasks.len() > Limits::MAX_BATCH_TASKS {
+            return Err(ApiError::Invalid {
+                field: "tasks".into(),
+                message: format!(
+                    "batch of {} tasks exceeds limit {}",
+                    tasks.len(),
+                    Limits::MAX_BATCH_TASKS
+                ),
+            });
+        }
+        let mut specs = Vec::with_capacity(tasks.len());
+        for (i, t) in tasks.into_iter().enumerate() {
+            let field = format!("tasks[{i}]");
+            let spec = spec_from_pb(&field, t)?;
+            validate_spec(&field, &spec)?;
+            specs.push(spec);
+        }
+        if self.planted == Some(PlantedBug::NoIdempotency) {
+            for t in &mut specs {
+                t.idempotency_key = None;
+            }
+        }
+        let n = specs.len();
+        let command = Command::Submit {
+            now_ms: now_ms(),
+            tasks: specs,
+        };
+        if self.planted == Some(PlantedBug::AckBeforeCommit) {
+            let proposer = self.proposer.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = proposer.propose(command).await;
+            });
+            return Ok(pb::SubmitTasksResponse {
+                ids: vec![0; n],
+                created: vec![true; n],
+            });
+        }
+        match self.propose(command).await? {
+            CoreResponse::Submitted { ids, created } => Ok(pb::SubmitTasksResponse {
+                ids: ids.into_iter().map(|i| i.0).collect(),
+                created,
+            }),
+            other => Err(ApiError::Internal(format!("unexpected response {other:?}"))),
         }
     }
 
@@ -115,65 +175,25 @@ impl Flotilla for Api {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
-        let req = request.into_inner();
-        if req.tasks.is_empty() {
-            return Err(ApiError::Invalid {
-                field: "tasks".into(),
-                message: "batch is empty".into(),
-            }
-            .into());
+        Ok(Response::new(
+            self.submit(request.into_inner().tasks).await?,
+        ))
+    }
+
+    type SubmitStreamStream = ReceiverStream<Result<pb::SubmitStreamReply, Status>>;
+
+    async fn submit_stream(
+        &self,
+        request: Request<Streaming<pb::SubmitStreamRequest>>,
+    ) -> Result<Response<Self::SubmitStreamStream>, Status> {
+        // Refuse at once on a follower, so the client goes to the leader instead of sending
+        // requests that would each be refused.
+        if self.raft.metrics().borrow().state != ServerState::Leader {
+            return Err(leader_hint(&self.raft).into());
         }
-        if req.tasks.len() > Limits::MAX_BATCH_TASKS {
-            return Err(ApiError::Invalid {
-                field: "tasks".into(),
-                message: format!(
-                    "batch of {} tasks exceeds limit {}",
-                    req.tasks.len(),
-                    Limits::MAX_BATCH_TASKS
-                ),
-            }
-            .into());
-        }
-        let mut tasks = Vec::with_capacity(req.tasks.len());
-        for (i, t) in req.tasks.into_iter().enumerate() {
-            let field = format!("tasks[{i}]");
-            let spec = spec_from_pb(&field, t).map_err(ApiError::from)?;
-            validate_spec(&field, &spec).map_err(ApiError::from)?;
-            tasks.push(spec);
-        }
-        if self.planted == Some(PlantedBug::NoIdempotency) {
-            for t in &mut tasks {
-                t.idempotency_key = None;
-            }
-        }
-        let command = Command::Submit {
-            now_ms: now_ms(),
-            tasks,
-        };
-        if self.planted == Some(PlantedBug::AckBeforeCommit) {
-            let n = match &command {
-                Command::Submit { tasks, .. } => tasks.len(),
-                _ => 0,
-            };
-            let proposer = self.proposer.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let _ = proposer.propose(command).await;
-            });
-            return Ok(Response::new(pb::SubmitTasksResponse {
-                ids: vec![0; n],
-                created: vec![true; n],
-            }));
-        }
-        match self.propose(command).await? {
-            CoreResponse::Submitted { ids, created } => {
-                Ok(Response::new(pb::SubmitTasksResponse {
-                    ids: ids.into_iter().map(|i| i.0).collect(),
-                    created,
-                }))
-            }
-            other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
-        }
+        let (tx, rx) = mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(serve_submit_stream(self.clone(), request.into_inner(), tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn get_task(
@@ -382,5 +402,76 @@ impl Flotilla for Api {
             cluster_name: self.cluster_name.clone(),
             task_count,
         }))
+    }
+}
+
+/// Requests of one SubmitStream that may wait for commit at once; beyond it the stream is not
+/// read (HTTP/2 flow control then holds the client back).
+const STREAM_WINDOW: usize = 4096;
+
+/// Serves one SubmitStream: reads requests while fewer than [`STREAM_WINDOW`] are in flight,
+/// proposes each (they share group-commit entries like unary calls) and sends each reply as
+/// soon as its request is committed. Ends when the client closes its side and every reply is
+/// sent, or when the client goes away.
+async fn serve_submit_stream(
+    api: Api,
+    mut requests: Streaming<pb::SubmitStreamRequest>,
+    replies: mpsc::Sender<Result<pb::SubmitStreamReply, Status>>,
+) {
+    let mut in_flight = FuturesUnordered::new();
+    let mut reading = true;
+    loop {
+        tokio::select! {
+            next = requests.message(), if reading && in_flight.len() < STREAM_WINDOW => {
+                match next {
+                    Ok(Some(req)) => {
+                        let api = &api;
+                        in_flight.push(async move {
+                            stream_reply(req.seq, api.submit(req.tasks).await)
+                        });
+                    }
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        debug!(%status, "submit stream broken");
+                        reading = false;
+                    }
+                }
+            }
+            Some(reply) = in_flight.next() => {
+                if replies.send(Ok(reply)).await.is_err() {
+                    return;
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+fn stream_reply(
+    seq: u64,
+    outcome: Result<pb::SubmitTasksResponse, ApiError>,
+) -> pb::SubmitStreamReply {
+    match outcome {
+        Ok(r) => pb::SubmitStreamReply {
+            seq,
+            ids: r.ids,
+            created: r.created,
+            ..Default::default()
+        },
+        Err(e) => {
+            let status = Status::from(e);
+            pb::SubmitStreamReply {
+                seq,
+                code: status.code() as i32,
+                message: status.message().to_string(),
+                leader_hint: status
+                    .metadata()
+                    .get(LEADER_HINT_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string(),
+                ..Default::default()
+            }
+        }
     }
 }

@@ -1,0 +1,196 @@
+//! Pipelined submits: many submits in flight over one `SubmitStream` to the leader.
+//!
+//! A unary call costs an HTTP/2 stream, two header blocks and a server task per request; a
+//! [`SubmitPipeline`] sends each request as one message on a long-lived stream instead and
+//! matches replies by sequence number. Its guarantees are those of [`Client::submit`]: a
+//! request is answered only once its tasks are committed, and every task carries an
+//! idempotency key, so whenever the stream cannot give a definite answer (it broke, the
+//! replica lost leadership, a reply is late) the request is retried through
+//! [`Client::submit`], which finds the leader and can never create a task twice.
+//!
+//! ```text
+//!  submit() ─▶ [jobs] ─▶ stream task ─▶ SubmitStream (leader) ─▶ replies by seq ─▶ submit()
+//!     └── no definite answer ─▶ Client::submit (unary, retried, same keys)
+//! ```
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flotilla_core::{TaskId, TaskSpec};
+use flotilla_proto::pb;
+use flotilla_proto::LEADER_HINT_KEY;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tonic::{Code, Status, Streaming};
+use tracing::debug;
+
+use crate::client::{leader_hint, retryable, submit_request, submitted_ids};
+use crate::{Client, ClientError};
+
+/// Requests queued for the stream task, and sent but not yet on the wire, at most; beyond
+/// that a submit goes the unary way.
+const QUEUE: usize = 4096;
+/// After a stream could not be opened, submits go the unary way this long before it is tried
+/// again.
+const REOPEN_AFTER: Duration = Duration::from_millis(200);
+
+/// Submits over one stream to the leader. Cheap to clone; clones share the stream. Dropping
+/// the last clone closes it.
+#[derive(Clone)]
+pub struct SubmitPipeline {
+    client: Client,
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Job {
+    tasks: Vec<pb::TaskSpec>,
+    reply: oneshot::Sender<pb::SubmitStreamReply>,
+}
+
+/// The open stream: where requests go and where replies come from.
+struct Conn {
+    requests: mpsc::Sender<pb::SubmitStreamRequest>,
+    replies: Streaming<pb::SubmitStreamReply>,
+}
+
+impl Client {
+    /// A [`SubmitPipeline`] on this client's replicas (it starts a task on the current runtime).
+    pub fn pipeline(&self) -> SubmitPipeline {
+        let (jobs, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(self.clone(), rx));
+        SubmitPipeline {
+            client: self.clone(),
+            jobs,
+        }
+    }
+}
+
+impl SubmitPipeline {
+    /// As [`Client::submit`]: a batch, all or nothing, one id per spec, answered once committed.
+    pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
+        let req = submit_request(specs);
+        let n = req.tasks.len();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            tasks: req.tasks.clone(),
+            reply,
+        };
+        if self.jobs.try_send(job).is_ok() {
+            let timeout = self.client.config().request_timeout;
+            // No reply (stream broken or reply late): fall through to the unary retry.
+            if let Ok(Ok(r)) = tokio::time::timeout(timeout, answer).await {
+                if r.code == Code::Ok as i32 {
+                    return submitted_ids(r.ids, n);
+                }
+                let status = reply_status(&r);
+                if !retryable(&status) {
+                    return Err(ClientError::Rejected(Box::new(status)));
+                }
+                debug!(error = %status.message(), "pipelined submit not answered; retrying");
+            }
+        }
+        self.client.submit_request(req).await
+    }
+}
+
+/// The status a failed reply stands for, with its leader hint as unary calls carry it.
+fn reply_status(r: &pb::SubmitStreamReply) -> Status {
+    let mut status = Status::new(Code::from(r.code), r.message.clone());
+    if let Ok(v) = r.leader_hint.parse() {
+        if !r.leader_hint.is_empty() {
+            status.metadata_mut().insert(LEADER_HINT_KEY, v);
+        }
+    }
+    status
+}
+
+/// The stream task: opens the stream on demand, numbers and sends requests, routes replies.
+/// A request it cannot send, or whose stream breaks, loses its reply sender, which tells the
+/// caller to retry the unary way.
+async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
+    let mut conn: Option<Conn> = None;
+    let mut waiting: HashMap<u64, oneshot::Sender<pb::SubmitStreamReply>> = HashMap::new();
+    let mut next_seq = 0u64;
+    let mut reopen_at = Instant::now();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { return };
+                if conn.is_none() && Instant::now() >= reopen_at {
+                    conn = open(&client).await;
+                    if conn.is_none() {
+                        reopen_at = Instant::now() + REOPEN_AFTER;
+                    }
+                }
+                let Some(c) = &conn else { continue };
+                next_seq += 1;
+                let req = pb::SubmitStreamRequest { seq: next_seq, tasks: job.tasks };
+                if c.requests.try_send(req).is_ok() {
+                    waiting.insert(next_seq, job.reply);
+                }
+            }
+            reply = next_reply(&mut conn) => match reply {
+                Some(r) => {
+                    let lost_leader = r.code == Code::Unavailable as i32;
+                    if lost_leader {
+                        client.set_leader(leader_hint(&reply_status(&r)));
+                    }
+                    if let Some(tx) = waiting.remove(&r.seq) {
+                        let _ = tx.send(r);
+                    }
+                    if lost_leader {
+                        // Whatever else is in flight there will fail too: start afresh.
+                        conn = None;
+                        waiting.clear();
+                    }
+                }
+                None => {
+                    conn = None;
+                    waiting.clear();
+                }
+            },
+        }
+    }
+}
+
+/// The next reply of the open stream; `None` when it ended or broke; never, without one.
+async fn next_reply(conn: &mut Option<Conn>) -> Option<pb::SubmitStreamReply> {
+    match conn {
+        Some(c) => c.replies.message().await.ok().flatten(),
+        None => std::future::pending().await,
+    }
+}
+
+/// Opens a stream to the known leader (else any replica); a refusal's leader hint is
+/// remembered for the next attempt.
+async fn open(client: &Client) -> Option<Conn> {
+    let target = client
+        .known_leader()
+        .unwrap_or_else(|| client.endpoints()[0].clone());
+    let mut api = client.channel(&target).ok()?;
+    let (requests, rx) = mpsc::channel(QUEUE);
+    let opened = tokio::time::timeout(
+        client.config().request_timeout,
+        api.submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+    .await;
+    match opened {
+        Ok(Ok(resp)) => {
+            client.set_leader(Some(target));
+            Some(Conn {
+                requests,
+                replies: resp.into_inner(),
+            })
+        }
+        Ok(Err(status)) => {
+            debug!(%target, error = %status.message(), "submit stream refused");
+            client.set_leader(leader_hint(&status));
+            None
+        }
+        Err(_) => {
+            debug!(%target, "opening the submit stream timed out");
+            client.set_leader(None);
+            None
+        }
+    }
+}
