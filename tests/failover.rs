@@ -133,7 +133,8 @@ async fn failover_pipelined_submits_survive_leader_sigkill() {
         .into_iter()
         .map(|id| tc.cluster.addr(id).to_string())
         .collect();
-    addrs.sort_by_key(|a| *a == tc.cluster.addr(old).to_string());
+    let old_addr = tc.cluster.addr(old);
+    addrs.sort_by_key(|a| a == old_addr);
     let client = flotilla_client::Client::new(addrs).unwrap();
     let pipeline = client.pipeline();
 
