@@ -23,9 +23,13 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` replicas and waits for a leader.
     pub async fn start(n: usize) -> TestCluster {
+        TestCluster::start_with(n, ReplicaOptions::default()).await
+    }
+
+    /// Starts `n` replicas with `options` and waits for a leader.
+    pub async fn start_with(n: usize, options: ReplicaOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cluster = LocalCluster::new(&bin(), n, dir.path(), ReplicaOptions::default())
-            .expect("plan cluster");
+        let mut cluster = LocalCluster::new(&bin(), n, dir.path(), options).expect("plan cluster");
         cluster.start_all().expect("start replicas");
         let mut tc = TestCluster { cluster, dir };
         tc.leader().await;

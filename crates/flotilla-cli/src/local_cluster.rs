@@ -22,6 +22,8 @@ pub struct ReplicaOptions {
     pub worker_ttl_ms: Option<u64>,
     /// Assignments queued per worker stream on the replicas.
     pub worker_stream_limit: Option<usize>,
+    /// Log entries between snapshots on the replicas.
+    pub snapshot_every_entries: Option<u64>,
     /// Extra environment variables, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
 }
@@ -126,6 +128,9 @@ impl LocalCluster {
         }
         if let Some(n) = self.options.worker_stream_limit {
             cmd.arg("--worker-stream-limit").arg(n.to_string());
+        }
+        if let Some(n) = self.options.snapshot_every_entries {
+            cmd.arg("--snapshot-every-entries").arg(n.to_string());
         }
         for (k, v) in &self.options.env {
             cmd.env(k, v);

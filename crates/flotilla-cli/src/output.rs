@@ -59,6 +59,7 @@ pub fn status_json(s: &ClusterStatus) -> Value {
         "leader_addr": s.leader_addr,
         "term": s.term,
         "last_log_index": s.last_log_index,
+        "snapshot_index": s.snapshot_index,
         "commit_index": s.commit_index,
         "cluster_name": s.cluster_name,
         "task_count": s.task_count,
@@ -70,7 +71,7 @@ pub fn status_json(s: &ClusterStatus) -> Value {
 
 pub fn status_text(s: &ClusterStatus) -> String {
     let mut out = format!(
-        "cluster {:?}: asked replica {} ({}), term {}, leader {}\n  applied {}  commit {}  last log {}  tasks {}\n  members:",
+        "cluster {:?}: asked replica {} ({}), term {}, leader {}\n  applied {}  commit {}  last log {}  snapshot {}  tasks {}\n  members:",
         s.cluster_name,
         s.node_id,
         s.role,
@@ -79,6 +80,7 @@ pub fn status_text(s: &ClusterStatus) -> String {
         s.applied_index,
         s.commit_index,
         s.last_log_index,
+        s.snapshot_index,
         s.task_count,
     );
     for m in &s.members {

@@ -43,6 +43,10 @@ pub struct ServerArgs {
     /// Assignments queued on one worker's stream, at most.
     #[arg(long)]
     worker_stream_limit: Option<usize>,
+    /// Raft log entries applied since the last snapshot that trigger a new one. A restart
+    /// re-applies at most about this many entries after loading the snapshot.
+    #[arg(long)]
+    snapshot_every_entries: Option<u64>,
 }
 
 pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
@@ -67,6 +71,9 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(n) = args.worker_stream_limit {
         config.worker_stream_limit = n;
+    }
+    if let Some(n) = args.snapshot_every_entries {
+        config.snapshot_every_entries = n;
     }
     config
         .validate()

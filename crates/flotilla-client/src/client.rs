@@ -96,6 +96,8 @@ pub struct ClusterStatus {
     pub leader_addr: Option<String>,
     pub term: u64,
     pub last_log_index: u64,
+    /// Last index covered by the replica's latest snapshot (0: none).
+    pub snapshot_index: u64,
     pub commit_index: u64,
     pub members: Vec<Member>,
     pub cluster_name: String,
@@ -410,6 +412,7 @@ impl Client {
             leader_addr: Some(resp.leader_addr).filter(|a| !a.is_empty()),
             term: resp.term,
             last_log_index: resp.last_log_index,
+            snapshot_index: resp.snapshot_index,
             commit_index: resp.commit_index,
             members: resp
                 .members

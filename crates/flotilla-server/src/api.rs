@@ -397,6 +397,7 @@ impl Flotilla for Api {
             leader_addr,
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
             commit_index,
             members,
             cluster_name: self.cluster_name.clone(),

@@ -139,6 +139,10 @@ impl ServerConfig {
             ("proposal_queue_limit", self.proposal_queue_limit),
             ("max_request_bytes", self.max_request_bytes),
             ("worker_stream_limit", self.worker_stream_limit),
+            (
+                "snapshot_every_entries",
+                self.snapshot_every_entries as usize,
+            ),
         ] {
             if v == 0 {
                 problems.push(format!("{name} must be at least 1"));

@@ -82,7 +82,9 @@ pub async fn start(
         election_timeout_max: config.election_timeout_max_ms,
         max_payload_entries: 64,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every_entries),
-        max_in_snapshot_log_to_keep: 1000,
+        // Entries kept behind a snapshot for followers that lag a little (fewer when snapshots
+        // are frequent, so the log does not outlive several snapshots).
+        max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1000),
         install_snapshot_timeout: 5_000,
         ..Default::default()
     }

@@ -7,16 +7,17 @@
 //!  meta           identity                cluster name + node id (refuse foreign data dirs)
 //!                 vote, committed,        openraft's vote / committed / purge pointers
 //!                 last_purged
-//!                 sm_applied, sm_membership, sm_meta   state machine pointers
-//!                 snapshot                the current snapshot (meta + bytes)
+//!                 snapshot                the latest snapshot (meta + state image)
 //!  log            index (u64 BE)          versioned bincode of an openraft entry
-//!  sm             task id (u64 BE)        versioned bincode of a flotilla_core::Task
+//!  sm             (empty)                 per-task records of the earlier format, removed on
+//!                                         open; kept so older data dirs still open
 //! ```
 //!
 //! Durability: a log append is reported flushed only after the WAL is fsynced (a dedicated
-//! flusher thread groups fsyncs); votes are written with a synchronous write. State machine
-//! writes share the WAL, are atomic per `apply` call, and need no fsync of their own: after a
-//! crash, openraft re-applies committed entries from the log.
+//! flusher thread groups fsyncs); votes and snapshots are written with a synchronous write.
+//! The state machine itself writes nothing when it applies: its durable form is the latest
+//! snapshot plus the committed log after it, which openraft re-applies at start-up (the log
+//! is never purged past the snapshot).
 //!
 //! Only this crate depends on `rocksdb`.
 

@@ -1,42 +1,35 @@
 //! The replicated state machine on RocksDB ([`openraft::storage::RaftStateMachine`]).
 //!
 //! The working copy of [`flotilla_core::State`] lives in memory behind a lock that readers
-//! (the server's queries) share; every `apply` call also writes the tasks it changed and the
-//! applied pointers to the `sm` column family in one atomic batch, so a restarted replica
-//! loads its state from disk. Snapshots are the versioned encoding of the state's image.
+//! (the server's queries) share. `apply` touches memory only: what makes the state durable is
+//! the Raft log (fsynced before anything is acknowledged) plus the latest snapshot, the
+//! versioned encoding of the state's image, written with a synchronous write. A restarted
+//! replica loads that snapshot and openraft re-applies the committed log entries after it
+//! (the log is never purged past the snapshot), so nothing applied is lost, and no apply pays
+//! for encoding and writing every task it changed a second time.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
-use flotilla_core::{Response, State, StateImage, Task, STATE_IMAGE_VERSION};
+use flotilla_core::{Response, State, StateImage};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership,
 };
-use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode, index_key};
 use crate::db::{CF_META, CF_SM};
 use crate::{NodeId, TypeConfig};
 
-const APPLIED_KEY: &[u8] = b"sm_applied";
-const MEMBERSHIP_KEY: &[u8] = b"sm_membership";
-const SCALARS_KEY: &[u8] = b"sm_scalars";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
+/// Keys of the earlier format, which also wrote every applied task to the `sm` column family;
+/// removed on open (the snapshot and the log hold everything they did).
+const FORMER_KEYS: [&[u8]; 3] = [b"sm_applied", b"sm_membership", b"sm_scalars"];
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
-
-/// Everything of the state but its tasks, stored beside the per-task records (small: the
-/// counters, registered workers and queue policies).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Scalars {
-    next_task_id: u64,
-    clock_ms: u64,
-    workers: Vec<flotilla_core::Worker>,
-    queue_policies: Vec<(String, flotilla_core::QueuePolicy)>,
-}
 
 /// The current snapshot as stored: openraft's meta plus the encoded image.
 #[derive(Serialize, Deserialize)]
@@ -72,47 +65,33 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
+    /// Loads the latest snapshot (an empty state without one); openraft then re-applies the
+    /// committed log entries after it.
     pub(crate) fn load(db: Arc<DB>) -> Result<StateMachine, String> {
+        drop_former_records(&db)?;
         let meta = db.cf_handle(CF_META).expect("meta cf exists");
-        let get = |key: &[u8]| db.get_cf(meta, key).map_err(|e| e.to_string());
-        let last_applied: Option<LogId<NodeId>> = match get(APPLIED_KEY)? {
-            Some(b) => decode(&b).map_err(|e| format!("applied pointer: {e}"))?,
-            None => None,
-        };
-        let membership: StoredMembership<NodeId, BasicNode> = match get(MEMBERSHIP_KEY)? {
-            Some(b) => decode(&b).map_err(|e| format!("membership: {e}"))?,
-            None => StoredMembership::default(),
-        };
-        let scalars: Option<Scalars> = match get(SCALARS_KEY)? {
-            Some(b) => Some(decode(&b).map_err(|e| format!("state scalars: {e}"))?),
-            None => None,
-        };
-        let mut tasks = Vec::new();
-        let sm = db.cf_handle(CF_SM).expect("sm cf exists");
-        for item in db.iterator_cf(sm, IteratorMode::Start) {
-            let (_, value) = item.map_err(|e| e.to_string())?;
-            tasks.push(decode::<Task>(&value).map_err(|e| format!("task record: {e}"))?);
-        }
-        let state = match scalars {
-            None if tasks.is_empty() => State::new(),
-            None => return Err("task records present without state scalars".into()),
-            Some(s) => State::from_image(StateImage {
-                version: STATE_IMAGE_VERSION,
-                next_task_id: s.next_task_id,
-                clock_ms: s.clock_ms,
-                tasks,
-                workers: s.workers,
-                queue_policies: s.queue_policies,
-            })
-            .map_err(|e| format!("stored state is inconsistent: {e}"))?,
+        let applied = match db.get_cf(meta, SNAPSHOT_KEY).map_err(|e| e.to_string())? {
+            None => Applied {
+                state: State::new(),
+                last_applied: None,
+                membership: StoredMembership::default(),
+            },
+            Some(bytes) => {
+                let stored: StoredSnapshot =
+                    decode(&bytes).map_err(|e| format!("stored snapshot: {e}"))?;
+                let image: StateImage =
+                    decode(&stored.data).map_err(|e| format!("stored snapshot image: {e}"))?;
+                Applied {
+                    state: State::from_image(image)
+                        .map_err(|e| format!("stored snapshot is inconsistent: {e}"))?,
+                    last_applied: stored.meta.last_log_id,
+                    membership: stored.meta.last_membership,
+                }
+            }
         };
         Ok(StateMachine {
             db,
-            applied: Arc::new(RwLock::new(Applied {
-                state,
-                last_applied,
-                membership,
-            })),
+            applied: Arc::new(RwLock::new(applied)),
         })
     }
 
@@ -125,18 +104,29 @@ impl StateMachine {
     }
 }
 
-/// Adds the applied pointers and the state's scalars to `batch`.
-fn put_pointers(db: &DB, batch: &mut WriteBatch, applied: &Applied) {
+/// Removes what the earlier format kept beside the snapshot (per-task records and pointers).
+fn drop_former_records(db: &DB) -> Result<(), String> {
     let meta = db.cf_handle(CF_META).expect("meta cf exists");
-    batch.put_cf(meta, APPLIED_KEY, encode(&applied.last_applied));
-    batch.put_cf(meta, MEMBERSHIP_KEY, encode(&applied.membership));
-    let scalars = Scalars {
-        next_task_id: applied.state.next_task_id(),
-        clock_ms: applied.state.clock_ms(),
-        workers: applied.state.workers().cloned().collect(),
-        queue_policies: applied.state.queue_policies(),
-    };
-    batch.put_cf(meta, SCALARS_KEY, encode(&scalars));
+    let sm = db.cf_handle(CF_SM).expect("sm cf exists");
+    let mut present = db
+        .iterator_cf(sm, rocksdb::IteratorMode::Start)
+        .next()
+        .is_some();
+    for key in FORMER_KEYS {
+        present |= db.get_cf(meta, key).map_err(|e| e.to_string())?.is_some();
+    }
+    if !present {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(sm, index_key(0), index_key(u64::MAX));
+    batch.delete_cf(sm, index_key(u64::MAX));
+    for key in FORMER_KEYS {
+        batch.delete_cf(meta, key);
+    }
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).map_err(|e| e.to_string())
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
@@ -194,33 +184,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
-        let mut batch = WriteBatch::default();
-        {
-            let mut applied = self.write_lock();
-            for entry in entries {
-                applied.last_applied = Some(entry.log_id);
-                match entry.payload {
-                    EntryPayload::Blank => responses.push(Vec::new()),
-                    EntryPayload::Normal(proposal) => {
-                        responses.push(applied.state.apply_proposal(&proposal))
-                    }
-                    EntryPayload::Membership(m) => {
-                        applied.membership = StoredMembership::new(Some(entry.log_id), m);
-                        responses.push(Vec::new());
-                    }
+        let mut applied = self.write_lock();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Blank => responses.push(Vec::new()),
+                EntryPayload::Normal(proposal) => {
+                    responses.push(applied.state.apply_proposal(&proposal))
+                }
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    responses.push(Vec::new());
                 }
             }
-            let sm = self.db.cf_handle(CF_SM).expect("sm cf exists");
-            for id in applied.state.take_dirty() {
-                let task = applied.state.get(id).expect("dirty task exists");
-                batch.put_cf(sm, index_key(id.0), encode(task));
-            }
-            put_pointers(&self.db, &mut batch, &applied);
         }
-        // No fsync: the log is the source of truth and is replayed after a crash.
-        self.db
-            .write(batch)
-            .map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(responses)
     }
 
@@ -255,18 +232,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         };
         let signature = meta.signature();
         let applied = tokio::task::spawn_blocking(move || {
-            let mut batch = WriteBatch::default();
-            let sm = db.cf_handle(CF_SM).expect("sm cf exists");
-            batch.delete_range_cf(sm, index_key(0), index_key(u64::MAX));
-            for task in applied.state.list(None, None, None, usize::MAX) {
-                batch.put_cf(sm, index_key(task.id.0), encode(task));
-            }
-            put_pointers(&db, &mut batch, &applied);
             let meta_cf = db.cf_handle(CF_META).expect("meta cf exists");
-            batch.put_cf(meta_cf, SNAPSHOT_KEY, encode(&stored));
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
-            db.write_opt(batch, &wo)
+            db.put_cf_opt(meta_cf, SNAPSHOT_KEY, encode(&stored), &wo)
                 .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
             Ok::<_, StorageError<NodeId>>(applied)
         })

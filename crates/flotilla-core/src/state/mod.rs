@@ -61,9 +61,6 @@ pub struct State {
     children: BTreeMap<TaskId, BTreeSet<TaskId>>,
     /// Number of tasks per state, indexed by `TaskState as usize`.
     counts: [u64; 6],
-
-    /// Tasks changed since the last [`State::take_dirty`]; lets storage write only what changed.
-    dirty: BTreeSet<TaskId>,
 }
 
 impl State {
@@ -179,11 +176,6 @@ impl State {
             .filter(|t| state.is_none_or(|s| t.state == s))
             .take(limit)
             .collect()
-    }
-
-    /// Ids of tasks changed since the last call, in id order.
-    pub fn take_dirty(&mut self) -> BTreeSet<TaskId> {
-        std::mem::take(&mut self.dirty)
     }
 
     // ------------------------------------------------------------------ apply
@@ -625,7 +617,6 @@ impl State {
         let task = self.tasks.get_mut(&id).expect("checked above");
         task.checkpoint = Some(checkpoint);
         task.updated_at_ms = now_ms;
-        self.dirty.insert(id);
         Ok(Response::CheckpointSaved { task_id: id })
     }
 
@@ -665,7 +656,6 @@ impl State {
         self.index_insert(&task);
         self.counts[task.state.index()] += 1;
         self.tasks.insert(id, task);
-        self.dirty.insert(id);
         id
     }
 
@@ -739,7 +729,6 @@ impl State {
         self.index_insert(&task);
         self.counts[task.state.index()] += 1;
         self.tasks.insert(id, task);
-        self.dirty.insert(id);
     }
 
     fn index_insert(&mut self, task: &Task) {

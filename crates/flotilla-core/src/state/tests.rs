@@ -102,7 +102,6 @@ fn invalid_batch_is_rejected_whole_and_changes_nothing() {
             before,
             "rejected batch changed state ({field})"
         );
-        s.take_dirty();
     }
 }
 
@@ -242,21 +241,6 @@ fn list_filters_and_paginates() {
     assert_eq!(page(None, 1), vec![1]);
     assert_eq!(page(Some(TaskId(1)), 1), vec![4]);
     assert_eq!(s.list(None, None, None, 100).len(), 4);
-}
-
-#[test]
-fn dirty_tracks_changed_tasks() {
-    let mut s = State::new();
-    submit(&mut s, 1, vec![spec("a"), spec("b")]);
-    assert_eq!(s.take_dirty().len(), 2);
-    s.apply(&Command::Cancel {
-        now_ms: 2,
-        task_id: TaskId(2),
-    });
-    assert_eq!(
-        s.take_dirty().into_iter().collect::<Vec<_>>(),
-        vec![TaskId(2)]
-    );
 }
 
 #[test]
