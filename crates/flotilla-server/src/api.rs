@@ -17,6 +17,7 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::debug;
 
@@ -41,6 +42,9 @@ pub struct Api {
     /// A deliberately broken behaviour, only in `planted-bugs` builds (see `planted`).
     pub planted: Option<PlantedBug>,
     pub dispatcher: Arc<Dispatcher>,
+    /// Cancelled when the replica stops: open submit streams stop reading and finish, so the
+    /// server's graceful shutdown does not wait on them forever.
+    pub shutdown: CancellationToken,
 }
 
 /// "Not the leader", with the leader's id and address when this replica knows them.
@@ -412,8 +416,8 @@ const STREAM_WINDOW: usize = 4096;
 
 /// Serves one SubmitStream: reads requests while fewer than [`STREAM_WINDOW`] are in flight,
 /// proposes each (they share group-commit entries like unary calls) and sends each reply as
-/// soon as its request is committed. Ends when the client closes its side and every reply is
-/// sent, or when the client goes away.
+/// soon as its request is committed. Ends when the client closes its side (or the replica
+/// stops) and every reply is sent, or when the client goes away.
 async fn serve_submit_stream(
     api: Api,
     mut requests: Streaming<pb::SubmitStreamRequest>,
@@ -438,6 +442,7 @@ async fn serve_submit_stream(
                     }
                 }
             }
+            _ = api.shutdown.cancelled(), if reading => reading = false,
             Some(reply) = in_flight.next() => {
                 if replies.send(Ok(reply)).await.is_err() {
                     return;

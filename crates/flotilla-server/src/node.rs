@@ -171,6 +171,7 @@ pub async fn start(
         wait_max: Duration::from_millis(config.wait_max_ms),
         planted,
         dispatcher: dispatcher.clone(),
+        shutdown: shutdown.clone(),
     };
     let raft_service = RaftService {
         raft: raft.clone(),
