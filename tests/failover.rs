@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use flotilla_client::{Consistency, ListQuery, TaskId};
-use support::{all_tasks, spec, TestCluster};
+use support::{all_tasks, assert_exactly_acknowledged, spec, TestCluster};
 
 const TASKS: usize = 1000;
 
@@ -61,17 +61,7 @@ async fn failover_leader_sigkill_keeps_every_task_once() {
     );
 
     // Every acknowledged task is there, exactly once, under its key.
-    let tasks = all_tasks(&client).await;
-    assert_eq!(tasks.len(), TASKS, "exactly the acknowledged tasks exist");
-    for t in &tasks {
-        let key = t.spec.idempotency_key.clone().unwrap();
-        assert_eq!(
-            acked.get(&key),
-            Some(&t.id),
-            "task {} under key {key}",
-            t.id
-        );
-    }
+    assert_exactly_acknowledged(&client, &acked).await;
 
     // Resubmitting every key creates nothing and returns the original ids.
     for group in keys.chunks(100) {
@@ -165,20 +155,5 @@ async fn failover_pipelined_submits_survive_leader_sigkill() {
     }
     assert_eq!(keyed.len(), SUBMITTERS * PER_SUBMITTER);
     assert_ne!(tc.leader().await, old);
-
-    let tasks = all_tasks(&client).await;
-    assert_eq!(
-        tasks.len(),
-        keyed.len(),
-        "exactly the acknowledged tasks exist"
-    );
-    for t in &tasks {
-        let key = t.spec.idempotency_key.clone().unwrap();
-        assert_eq!(
-            keyed.get(&key),
-            Some(&t.id),
-            "task {} under key {key}",
-            t.id
-        );
-    }
+    assert_exactly_acknowledged(&client, &keyed).await;
 }

@@ -66,6 +66,32 @@ pub fn spec(key: &str) -> TaskSpec {
     s
 }
 
+/// Asserts that the cluster holds exactly the acknowledged tasks (key -> id), each once.
+pub async fn assert_exactly_acknowledged(
+    client: &Client,
+    acked: &std::collections::BTreeMap<String, flotilla_client::TaskId>,
+) {
+    let tasks = all_tasks(client).await;
+    assert_eq!(
+        tasks.len(),
+        acked.len(),
+        "exactly the acknowledged tasks exist"
+    );
+    for t in &tasks {
+        let key = t
+            .spec
+            .idempotency_key
+            .clone()
+            .expect("every task has a key");
+        assert_eq!(
+            acked.get(&key),
+            Some(&t.id),
+            "task {} under key {key}",
+            t.id
+        );
+    }
+}
+
 /// Every task, paging through ListTasks (linearizable).
 pub async fn all_tasks(client: &Client) -> Vec<Task> {
     let mut out = Vec::new();

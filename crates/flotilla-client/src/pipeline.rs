@@ -96,8 +96,8 @@ impl SubmitPipeline {
 /// The status a failed reply stands for, with its leader hint as unary calls carry it.
 fn reply_status(r: &pb::SubmitStreamReply) -> Status {
     let mut status = Status::new(Code::from(r.code), r.message.clone());
-    if let Ok(v) = r.leader_hint.parse() {
-        if !r.leader_hint.is_empty() {
+    if !r.leader_hint.is_empty() {
+        if let Ok(v) = r.leader_hint.parse() {
             status.metadata_mut().insert(LEADER_HINT_KEY, v);
         }
     }
