@@ -29,7 +29,7 @@ type SResult<T> = Result<T, StorageError<NodeId>>;
 /// Log storage of one replica. Cloning shares the database and the flusher.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    pub(crate) db: Arc<DB>,
     flusher: Arc<Flusher>,
 }
 
