@@ -146,9 +146,57 @@ async fn api_bad_input_is_rejected_naming_the_field_and_applies_nothing() {
         assert_eq!(err.code(), Some(Code::InvalidArgument), "{field}: {err}");
         assert!(err.to_string().contains(field), "{err} should name {field}");
     }
+    // Raw SubmitStream: requests sharing one message are answered each on its own (the bad one
+    // fails alone); a message over the limit ends the stream naming `requests`, applying nothing.
+    let mut raw = FlotillaClient::connect(format!("http://{}", tc.cluster.addr(1)))
+        .await
+        .unwrap();
+    let request = |seq: u64, queue: String| pb::SubmitStreamRequest {
+        seq,
+        tasks: vec![pb::TaskSpec {
+            queue,
+            idempotency_key: format!("raw-{seq}"),
+            ..Default::default()
+        }],
+    };
+    let message = pb::SubmitStreamRequests {
+        requests: vec![request(1, "q".repeat(200)), request(2, "q".into())],
+    };
+    let mut replies = raw
+        .submit_stream(futures::stream::iter(vec![message]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = replies.message().await.unwrap() {
+        got.extend(m.replies);
+    }
+    got.sort_by_key(|r| r.seq);
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].code, Code::InvalidArgument as i32);
+    assert!(
+        got[0].message.contains("tasks[0].queue"),
+        "{}",
+        got[0].message
+    );
+    assert_eq!(got[1].code, Code::Ok as i32, "{}", got[1].message);
+    let streamed = TaskId(got[1].ids[0]);
+    let oversize = pb::SubmitStreamRequests {
+        requests: (10..10 + 1025).map(|i| request(i, "q".into())).collect(),
+    };
+    let mut replies = raw
+        .submit_stream(futures::stream::iter(vec![oversize]))
+        .await
+        .unwrap()
+        .into_inner();
+    let err = replies.message().await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("requests"), "{}", err.message());
+
     let tasks = all_tasks(&client).await;
-    assert_eq!(tasks.len(), 1, "nothing of a rejected batch was applied");
+    assert_eq!(tasks.len(), 2, "nothing of a rejected batch was applied");
     assert_eq!(tasks[0].id, ok);
+    assert_eq!(tasks[1].id, streamed);
 
     // Unknown ids and finished tasks.
     assert_eq!(

@@ -41,6 +41,9 @@ pub struct E2eBench {
     /// Seconds of the latency run.
     #[arg(long, default_value_t = 5.0)]
     latency_secs: f64,
+    /// Submits per second of the latency run (default: half the end-to-end rate measured).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Write the points as a JSON array to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -295,6 +298,17 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
     if args.workers == 0 || args.tasks == 0 {
         bail!("invalid --workers/--tasks: must be at least 1");
     }
+    if !(args.latency_secs.is_finite() && args.latency_secs > 0.0) {
+        bail!(
+            "invalid --latency-secs {}: must be positive",
+            args.latency_secs
+        );
+    }
+    if let Some(r) = args.latency_rate {
+        if !(r.is_finite() && r > 0.0) {
+            bail!("invalid --latency-rate {r}: must be positive");
+        }
+    }
     let (client, _own) = target_cluster(ctx).await?;
     // Start times of tasks on workers, to measure dispatch latency.
     let started: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
@@ -377,8 +391,8 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
         dispatch_p99_ms: None,
     }];
 
-    // Dispatch latency at half that rate: single-task submits, paced.
-    let half = (rate / 2.0).max(1.0);
+    // Dispatch latency at half that rate (or the one given): single-task submits, paced.
+    let half = args.latency_rate.unwrap_or(rate / 2.0).max(1.0);
     let gap = Duration::from_secs_f64(1.0 / half);
     let acked: Arc<Mutex<Vec<(TaskId, Instant)>>> = Arc::default();
     let end = Instant::now() + Duration::from_secs_f64(args.latency_secs);

@@ -40,6 +40,10 @@ pub struct ServerArgs {
     /// Group commit: Raft entries proposed but not yet applied, at most.
     #[arg(long)]
     max_inflight_entries: Option<usize>,
+    /// Group commit: how long (ms) the next Raft entry may wait for the commands expected
+    /// back from the callers of the entry just committed; 0 proposes at once.
+    #[arg(long)]
+    group_commit_linger_ms: Option<u64>,
     /// Assignments queued on one worker's stream, at most.
     #[arg(long)]
     worker_stream_limit: Option<usize>,
@@ -68,6 +72,9 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(n) = args.max_inflight_entries {
         config.max_inflight_entries = n;
+    }
+    if let Some(n) = args.group_commit_linger_ms {
+        config.group_commit_linger_ms = n;
     }
     if let Some(n) = args.worker_stream_limit {
         config.worker_stream_limit = n;

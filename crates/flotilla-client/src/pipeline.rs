@@ -32,6 +32,8 @@ use crate::{Client, ClientError};
 const QUEUE: usize = 4096;
 /// After a stream could not be opened, submits go the unary way this long before it is tried
 /// again.
+/// Requests per stream message, at most (the server's limit).
+const MESSAGE_LIMIT: usize = 1024;
 const REOPEN_AFTER: Duration = Duration::from_millis(200);
 
 /// Submits over one stream to the leader. Cheap to clone; clones share the stream. Dropping
@@ -49,8 +51,8 @@ struct Job {
 
 /// The open stream: where requests go and where replies come from.
 struct Conn {
-    requests: mpsc::Sender<pb::SubmitStreamRequest>,
-    replies: Streaming<pb::SubmitStreamReply>,
+    requests: mpsc::Sender<pb::SubmitStreamRequests>,
+    replies: Streaming<pb::SubmitStreamReplies>,
 }
 
 impl Client {
@@ -122,24 +124,40 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         reopen_at = Instant::now() + REOPEN_AFTER;
                     }
                 }
+                // The jobs queued meanwhile go in the same message, each its own request.
+                let mut batch = vec![job];
+                while batch.len() < MESSAGE_LIMIT {
+                    match jobs.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                // Without a stream, dropping the jobs' reply senders sends them to the unary path.
                 let Some(c) = &conn else { continue };
-                next_seq += 1;
-                let req = pb::SubmitStreamRequest { seq: next_seq, tasks: job.tasks };
-                if c.requests.try_send(req).is_ok() {
-                    waiting.insert(next_seq, job.reply);
+                let mut requests = Vec::with_capacity(batch.len());
+                let mut senders = Vec::with_capacity(batch.len());
+                for job in batch {
+                    next_seq += 1;
+                    requests.push(pb::SubmitStreamRequest { seq: next_seq, tasks: job.tasks });
+                    senders.push((next_seq, job.reply));
+                }
+                if c.requests.try_send(pb::SubmitStreamRequests { requests }).is_ok() {
+                    waiting.extend(senders);
                 }
             }
-            reply = next_reply(&mut conn) => match reply {
-                Some(r) => {
-                    let lost_leader = r.code == Code::Unavailable as i32;
-                    if lost_leader {
-                        client.set_leader(leader_hint(&reply_status(&r)));
+            replies = next_replies(&mut conn) => match replies {
+                Some(replies) => {
+                    let mut lost_leader = false;
+                    for r in replies {
+                        if r.code == Code::Unavailable as i32 && !lost_leader {
+                            lost_leader = true;
+                            client.set_leader(leader_hint(&reply_status(&r)));
+                        }
+                        if let Some(tx) = waiting.remove(&r.seq) {
+                            let _ = tx.send(r);
+                        }
                     }
-                    if let Some(tx) = waiting.remove(&r.seq) {
-                        let _ = tx.send(r);
-                    }
                     if lost_leader {
-                        // Whatever else is in flight there will fail too: start afresh.
                         conn = None;
                         waiting.clear();
                     }
@@ -153,10 +171,10 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
-/// The next reply of the open stream; `None` when it ended or broke; never, without one.
-async fn next_reply(conn: &mut Option<Conn>) -> Option<pb::SubmitStreamReply> {
+/// The next replies of the open stream; `None` when it ended or broke; never, without one.
+async fn next_replies(conn: &mut Option<Conn>) -> Option<Vec<pb::SubmitStreamReply>> {
     match conn {
-        Some(c) => c.replies.message().await.ok().flatten(),
+        Some(c) => c.replies.message().await.ok().flatten().map(|m| m.replies),
         None => std::future::pending().await,
     }
 }

@@ -13,6 +13,7 @@ use flotilla_proto::pb::{self, flotilla_server::Flotilla};
 use flotilla_proto::{spec_from_pb, state_from_pb, state_to_pb, task_to_pb, LEADER_HINT_KEY};
 use flotilla_store::SharedState;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
 use tokio::sync::mpsc;
@@ -184,11 +185,11 @@ impl Flotilla for Api {
         ))
     }
 
-    type SubmitStreamStream = ReceiverStream<Result<pb::SubmitStreamReply, Status>>;
+    type SubmitStreamStream = ReceiverStream<Result<pb::SubmitStreamReplies, Status>>;
 
     async fn submit_stream(
         &self,
-        request: Request<Streaming<pb::SubmitStreamRequest>>,
+        request: Request<Streaming<pb::SubmitStreamRequests>>,
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         // Refuse at once on a follower, so the client goes to the leader instead of sending
         // requests that would each be refused.
@@ -413,15 +414,18 @@ impl Flotilla for Api {
 /// Requests of one SubmitStream that may wait for commit at once; beyond it the stream is not
 /// read (HTTP/2 flow control then holds the client back).
 const STREAM_WINDOW: usize = 4096;
+/// Requests in one SubmitStream message, at most.
+pub const STREAM_MESSAGE_LIMIT: usize = 1024;
 
-/// Serves one SubmitStream: reads requests while fewer than [`STREAM_WINDOW`] are in flight,
-/// proposes each (they share group-commit entries like unary calls) and sends each reply as
-/// soon as its request is committed. Ends when the client closes its side (or the replica
-/// stops) and every reply is sent, or when the client goes away.
+/// Serves one SubmitStream: reads messages while fewer than [`STREAM_WINDOW`] requests are in
+/// flight, proposes each request (they share group-commit entries like unary calls) and sends
+/// each reply as soon as its request is committed, together with the others ready by then.
+/// Ends when the client closes its side (or the replica stops) and every reply is sent, or
+/// when the client goes away.
 async fn serve_submit_stream(
     api: Api,
-    mut requests: Streaming<pb::SubmitStreamRequest>,
-    replies: mpsc::Sender<Result<pb::SubmitStreamReply, Status>>,
+    mut requests: Streaming<pb::SubmitStreamRequests>,
+    replies: mpsc::Sender<Result<pb::SubmitStreamReplies, Status>>,
 ) {
     let mut in_flight = FuturesUnordered::new();
     let mut reading = true;
@@ -429,11 +433,21 @@ async fn serve_submit_stream(
         tokio::select! {
             next = requests.message(), if reading && in_flight.len() < STREAM_WINDOW => {
                 match next {
-                    Ok(Some(req)) => {
-                        let api = &api;
-                        in_flight.push(async move {
-                            stream_reply(req.seq, api.submit(req.tasks).await)
-                        });
+                    Ok(Some(msg)) if msg.requests.len() > STREAM_MESSAGE_LIMIT => {
+                        let status = Status::invalid_argument(format!(
+                            "requests: {} in one message, at most {STREAM_MESSAGE_LIMIT}",
+                            msg.requests.len()
+                        ));
+                        let _ = replies.send(Err(status)).await;
+                        return;
+                    }
+                    Ok(Some(msg)) => {
+                        for req in msg.requests {
+                            let api = &api;
+                            in_flight.push(async move {
+                                stream_reply(req.seq, api.submit(req.tasks).await)
+                            });
+                        }
                     }
                     Ok(None) => reading = false,
                     Err(status) => {
@@ -443,8 +457,13 @@ async fn serve_submit_stream(
                 }
             }
             _ = api.shutdown.cancelled(), if reading => reading = false,
-            Some(reply) = in_flight.next() => {
-                if replies.send(Ok(reply)).await.is_err() {
+            Some(first) = in_flight.next() => {
+                let mut ready = vec![first];
+                while let Some(Some(reply)) = in_flight.next().now_or_never() {
+                    ready.push(reply);
+                }
+                let msg = pb::SubmitStreamReplies { replies: ready };
+                if replies.send(Ok(msg)).await.is_err() {
                     return;
                 }
             }

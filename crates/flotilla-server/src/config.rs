@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub max_inflight_entries: usize,
     /// Client commands queued for the proposer, at most; beyond it callers get UNAVAILABLE.
     pub proposal_queue_limit: usize,
+    /// Group commit: how long the next entry may wait for the commands expected back from the
+    /// callers of the entry just answered (0: propose at once).
+    pub group_commit_linger_ms: u64,
     /// Longest server-side wait of a WaitTask call.
     pub wait_max_ms: u64,
     /// Largest client API message accepted.
@@ -69,6 +72,7 @@ impl ServerConfig {
             max_entry_bytes: 2 * 1024 * 1024,
             max_inflight_entries: 1,
             proposal_queue_limit: 16 * 1024,
+            group_commit_linger_ms: 1,
             wait_max_ms: 60_000,
             max_request_bytes: 64 * 1024 * 1024,
             snapshot_every_entries: 20_000,
@@ -83,6 +87,9 @@ impl ServerConfig {
         let mut problems = Vec::new();
         if self.node_id == 0 {
             problems.push("node id must be at least 1".to_string());
+        }
+        if self.group_commit_linger_ms > 1000 {
+            problems.push("group_commit_linger_ms must be at most 1000".to_string());
         }
         if self.listen_addr.parse::<SocketAddr>().is_err() {
             problems.push(format!(
@@ -196,10 +203,14 @@ mod tests {
         let peers = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").unwrap();
         let mut c = ServerConfig::new(3, "nonsense".into(), "/tmp/x".into(), peers);
         c.heartbeat_interval_ms = 0;
+        c.group_commit_linger_ms = 5000;
         let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert_eq!(problems.len(), 4, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("missing from peers")));
         assert!(problems.iter().any(|p| p.contains("listen address")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("group_commit_linger_ms")));
     }
 
     #[test]

@@ -138,6 +138,7 @@ pub async fn start(
             max_entry_bytes: config.max_entry_bytes,
             max_inflight_entries: config.max_inflight_entries,
             queue_limit: config.proposal_queue_limit,
+            linger: std::time::Duration::from_millis(config.group_commit_linger_ms),
         },
     );
     let planted = crate::planted::PlantedBug::from_env();

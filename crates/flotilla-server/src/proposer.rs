@@ -7,12 +7,22 @@
 //! `max_inflight_entries` entries are in flight; while they are, new commands accumulate and
 //! the next entry grows — under load, one fsync serves many requests.
 //!
+//! Callers that send their next command as soon as they are answered (a client with N
+//! requests in flight) would otherwise settle into two cohorts: when an entry commits, the
+//! cohort queued behind it is proposed at once, and the cohort just answered, a moment later,
+//! queues behind that one — each entry carries half the load and every request waits for two
+//! commits. So when an entry is answered, the loop expects the commands queued by then plus
+//! that entry's own back, and the next entry waits for them, at most `linger` (a commit delay,
+//! as in PostgreSQL's `commit_delay`): one cohort, one entry, one commit per request.
+//!
 //! ```text
 //!  callers ─▶ [bounded queue] ─▶ batch ─▶ raft.client_write_ff ─▶ (commit+apply) ─▶ replies
 //!                                  ▲ waits for an in-flight slot
 //! ```
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_core::{Command, Proposal, Response};
 use openraft::error::ClientWriteError;
@@ -29,6 +39,8 @@ pub struct ProposerLimits {
     pub max_entry_bytes: usize,
     pub max_inflight_entries: usize,
     pub queue_limit: usize,
+    /// Longest wait for the expected commands before proposing fewer (zero: never wait).
+    pub linger: Duration,
 }
 
 struct Pending {
@@ -46,7 +58,7 @@ impl Proposer {
     /// Starts the loop on the current runtime; it ends when every handle is dropped.
     pub fn start(raft: Raft, limits: ProposerLimits) -> Proposer {
         let (tx, rx) = mpsc::channel(limits.queue_limit);
-        tokio::spawn(run(raft, rx, limits));
+        tokio::spawn(run(raft, rx, tx.downgrade(), limits));
         Proposer { tx }
     }
 
@@ -68,6 +80,9 @@ impl Proposer {
     }
 }
 
+/// Most entries proposed without lingering after lingers that did not pay off.
+const MAX_SKIP: u32 = 64;
+
 fn command_bytes(c: &Command) -> usize {
     match c {
         Command::Submit { tasks, .. } => tasks.iter().map(|t| t.payload.len() + 64).sum(),
@@ -78,8 +93,20 @@ fn command_bytes(c: &Command) -> usize {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: ProposerLimits) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    queue: mpsc::WeakSender<Pending>,
+    limits: ProposerLimits,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_inflight_entries));
+    // Commands expected for the next entry: those queued when the last entry was answered,
+    // plus that entry's own, whose callers may be about to send their next ones.
+    let expected = Arc::new(AtomicUsize::new(0));
+    // Callers that do not send again at once (paced clients, the dispatcher) would make every
+    // entry wait out the linger: after a wait that timed out, entries skip the wait, for twice
+    // as many entries after each further timeout (up to MAX_SKIP), until a wait pays off.
+    let (mut skip, mut penalty) = (0u32, 0u32);
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -87,9 +114,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: ProposerLimits
         let Some(first) = rx.recv().await else {
             return;
         };
+        let want = expected.swap(0, Ordering::Relaxed);
         let mut bytes = command_bytes(&first.command);
         let mut batch = vec![first];
-        while batch.len() < limits.max_commands_per_entry && bytes < limits.max_entry_bytes {
+        let full = |batch: &Vec<Pending>, bytes: usize| {
+            batch.len() >= limits.max_commands_per_entry || bytes >= limits.max_entry_bytes
+        };
+        while !full(&batch, bytes) {
             match rx.try_recv() {
                 Ok(p) => {
                     bytes += command_bytes(&p.command);
@@ -98,8 +129,34 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: ProposerLimits
                 Err(_) => break,
             }
         }
+        if skip > 0 {
+            skip -= 1;
+        } else if want > batch.len() && !full(&batch, bytes) && !limits.linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + limits.linger;
+            let mut timed_out = false;
+            while batch.len() < want && !full(&batch, bytes) {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(p)) => {
+                        bytes += command_bytes(&p.command);
+                        batch.push(p);
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        timed_out = true;
+                        break;
+                    }
+                }
+            }
+            if timed_out {
+                penalty = (penalty * 2).clamp(1, MAX_SKIP);
+                skip = penalty;
+            } else {
+                penalty = 0;
+            }
+        }
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+        let n_cmds = commands.len();
         match raft.client_write_ff(Proposal { commands }).await {
             Err(fatal) => {
                 let e = ApiError::Unavailable(format!("raft stopped: {fatal}"));
@@ -108,6 +165,8 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: ProposerLimits
                 }
             }
             Ok(receiver) => {
+                let expected = expected.clone();
+                let queue = queue.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let outcome = match receiver.await {
@@ -123,6 +182,10 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, limits: ProposerLimits
                             Err(ApiError::Internal("response count mismatch".into()))
                         }
                     };
+                    let queued = queue
+                        .upgrade()
+                        .map_or(0, |q| q.max_capacity() - q.capacity());
+                    expected.fetch_add(queued + n_cmds, Ordering::Relaxed);
                     match outcome {
                         Ok(responses) => {
                             for (r, resp) in replies.into_iter().zip(responses) {
