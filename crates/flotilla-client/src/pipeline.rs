@@ -30,10 +30,10 @@ use crate::{Client, ClientError};
 /// Requests queued for the stream task, and sent but not yet on the wire, at most; beyond
 /// that a submit goes the unary way.
 const QUEUE: usize = 4096;
-/// After a stream could not be opened, submits go the unary way this long before it is tried
-/// again.
 /// Requests per stream message, at most (the server's limit).
 const MESSAGE_LIMIT: usize = 1024;
+/// After a stream could not be opened, submits go the unary way this long before it is tried
+/// again.
 const REOPEN_AFTER: Duration = Duration::from_millis(200);
 
 /// Submits over one stream to the leader. Cheap to clone; clones share the stream. Dropping
@@ -158,6 +158,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                         }
                     }
                     if lost_leader {
+                        // Whatever else is in flight there will fail too: start afresh.
                         conn = None;
                         waiting.clear();
                     }
