@@ -7,7 +7,7 @@ use std::process::Command;
 
 use flotilla_client::{Client, Consistency, TaskId, TaskState};
 use flotilla_proto::pb::{self, flotilla_client::FlotillaClient};
-use flotilla_proto::LEADER_HINT_KEY;
+use flotilla_proto::{LEADER_HINT_KEY, STREAM_MESSAGE_LIMIT};
 use support::{all_tasks, bin, spec, TestCluster};
 use tonic::Code;
 
@@ -182,7 +182,9 @@ async fn api_bad_input_is_rejected_naming_the_field_and_applies_nothing() {
     assert_eq!(got[1].code, Code::Ok as i32, "{}", got[1].message);
     let streamed = TaskId(got[1].ids[0]);
     let oversize = pb::SubmitStreamRequests {
-        requests: (10..10 + 1025).map(|i| request(i, "q".into())).collect(),
+        requests: (10..11 + STREAM_MESSAGE_LIMIT as u64)
+            .map(|i| request(i, "q".into()))
+            .collect(),
     };
     let mut replies = raw
         .submit_stream(futures::stream::iter(vec![oversize]))

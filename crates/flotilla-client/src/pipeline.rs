@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use flotilla_core::{TaskId, TaskSpec};
 use flotilla_proto::pb;
-use flotilla_proto::LEADER_HINT_KEY;
+use flotilla_proto::{LEADER_HINT_KEY, STREAM_MESSAGE_LIMIT};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tonic::{Code, Status, Streaming};
@@ -30,8 +30,6 @@ use crate::{Client, ClientError};
 /// Requests queued for the stream task, and sent but not yet on the wire, at most; beyond
 /// that a submit goes the unary way.
 const QUEUE: usize = 4096;
-/// Requests per stream message, at most (the server's limit).
-const MESSAGE_LIMIT: usize = 1024;
 /// After a stream could not be opened, submits go the unary way this long before it is tried
 /// again.
 const REOPEN_AFTER: Duration = Duration::from_millis(200);
@@ -126,7 +124,7 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                 }
                 // The jobs queued meanwhile go in the same message, each its own request.
                 let mut batch = vec![job];
-                while batch.len() < MESSAGE_LIMIT {
+                while batch.len() < STREAM_MESSAGE_LIMIT {
                     match jobs.try_recv() {
                         Ok(job) => batch.push(job),
                         Err(_) => break,

@@ -20,3 +20,7 @@ pub use convert::{
 
 /// gRPC metadata key carrying the leader hint, `ID=HOST:PORT`.
 pub const LEADER_HINT_KEY: &str = "flotilla-leader";
+
+/// Requests in one SubmitStream message, at most; a larger message ends the stream with
+/// INVALID_ARGUMENT.
+pub const STREAM_MESSAGE_LIMIT: usize = 1024;

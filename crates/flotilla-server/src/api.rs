@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_core::{validate_spec, Command, Limits, Response as CoreResponse, TaskId};
 use flotilla_proto::pb::{self, flotilla_server::Flotilla};
-use flotilla_proto::{spec_from_pb, state_from_pb, state_to_pb, task_to_pb, LEADER_HINT_KEY};
+use flotilla_proto::{
+    spec_from_pb, state_from_pb, state_to_pb, task_to_pb, LEADER_HINT_KEY, STREAM_MESSAGE_LIMIT,
+};
 use flotilla_store::SharedState;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
@@ -414,8 +416,6 @@ impl Flotilla for Api {
 /// Requests of one SubmitStream that may wait for commit at once; beyond it the stream is not
 /// read (HTTP/2 flow control then holds the client back).
 const STREAM_WINDOW: usize = 4096;
-/// Requests in one SubmitStream message, at most.
-pub const STREAM_MESSAGE_LIMIT: usize = 1024;
 
 /// Serves one SubmitStream: reads messages while fewer than [`STREAM_WINDOW`] requests are in
 /// flight, proposes each request (they share group-commit entries like unary calls) and sends
