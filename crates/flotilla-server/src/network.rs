@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use flotilla_proto::raftpb::{raft_client::RaftClient, RaftMessage};
-use flotilla_store::{NodeId, TypeConfig};
+use flotilla_store::{Node, NodeId, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -14,7 +14,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
@@ -45,7 +44,7 @@ pub struct Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Connection;
 
-    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Connection {
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
         let client = Channel::from_shared(format!("http://{}", node.addr))
             .map(|endpoint| {
                 let channel = endpoint
@@ -103,7 +102,7 @@ fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> u64 {
 
 fn encode<Req: Serialize, E: std::error::Error>(
     req: &Req,
-) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>> {
+) -> Result<Vec<u8>, RPCError<NodeId, Node, RaftError<NodeId, E>>> {
     bincode::serialize(req)
         .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))
 }
@@ -114,7 +113,7 @@ impl Connection {
         rpc: Rpc,
         data: Vec<u8>,
         option: &RPCOption,
-    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
@@ -170,7 +169,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         let data = encode(&rpc)?;
         if data.len() > MAX_APPEND_BYTES && rpc.entries.len() > 1 {
             // openraft retries at once with the hinted number of entries.
@@ -188,7 +187,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+        RPCError<NodeId, Node, RaftError<NodeId, InstallSnapshotError>>,
     > {
         self.call(Rpc::Snapshot, encode(&rpc)?, &option).await
     }
@@ -197,7 +196,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Node, RaftError<NodeId>>> {
         self.call(Rpc::Vote, encode(&rpc)?, &option).await
     }
 }

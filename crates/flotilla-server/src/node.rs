@@ -11,7 +11,7 @@ use flotilla_proto::pb::flotilla_server::FlotillaServer;
 use flotilla_proto::pb::workers_server::WorkersServer;
 use flotilla_proto::raftpb::raft_server::RaftServer;
 use flotilla_store::SharedState;
-use openraft::{BasicNode, Config, ServerState, SnapshotPolicy};
+use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -120,10 +120,10 @@ pub async fn start(
     // proposes the initial membership. Every initial member may do so; they propose the same
     // membership, and a replica that already heard from a leader is no longer pristine.
     if pristine {
-        let members: BTreeMap<u64, BasicNode> = config
+        let members: BTreeMap<u64, flotilla_store::Node> = config
             .peers
             .iter()
-            .map(|(id, addr)| (*id, BasicNode::new(addr.clone())))
+            .map(|(id, addr)| (*id, flotilla_store::Node::new(addr.clone())))
             .collect();
         match raft.initialize(members).await {
             Ok(()) => info!(node_id = config.node_id, "cluster bootstrapped"),

@@ -206,7 +206,7 @@ async fn run(
 
 /// A failed write: not leader (with hint) or unavailable. Neither means the command was
 /// applied, but a client must treat an unavailable outcome as unknown and retry idempotently.
-pub(crate) fn write_error(e: ClientWriteError<u64, openraft::BasicNode>) -> ApiError {
+pub(crate) fn write_error(e: ClientWriteError<u64, flotilla_store::Node>) -> ApiError {
     match e {
         ClientWriteError::ForwardToLeader(f) => ApiError::NotLeader {
             leader: f

@@ -1,12 +1,20 @@
 //! Versioned encoding of everything this crate persists: one version byte, then bincode.
-//! Decoding refuses an unknown version instead of misreading it; a future format adds a
-//! migration arm here.
+//!
+//! Every value written by this release carries [`FORMAT_VERSION`]. [`decode`] accepts only that
+//! version; values of an older release are converted once, when a data dir is opened, by
+//! `migrate` (which reads them with [`decode_version`]). A value of a newer release is refused
+//! with a message naming both versions, never misread.
+//!
+//! | version | release | what changed |
+//! |---|---|---|
+//! | 1 | up to 6fc034c | first format |
+//! | 2 | this one | members carry their data dir incarnation; the data dir identity too |
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current on-disk format version of every value written by this crate.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
@@ -14,12 +22,28 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     out
 }
 
+/// Decodes a value of the current format version.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    decode_version(FORMAT_VERSION, bytes)
+}
+
+/// Decodes a value written in format `version` (for migrations of older formats).
+pub fn decode_version<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, String> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => bincode::deserialize(rest).map_err(|e| e.to_string()),
-        Some((v, _)) => Err(format!("unsupported format version {v}")),
+        Some((&v, rest)) if v == version => bincode::deserialize(rest).map_err(|e| e.to_string()),
+        Some((v, _)) if *v > FORMAT_VERSION => Err(format!(
+            "format version {v} was written by a newer release (this one reads up to {FORMAT_VERSION})"
+        )),
+        Some((v, _)) => Err(format!(
+            "format version {v} where version {version} was expected"
+        )),
         None => Err("empty value".into()),
     }
+}
+
+/// The version byte of an encoded value.
+pub fn version_of(bytes: &[u8]) -> Option<u8> {
+    bytes.first().copied()
 }
 
 pub fn index_key(index: u64) -> [u8; 8] {
@@ -38,14 +62,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_refuse_unknown_version() {
+    fn round_trip_and_refuse_other_versions() {
         let bytes = encode(&(7u64, "x".to_string()));
+        assert_eq!(bytes[0], FORMAT_VERSION);
         assert_eq!(decode::<(u64, String)>(&bytes).unwrap(), (7, "x".into()));
         let mut future = bytes.clone();
         future[0] = 9;
-        assert!(decode::<(u64, String)>(&future)
-            .unwrap_err()
-            .contains("version 9"));
+        let err = decode::<(u64, String)>(&future).unwrap_err();
+        assert!(
+            err.contains("version 9") && err.contains("newer release"),
+            "{err}"
+        );
+        let mut old = bytes.clone();
+        old[0] = 1;
+        let err = decode::<(u64, String)>(&old).unwrap_err();
+        assert!(err.contains("version 1 where version 2"), "{err}");
+        assert_eq!(
+            decode_version::<(u64, String)>(1, &old).unwrap(),
+            (7, "x".into())
+        );
         assert!(decode::<u64>(&[]).is_err());
         assert_eq!(key_index(&index_key(42)).unwrap(), 42);
     }

@@ -4,22 +4,26 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, decode_version, encode, FORMAT_VERSION};
+use crate::migrate;
 use crate::{LogStore, StateMachine, StoreError};
 
 pub(crate) const CF_META: &str = "meta";
 pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_SM: &str = "sm";
-const IDENTITY_KEY: &[u8] = b"identity";
+pub(crate) const IDENTITY_KEY: &[u8] = b"identity";
 
 /// Who a data dir belongs to; written once when the dir is created.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Identity {
-    cluster_name: String,
-    node_id: u64,
+pub(crate) struct Identity {
+    pub cluster_name: String,
+    pub node_id: u64,
+    /// Random id of this data dir, made when it was created (or converted from format 1): a
+    /// wiped and recreated dir gets a new one (see [`crate::Node`]).
+    pub incarnation: String,
 }
 
 /// A data dir opened for a replica.
@@ -28,6 +32,10 @@ pub struct Opened {
     pub state_machine: StateMachine,
     /// True when the data dir was created by this call.
     pub created: bool,
+    /// This data dir's incarnation (see [`crate::Node`]).
+    pub incarnation: String,
+    /// Log entries converted from an older format by this open (0 when none was needed).
+    pub migrated_entries: usize,
 }
 
 /// Opens (or creates) the data dir of node `node_id` of cluster `cluster_name`.
@@ -75,43 +83,62 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
         }
         ColumnFamilyDescriptor::new(name, cf)
     });
-    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
-        let msg = e.to_string();
-        if msg.contains("LOCK") || msg.contains("lock") {
-            refused(format!("in use by another process ({msg})"))
-        } else {
-            corrupt(msg)
-        }
-    })?;
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| open_error(dir, e))?;
     let db = Arc::new(db);
 
     let meta = db.cf_handle(CF_META).expect("meta cf exists");
-    let wanted = Identity {
-        cluster_name: cluster_name.to_string(),
-        node_id,
-    };
-    match db
-        .get_cf(meta, IDENTITY_KEY)
-        .map_err(|e| corrupt(e.to_string()))?
-    {
-        None if fresh => {
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            db.put_cf_opt(meta, IDENTITY_KEY, encode(&wanted), &wo)
-                .map_err(|e| corrupt(e.to_string()))?;
-        }
-        None => return Err(corrupt("identity record missing".into())),
-        Some(bytes) => {
-            let found: Identity =
-                decode(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
-            if found != wanted {
-                return Err(refused(format!(
-                    "belongs to node {} of cluster {:?}, not node {} of cluster {:?}",
-                    found.node_id, found.cluster_name, node_id, cluster_name
-                )));
+    let mut migrated_entries = 0;
+    if fresh {
+        let identity = Identity {
+            cluster_name: cluster_name.to_string(),
+            node_id,
+            incarnation: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(meta, IDENTITY_KEY, encode(&identity));
+        migrate::put_format(&mut batch, &db);
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(batch, &wo)
+            .map_err(|e| corrupt(e.to_string()))?;
+    } else {
+        match migrate::stored_version(&db).map_err(&corrupt)? {
+            FORMAT_VERSION => {}
+            1 => {
+                // Check the owner before converting anything.
+                let old: migrate::v1::Identity = db
+                    .get_cf(meta, IDENTITY_KEY)
+                    .map_err(|e| corrupt(e.to_string()))?
+                    .map(|b| decode_version(1, &b))
+                    .transpose()
+                    .map_err(|e| corrupt(format!("identity record: {e}")))?
+                    .ok_or_else(|| corrupt("identity record missing".into()))?;
+                check_owner(&old.cluster_name, old.node_id, cluster_name, node_id)
+                    .map_err(&refused)?;
+                migrated_entries = migrate::from_v1(&db, &uuid::Uuid::new_v4().to_string())
+                    .map_err(|e| corrupt(format!("converting format 1: {e}")))?;
+                tracing::info!(
+                    entries = migrated_entries,
+                    "data dir converted from format 1"
+                );
             }
+            v => return Err(corrupt(format!("unknown format version {v}"))),
         }
     }
+    let identity: Identity = db
+        .get_cf(meta, IDENTITY_KEY)
+        .map_err(|e| corrupt(e.to_string()))?
+        .map(|b| decode(&b))
+        .transpose()
+        .map_err(|e| corrupt(format!("identity record: {e}")))?
+        .ok_or_else(|| corrupt("identity record missing".into()))?;
+    check_owner(
+        &identity.cluster_name,
+        identity.node_id,
+        cluster_name,
+        node_id,
+    )
+    .map_err(&refused)?;
 
     presize_wal(&db).map_err(|e| corrupt(format!("preparing the WAL: {e}")))?;
     let log_store = LogStore::new(db.clone()).map_err(corrupt)?;
@@ -120,7 +147,45 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
         log_store,
         state_machine,
         created: fresh,
+        incarnation: identity.incarnation,
+        migrated_entries,
     })
+}
+
+fn check_owner(
+    found_cluster: &str,
+    found_node: u64,
+    cluster_name: &str,
+    node_id: u64,
+) -> Result<(), String> {
+    if found_cluster == cluster_name && found_node == node_id {
+        return Ok(());
+    }
+    Err(format!(
+        "belongs to node {found_node} of cluster {found_cluster:?}, not node {node_id} of cluster {cluster_name:?}"
+    ))
+}
+
+/// Names the real cause of a failed open: another process holding the dir's lock is told apart
+/// from damage (a checksum mismatch is not "in use") and from I/O errors.
+fn open_error(dir: &Path, e: rocksdb::Error) -> StoreError {
+    let message = e.to_string();
+    let path = dir.to_path_buf();
+    match e.kind() {
+        rocksdb::ErrorKind::IOError
+            if message.contains("/LOCK") || message.contains("lock hold by current process") =>
+        {
+            StoreError::Refused {
+                path,
+                message: format!("in use by another process ({message})"),
+            }
+        }
+        rocksdb::ErrorKind::IOError => StoreError::Corrupt {
+            path,
+            message: format!("I/O error: {message}"),
+        },
+        _ => StoreError::Corrupt { path, message },
+    }
 }
 
 /// Bytes a WAL file holds before RocksDB switches to the next one (about).

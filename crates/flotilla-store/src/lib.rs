@@ -29,6 +29,8 @@ mod codec;
 mod db;
 mod error;
 mod log_store;
+mod migrate;
+mod node;
 mod state_machine;
 
 use std::io::Cursor;
@@ -36,6 +38,7 @@ use std::io::Cursor;
 pub use db::{open, Opened};
 pub use error::StoreError;
 pub use log_store::LogStore;
+pub use node::Node;
 pub use state_machine::{SharedState, StateMachine};
 
 use flotilla_core::{Proposal, Response};
@@ -46,7 +49,7 @@ openraft::declare_raft_types!(
         D = Proposal,
         R = Vec<Response>,
         NodeId = u64,
-        Node = openraft::BasicNode,
+        Node = Node,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
 );

@@ -14,15 +14,15 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use flotilla_core::{Response, State, StateImage};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
-    StorageError, StorageIOError, StoredMembership,
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
+    StorageIOError, StoredMembership,
 };
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode, index_key};
 use crate::db::{CF_META, CF_SM};
-use crate::{NodeId, TypeConfig};
+use crate::{Node, NodeId, TypeConfig};
 
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 /// Keys of the earlier format, which also wrote every applied task to the `sm` column family;
@@ -34,7 +34,7 @@ type SResult<T> = Result<T, StorageError<NodeId>>;
 /// The current snapshot as stored: openraft's meta plus the encoded image.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, BasicNode>,
+    meta: SnapshotMeta<NodeId, Node>,
     data: Vec<u8>,
 }
 
@@ -43,7 +43,7 @@ struct StoredSnapshot {
 pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId<NodeId>>,
-    pub membership: StoredMembership<NodeId, BasicNode>,
+    pub membership: StoredMembership<NodeId, Node>,
 }
 
 /// A read handle on the applied state, for queries.
@@ -173,7 +173,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+    ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
         let a = self.applied.read().unwrap_or_else(|p| p.into_inner());
         Ok((a.last_applied, a.membership.clone()))
     }
@@ -211,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<NodeId, BasicNode>,
+        meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> SResult<()> {
         let data = snapshot.into_inner();

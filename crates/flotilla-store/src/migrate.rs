@@ -1,0 +1,302 @@
+//! Converting a data dir written by an older release to the current format, once, at open.
+//!
+//! Every value this crate writes starts with its format version (see `codec`). A data dir
+//! records the version it was last written in (the `format` key in `meta`; a version 1 dir has
+//! none). Opening an older dir decodes every stored value in its version, converts it, and
+//! writes it back in the current one, in one synced write batch: either the whole dir is
+//! converted or none of it. Values are never read in an old version after that.
+//!
+//! ```text
+//!  open ─▶ format key? ──current──▶ done
+//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v2
+//! ```
+
+use std::collections::BTreeMap;
+
+use openraft::{Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote};
+use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, decode_version, encode, version_of, FORMAT_VERSION};
+use crate::db::{Identity, CF_LOG, CF_META, IDENTITY_KEY};
+use crate::{Node, NodeId, TypeConfig};
+
+/// Meta key holding the format version the whole data dir is written in.
+pub(crate) const FORMAT_KEY: &[u8] = b"format";
+
+/// Format version 1's shapes, as that release wrote them.
+pub(crate) mod v1 {
+    use std::io::Cursor;
+
+    use openraft::{BasicNode, SnapshotMeta};
+    use serde::Deserialize;
+
+    openraft::declare_raft_types!(
+        /// openraft's types as format version 1 stored them.
+        pub V1:
+            D = flotilla_core::Proposal,
+            R = (),
+            NodeId = u64,
+            Node = BasicNode,
+            Entry = openraft::Entry<V1>,
+            SnapshotData = Cursor<Vec<u8>>,
+    );
+
+    #[derive(Deserialize)]
+    pub struct Identity {
+        pub cluster_name: String,
+        pub node_id: u64,
+    }
+
+    #[derive(Deserialize)]
+    pub struct StoredSnapshot {
+        pub meta: SnapshotMeta<u64, BasicNode>,
+        pub data: Vec<u8>,
+    }
+}
+
+/// Version 2's snapshot record (meta + encoded state image), as `state_machine` stores it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredSnapshotV2 {
+    pub meta: SnapshotMeta<NodeId, Node>,
+    pub data: Vec<u8>,
+}
+
+/// The format version of an opened (not fresh) data dir.
+pub(crate) fn stored_version(db: &DB) -> Result<u8, String> {
+    let newer = |v: u8| {
+        format!(
+            "written by a newer release (format version {v}; this release reads up to {FORMAT_VERSION})"
+        )
+    };
+    let meta = db.cf_handle(CF_META).expect("meta cf exists");
+    if let Some(bytes) = db.get_cf(meta, FORMAT_KEY).map_err(|e| e.to_string())? {
+        if let Some(v) = version_of(&bytes).filter(|v| *v > FORMAT_VERSION) {
+            return Err(newer(v));
+        }
+        let v: u8 = decode(&bytes).map_err(|e| format!("format record: {e}"))?;
+        return if v > FORMAT_VERSION {
+            Err(newer(v))
+        } else {
+            Ok(v)
+        };
+    }
+    // Version 1 had no format record; its identity record carries the version byte.
+    match db.get_cf(meta, IDENTITY_KEY).map_err(|e| e.to_string())? {
+        Some(bytes) => match version_of(&bytes) {
+            Some(v) if v > FORMAT_VERSION => Err(newer(v)),
+            Some(v) => Ok(v),
+            None => Err("empty identity record".into()),
+        },
+        None => Err("identity record missing".into()),
+    }
+}
+
+/// Records that the dir is written in the current format (part of a migration's batch, or of
+/// a new dir's first write).
+pub(crate) fn put_format(batch: &mut WriteBatch, db: &DB) {
+    let meta = db.cf_handle(CF_META).expect("meta cf exists");
+    batch.put_cf(meta, FORMAT_KEY, encode(&FORMAT_VERSION));
+}
+
+/// Converts a version 1 dir to the current format; `incarnation` becomes the dir's incarnation.
+/// Returns how many log entries were converted.
+pub(crate) fn from_v1(db: &DB, incarnation: &str) -> Result<usize, String> {
+    let meta = db.cf_handle(CF_META).expect("meta cf exists");
+    let log = db.cf_handle(CF_LOG).expect("log cf exists");
+    let mut batch = WriteBatch::default();
+
+    let identity: v1::Identity = read_v1(db, IDENTITY_KEY)?.ok_or("identity record missing")?;
+    batch.put_cf(
+        meta,
+        IDENTITY_KEY,
+        encode(&Identity {
+            cluster_name: identity.cluster_name,
+            node_id: identity.node_id,
+            incarnation: incarnation.to_string(),
+        }),
+    );
+    // Same shapes in both versions: re-encode.
+    if let Some(vote) = read_v1::<Vote<NodeId>>(db, b"vote")? {
+        batch.put_cf(meta, b"vote", encode(&vote));
+    }
+    if let Some(c) = read_v1::<Option<LogId<NodeId>>>(db, b"committed")? {
+        batch.put_cf(meta, b"committed", encode(&c));
+    }
+    if let Some(p) = read_v1::<LogId<NodeId>>(db, b"last_purged")? {
+        batch.put_cf(meta, b"last_purged", encode(&p));
+    }
+    if let Some(s) = read_v1::<v1::StoredSnapshot>(db, b"snapshot")? {
+        let image: flotilla_core::StateImage =
+            decode_version(1, &s.data).map_err(|e| format!("version 1 snapshot image: {e}"))?;
+        let stored = StoredSnapshotV2 {
+            meta: SnapshotMeta {
+                last_log_id: s.meta.last_log_id,
+                last_membership: membership_from_v1(&s.meta.last_membership),
+                snapshot_id: s.meta.snapshot_id,
+            },
+            data: encode(&image),
+        };
+        batch.put_cf(meta, b"snapshot", encode(&stored));
+    }
+    let mut entries = 0;
+    for item in db.iterator_cf(log, IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        let old: Entry<v1::V1> =
+            decode_version(1, &value).map_err(|e| format!("version 1 log entry: {e}"))?;
+        batch.put_cf(log, key, encode(&entry_from_v1(old)));
+        entries += 1;
+    }
+    put_format(&mut batch, db);
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).map_err(|e| e.to_string())?;
+    Ok(entries)
+}
+
+fn read_v1<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, String> {
+    let meta = db.cf_handle(CF_META).expect("meta cf exists");
+    db.get_cf(meta, key)
+        .map_err(|e| e.to_string())?
+        .map(|bytes| {
+            decode_version(1, &bytes).map_err(|e| {
+                format!(
+                    "version 1 record {:?}: {e}",
+                    String::from_utf8_lossy(key).as_ref()
+                )
+            })
+        })
+        .transpose()
+}
+
+/// A version 1 member list (address only) as unpinned members.
+fn membership_v1(m: &Membership<u64, openraft::BasicNode>) -> Membership<NodeId, Node> {
+    let nodes: BTreeMap<NodeId, Node> = m
+        .nodes()
+        .map(|(id, n)| (*id, Node::new(n.addr.clone())))
+        .collect();
+    Membership::new(m.get_joint_config().clone(), nodes)
+}
+
+fn membership_from_v1(
+    m: &StoredMembership<u64, openraft::BasicNode>,
+) -> StoredMembership<NodeId, Node> {
+    StoredMembership::new(*m.log_id(), membership_v1(m.membership()))
+}
+
+pub(crate) fn entry_from_v1(e: Entry<v1::V1>) -> Entry<TypeConfig> {
+    Entry {
+        log_id: e.log_id,
+        payload: match e.payload {
+            EntryPayload::Blank => EntryPayload::Blank,
+            EntryPayload::Normal(p) => EntryPayload::Normal(p),
+            EntryPayload::Membership(m) => EntryPayload::Membership(membership_v1(&m)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use flotilla_core::{Command, TaskState};
+    use openraft::storage::{RaftLogReader, RaftLogStorage};
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/v1")
+            .join(name)
+    }
+
+    fn read(name: &str) -> Vec<u8> {
+        std::fs::read(fixture(name)).unwrap()
+    }
+
+    /// The values the format 1 release wrote still decode, and convert to what they meant.
+    #[test]
+    fn format_1_values_convert() {
+        let normal: Entry<v1::V1> = decode_version(1, &read("entry_normal.bin")).unwrap();
+        let normal = entry_from_v1(normal);
+        assert_eq!(normal.log_id.index, 41);
+        let EntryPayload::Normal(p) = &normal.payload else {
+            panic!("normal entry expected")
+        };
+        assert_eq!(p.commands.len(), 13, "every command of the fixture");
+        assert!(
+            matches!(&p.commands[0], Command::Submit { tasks, .. } if tasks.len() == 2
+            && tasks[0].idempotency_key.as_deref() == Some("key-1")
+            && tasks[0].labels.get("gpu").map(String::as_str) == Some("yes"))
+        );
+        assert!(
+            matches!(&p.commands[12], Command::ExpireWorker { worker_id, .. } if worker_id == "w1")
+        );
+
+        let m: Entry<v1::V1> = decode_version(1, &read("entry_membership.bin")).unwrap();
+        let EntryPayload::Membership(m) = entry_from_v1(m).payload else {
+            panic!("membership entry expected")
+        };
+        let nodes: Vec<(u64, Node)> = m.nodes().map(|(i, n)| (*i, n.clone())).collect();
+        assert_eq!(
+            nodes,
+            (1..=3)
+                .map(|i| (i, Node::new(format!("10.0.0.{i}:7400"))))
+                .collect::<Vec<_>>()
+        );
+        let blank: Entry<v1::V1> = decode_version(1, &read("entry_blank.bin")).unwrap();
+        assert!(matches!(entry_from_v1(blank).payload, EntryPayload::Blank));
+
+        let vote: Vote<u64> = decode_version(1, &read("vote.bin")).unwrap();
+        assert_eq!(vote, Vote::new_committed(3, 2));
+        let id: v1::Identity = decode_version(1, &read("identity.bin")).unwrap();
+        assert_eq!((id.cluster_name.as_str(), id.node_id), ("prod", 2));
+        let snap: v1::StoredSnapshot = decode_version(1, &read("stored_snapshot.bin")).unwrap();
+        let image: flotilla_core::StateImage = decode_version(1, &snap.data).unwrap();
+        assert_eq!(image.next_task_id, 4);
+        assert_eq!(
+            image.tasks.iter().map(|t| t.state).collect::<Vec<_>>(),
+            [
+                TaskState::Succeeded,
+                TaskState::Cancelled,
+                TaskState::Waiting
+            ]
+        );
+    }
+
+    /// A whole data dir of the format 1 release opens: it is converted once, and every
+    /// acknowledged task of it is there.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn format_1_data_dir_is_converted_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("tar")
+            .arg("xzf")
+            .arg(fixture("datadir.tar.gz"))
+            .arg("-C")
+            .arg(tmp.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let dir = tmp.path().join("node-1");
+
+        let err = crate::open(&dir, "v1fixture", 2).err().unwrap().to_string();
+        assert!(err.contains("belongs to node 1"), "{err}");
+
+        let mut opened = crate::open(&dir, "v1fixture", 1).unwrap();
+        assert!(opened.migrated_entries >= 16, "log entries converted");
+        assert!(!opened.incarnation.is_empty());
+        let incarnation = opened.incarnation.clone();
+        let state = opened.state_machine.shared();
+        assert_eq!(state.read().last_applied.map(|l| l.index), Some(19));
+        let log = opened.log_store.get_log_state().await.unwrap();
+        assert_eq!(log.last_log_id.map(|l| l.index), Some(35));
+        let entries = opened.log_store.try_get_log_entries(20..=35).await.unwrap();
+        assert_eq!(entries.len(), 16);
+        drop(opened);
+
+        // Converted once: the second open finds the current format and keeps the incarnation.
+        let again = crate::open(&dir, "v1fixture", 1).unwrap();
+        assert_eq!(again.migrated_entries, 0);
+        assert_eq!(again.incarnation, incarnation);
+    }
+}
