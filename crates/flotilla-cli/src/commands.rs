@@ -122,15 +122,16 @@ pub async fn status(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
     } else {
         flotilla_client::Consistency::Linearizable
     };
-    let (task, why) = ctx
-        .client()?
-        .get_explained(TaskId(args.id), consistency)
-        .await?;
-    let mut json = task_json(&task);
-    json["pending_reason"] = serde_json::json!(why);
-    let mut text = task_text(&task);
-    if let Some(why) = why {
+    let status = ctx.client()?.status(TaskId(args.id), consistency).await?;
+    let mut json = task_json(&status.task);
+    json["pending_reason"] = serde_json::json!(status.pending_reason);
+    json["removed"] = serde_json::json!(status.removed);
+    let mut text = task_text(&status.task);
+    if let Some(why) = status.pending_reason {
         text.push_str(&format!("\n  cannot run yet: {why}"));
+    }
+    if status.removed {
+        text.push_str("\n  removed by retention: only the outcome and key are remembered");
     }
     ctx.print(json, text);
     Ok(ExitCode::SUCCESS)
@@ -337,7 +338,41 @@ pub enum QueueCmd {
         /// With priority: gain one point per this many ms waited (0: no aging).
         #[arg(long, default_value_t = 0)]
         aging_ms: u64,
+        /// Configure a queue no task was submitted to yet.
+        #[arg(long)]
+        create: bool,
     },
+    /// Set how long a queue keeps finished tasks: a duration (e.g. 90s, 12h, 7d, or ms) or
+    /// "default" for the cluster's --retention-ms.
+    Retention {
+        queue: String,
+        retention: String,
+        /// Configure a queue no task was submitted to yet.
+        #[arg(long)]
+        create: bool,
+    },
+    /// List queues: policy, retention, tasks by state.
+    List,
+}
+
+/// Parses `500ms`, `90s`, `15m`, `12h`, `7d`, or a plain number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().with_context(|| {
+        format!("invalid duration {s:?}: expected e.g. 500ms, 90s, 15m, 12h, 7d")
+    })?;
+    let ms = match unit {
+        "" | "ms" => Some(n),
+        "s" => n.checked_mul(1000),
+        "m" => n.checked_mul(60_000),
+        "h" => n.checked_mul(3_600_000),
+        "d" => n.checked_mul(86_400_000),
+        other => bail!("invalid duration {s:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
+    }
+    .with_context(|| format!("invalid duration {s:?}: too large"))?;
+    Ok(Duration::from_millis(ms))
 }
 
 pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
@@ -346,6 +381,7 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
             queue,
             policy,
             aging_ms,
+            create,
         } => {
             let p = match policy.as_str() {
                 "fifo" => flotilla_core::QueuePolicy::Fifo,
@@ -353,12 +389,150 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
                 "sjf" => flotilla_core::QueuePolicy::ShortestJobFirst,
                 other => bail!("invalid policy {other:?}: use fifo, priority or sjf"),
             };
-            ctx.client()?.set_queue_policy(&queue, p).await?;
+            ctx.client()?.set_queue_policy(&queue, p, create).await?;
             ctx.print(
                 serde_json::json!({"queue": queue, "policy": policy}),
                 format!("queue {queue}: {policy}"),
             );
             Ok(ExitCode::SUCCESS)
         }
+        QueueCmd::Retention {
+            queue,
+            retention,
+            create,
+        } => {
+            let r = match retention.as_str() {
+                "default" => None,
+                other => {
+                    let d = parse_duration(other)?;
+                    if d.is_zero() {
+                        bail!("invalid retention {other:?}: must be at least 1 ms");
+                    }
+                    Some(d)
+                }
+            };
+            ctx.client()?.set_queue_retention(&queue, r, create).await?;
+            ctx.print(
+                serde_json::json!({"queue": queue, "retention_ms": r.map(|d| d.as_millis() as u64)}),
+                match r {
+                    Some(d) => format!("queue {queue}: finished tasks kept {}", human(d)),
+                    None => format!("queue {queue}: finished tasks kept for the cluster default"),
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::List => {
+            let list = ctx
+                .client()?
+                .list_queues(flotilla_client::Consistency::Linearizable)
+                .await?;
+            if ctx.json {
+                let queues: Vec<Value> = list
+                    .queues
+                    .iter()
+                    .map(|q| {
+                        let mut v = serde_json::json!({
+                            "name": q.name,
+                            "policy": policy_name(q.policy),
+                            "retention_ms": q.retention.map(|d| d.as_millis() as u64),
+                            "oldest_pending_ms": q.oldest_pending_ms,
+                        });
+                        for st in TaskState::ALL {
+                            v[st.as_str()] = serde_json::json!(q.count(st));
+                        }
+                        v
+                    })
+                    .collect();
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "queues": queues,
+                        "retention_ms": list.retention.as_millis() as u64,
+                        "key_retention_ms": list.key_retention.as_millis() as u64,
+                    })
+                );
+            } else {
+                outln!(
+                    "finished tasks kept {} by default, idempotency keys {}",
+                    human(list.retention),
+                    human(list.key_retention)
+                );
+                outln!(
+                    "{:<20} {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9}",
+                    "queue",
+                    "policy",
+                    "retention",
+                    "waiting",
+                    "pending",
+                    "running",
+                    "succeeded",
+                    "failed",
+                    "cancelled"
+                );
+                for q in &list.queues {
+                    outln!(
+                        "{:<20} {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9}",
+                        q.name,
+                        policy_name(q.policy),
+                        q.retention.map_or("default".to_string(), human),
+                        q.count(TaskState::Waiting),
+                        q.count(TaskState::Pending),
+                        q.count(TaskState::Running),
+                        q.count(TaskState::Succeeded),
+                        q.count(TaskState::Failed),
+                        q.count(TaskState::Cancelled),
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn policy_name(p: flotilla_core::QueuePolicy) -> String {
+    match p {
+        flotilla_core::QueuePolicy::Fifo => "fifo".into(),
+        flotilla_core::QueuePolicy::Priority { aging_ms: 0 } => "priority".into(),
+        flotilla_core::QueuePolicy::Priority { aging_ms } => format!("priority/{aging_ms}ms"),
+        flotilla_core::QueuePolicy::ShortestJobFirst => "sjf".into(),
+    }
+}
+
+/// A duration as the largest whole unit that fits it exactly.
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis() as u64;
+    for (unit, n) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= n && ms.is_multiple_of(n) {
+            return format!("{}{unit}", ms / n);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1w")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        assert_eq!(human(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(human(Duration::from_millis(1500)), "1500ms");
     }
 }

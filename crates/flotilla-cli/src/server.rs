@@ -51,6 +51,25 @@ pub struct ServerArgs {
     /// re-applies at most about this many entries after loading the snapshot.
     #[arg(long)]
     snapshot_every_entries: Option<u64>,
+    /// Finished tasks are removed this many ms after they finished [default: 7 days]; a
+    /// queue may override it (`flotilla queue retention`).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Idempotency keys are remembered this many ms after their task finished; at least
+    /// --retention-ms [default: --retention-ms].
+    #[arg(long)]
+    key_retention_ms: Option<u64>,
+    /// Waiting plus pending tasks in the cluster, at most; submits past it get
+    /// RESOURCE_EXHAUSTED [default: no cap].
+    #[arg(long)]
+    max_pending: Option<u64>,
+    /// Waiting plus pending tasks per queue, at most [default: no cap].
+    #[arg(long)]
+    max_pending_per_queue: Option<u64>,
+    /// Check the state machine's invariants after every applied entry (slow: for tests and
+    /// fault runs).
+    #[arg(long, hide = true)]
+    check_invariants: bool,
 }
 
 pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
@@ -82,6 +101,16 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     if let Some(n) = args.snapshot_every_entries {
         config.snapshot_every_entries = n;
     }
+    if let Some(r) = args.retention_ms {
+        config.retention_ms = r;
+        config.key_retention_ms = config.key_retention_ms.max(r);
+    }
+    if let Some(r) = args.key_retention_ms {
+        config.key_retention_ms = r;
+    }
+    config.max_pending = args.max_pending;
+    config.max_pending_per_queue = args.max_pending_per_queue;
+    config.check_invariants = args.check_invariants;
     config
         .validate()
         .map_err(|p| anyhow::anyhow!("invalid configuration: {}", p.join("; ")))?;

@@ -52,7 +52,7 @@ pub enum Consistency {
 }
 
 impl Consistency {
-    fn to_pb(self) -> i32 {
+    pub(crate) fn to_pb(self) -> i32 {
         match self {
             Consistency::Linearizable => pb::ReadConsistency::Linearizable as i32,
             Consistency::Stale => pb::ReadConsistency::Stale as i32,

@@ -16,6 +16,9 @@ pub enum ClientError {
     Unavailable(String),
     #[error("bad response from server: {0}")]
     BadResponse(String),
+    /// Refused before sending: the request itself is invalid.
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 impl ClientError {

@@ -18,11 +18,13 @@
 mod client;
 mod error;
 mod pipeline;
+mod queues;
 mod workers;
 
 pub use client::{Client, ClientConfig, ClusterStatus, Consistency, ListPage, ListQuery, Member};
 pub use error::ClientError;
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
 pub use pipeline::SubmitPipeline;
+pub use queues::{QueueInfo, QueueList, TaskStatus};
 pub use tonic::Code;
 pub use workers::{Assignment, WorkerEvent, WorkerInfo, WorkerStream};

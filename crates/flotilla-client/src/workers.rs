@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_core::{QueuePolicy, TaskId, WorkerSpec};
+use flotilla_core::{TaskId, WorkerSpec};
 use flotilla_proto::pb::{self, workers_client::WorkersClient};
 use flotilla_proto::{worker_spec_from_pb, worker_spec_to_pb};
 use tonic::transport::Channel;
@@ -227,29 +227,5 @@ impl Client {
                 registered_at_ms: w.registered_at_ms,
             })
             .collect())
-    }
-
-    /// Sets how a queue orders its pending tasks.
-    pub async fn set_queue_policy(
-        &self,
-        queue: &str,
-        policy: QueuePolicy,
-    ) -> Result<(), ClientError> {
-        let (name, aging_ms) = match policy {
-            QueuePolicy::Fifo => ("fifo", 0),
-            QueuePolicy::Priority { aging_ms } => ("priority", aging_ms),
-            QueuePolicy::ShortestJobFirst => ("sjf", 0),
-        };
-        let req = pb::SetQueuePolicyRequest {
-            queue: queue.into(),
-            policy: name.into(),
-            aging_ms,
-        };
-        self.call("set-policy", Duration::ZERO, |mut c| {
-            let req = req.clone();
-            async move { c.set_queue_policy(req).await }
-        })
-        .await
-        .map(|_| ())
     }
 }

@@ -1,11 +1,13 @@
 //! Commands proposed through Raft and the responses `apply` returns.
 //!
-//! Versioning: variants are append-only. Never reorder, remove or change a variant's fields;
-//! add a new variant instead. The log entry format in `flotilla-store` carries a version byte.
+//! Versioning: within a format version, variants are append-only — never reorder, remove or
+//! change a variant's fields; add a new variant instead. A change of shape is a new format
+//! version (`flotilla-store`'s `codec`), with the previous shapes frozen in [`crate::compat`]
+//! so that old log entries still decode; golden bytes in the tests pin the encoding.
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CommandError, QueuePolicy, TaskId, TaskSpec, TaskState, WorkerSpec};
+use crate::{CommandError, QueueSetting, TaskId, TaskSpec, TaskState, WorkerSpec};
 
 /// One Raft log entry's payload: the commands of many client requests folded together by the
 /// leader's group commit. Each command is applied on its own, all-or-nothing; one rejected
@@ -18,8 +20,12 @@ pub struct Proposal {
 /// A state change, with every nondeterministic input (time) chosen by the leader.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
-    /// Create a batch of tasks, all or nothing.
-    Submit { now_ms: u64, tasks: Vec<TaskSpec> },
+    /// Create a batch of tasks, all or nothing, within the leader's admission limits.
+    Submit {
+        now_ms: u64,
+        tasks: Vec<TaskSpec>,
+        limits: AdmissionLimits,
+    },
     /// Cancel a waiting, pending or running task; dependents fail as `upstream_failed`.
     Cancel { now_ms: u64, task_id: TaskId },
     /// Advance the replicated clock: waiting tasks whose `not_before` has passed become pending.
@@ -65,12 +71,32 @@ pub enum Command {
         progress_permille: u32,
         data: Vec<u8>,
     },
-    /// Set how a queue orders its pending tasks.
-    SetQueuePolicy {
+    /// Change one setting of a queue. Refused for a queue nobody submitted to unless `create`.
+    SetQueue {
         now_ms: u64,
         queue: String,
-        policy: QueuePolicy,
+        setting: QueueSetting,
+        create: bool,
     },
+    /// Remove finished tasks older than their queue's retention (default `retention_ms`) and
+    /// forget idempotency keys older than `key_retention_ms` (never before their task), at most
+    /// `max_removals` of both. Proposed by the leader when something is due.
+    Sweep {
+        now_ms: u64,
+        retention_ms: u64,
+        key_retention_ms: u64,
+        max_removals: u32,
+    },
+}
+
+/// Caps on the backlog a submit may grow to, stamped into the command by the leader from its
+/// configuration; `None`: no cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionLimits {
+    /// Waiting plus pending tasks in the whole cluster.
+    pub max_pending: Option<u64>,
+    /// Waiting plus pending tasks in one queue.
+    pub max_pending_per_queue: Option<u64>,
 }
 
 impl Command {
@@ -86,7 +112,17 @@ impl Command {
             | Command::Complete { now_ms, .. }
             | Command::Fail { now_ms, .. }
             | Command::SaveCheckpoint { now_ms, .. }
-            | Command::SetQueuePolicy { now_ms, .. } => *now_ms,
+            | Command::SetQueue { now_ms, .. }
+            | Command::Sweep { now_ms, .. } => *now_ms,
+        }
+    }
+
+    /// A submit without admission limits.
+    pub fn submit(now_ms: u64, tasks: Vec<TaskSpec>) -> Command {
+        Command::Submit {
+            now_ms,
+            tasks,
+            limits: AdmissionLimits::default(),
         }
     }
 }
@@ -133,6 +169,13 @@ pub enum Response {
     CheckpointSaved {
         task_id: TaskId,
     },
-    QueuePolicySet,
+    QueueSet,
+    /// Finished tasks removed (`tombstoned` of them leave a tombstone for their key) and
+    /// idempotency keys forgotten.
+    Swept {
+        removed: u32,
+        tombstoned: u32,
+        forgotten: u32,
+    },
     Rejected(CommandError),
 }

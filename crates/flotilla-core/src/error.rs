@@ -13,6 +13,12 @@ pub enum CommandError {
     Invalid { field: String, message: String },
     #[error("task {0} not found")]
     NotFound(TaskId),
+    /// The id was allocated, but retention removed the finished task since.
+    #[error("task {0} was removed by retention")]
+    Removed(TaskId),
+    /// A submit would grow the backlog past an admission limit; `limit` names it.
+    #[error("{message} ({limit})")]
+    LimitExceeded { limit: String, message: String },
     /// A completion, failure or checkpoint of an attempt that is not the current one.
     #[error("task {task_id}: attempt {attempt} is stale (current attempt is {current})")]
     StaleAttempt {

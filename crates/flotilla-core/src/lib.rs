@@ -13,6 +13,7 @@
 //! ```
 
 mod command;
+pub mod compat;
 mod error;
 mod limits;
 mod scheduler;
@@ -20,10 +21,14 @@ mod state;
 mod task;
 mod worker;
 
-pub use command::{Command, Proposal, Response};
+pub use command::{AdmissionLimits, Command, Proposal, Response};
 pub use error::CommandError;
-pub use limits::{validate_spec, Limits};
-pub use scheduler::{plan, unplaceable_reason, Placement, PlanConfig};
-pub use state::{State, StateImage, STATE_IMAGE_VERSION};
+pub use limits::{batch_bytes, validate_spec, Limits};
+pub use scheduler::{plan, queue_order, unplaceable_reason, Placement, PlanConfig};
+pub use state::{
+    ImageHeader, ImageRecord, ImageRecordRef, Lookup, QueueSetting, QueueSettings, State,
+    StateBuilder, StateView, TaskRecord, Tombstone, STATE_IMAGE_VERSION,
+};
+
 pub use task::{Checkpoint, Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};
 pub use worker::{Capacity, QueuePolicy, Worker, WorkerSpec};

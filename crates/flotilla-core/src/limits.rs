@@ -12,6 +12,9 @@ impl Limits {
     pub const MAX_QUEUE_NAME_LEN: usize = 128;
     pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
     pub const MAX_BATCH_TASKS: usize = 1000;
+    /// Bytes of one submitted batch, at most (payloads, keys, labels and queue names): every
+    /// accepted batch fits one Raft entry that replicates well within a heartbeat interval.
+    pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
     pub const MIN_PRIORITY: i32 = -1000;
     pub const MAX_PRIORITY: i32 = 1000;
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
@@ -30,6 +33,35 @@ impl Limits {
     /// First retry delay after a failed attempt; doubles per attempt up to the cap.
     pub const RETRY_BACKOFF_BASE_MS: u64 = 500;
     pub const RETRY_BACKOFF_MAX_MS: u64 = 60_000;
+    /// Longest aging period of the priority policy (30 days).
+    pub const MAX_AGING_MS: u64 = 30 * 24 * 3600 * 1000;
+}
+
+/// The bytes of a batch that count against [`Limits::MAX_BATCH_BYTES`].
+pub fn batch_bytes(specs: &[crate::TaskSpec]) -> usize {
+    specs
+        .iter()
+        .map(|s| {
+            s.payload.len()
+                + s.queue.len()
+                + s.idempotency_key.as_ref().map_or(0, String::len)
+                + s.labels
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+                + 8 * s.depends_on.len()
+        })
+        .sum()
+}
+
+/// Checks a queue name (shared by specs and queue settings).
+pub(crate) fn validate_queue_name(field: &str, queue: &str) -> Result<(), CommandError> {
+    let mut spec = TaskSpec::new(queue, Vec::new());
+    spec.max_attempts = 1;
+    validate_spec(field, &spec).map_err(|e| match e {
+        CommandError::Invalid { message, .. } => CommandError::invalid(field, message),
+        other => other,
+    })
 }
 
 /// Checks one task of a batch in isolation (existence of dependencies is checked by `apply`).

@@ -8,7 +8,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_core::{validate_spec, Command, Limits, Response as CoreResponse, TaskId};
+use flotilla_core::{
+    batch_bytes, validate_spec, AdmissionLimits, Command, Limits, Lookup, QueuePolicy,
+    QueueSetting, Response as CoreResponse, TaskId, TaskState,
+};
 use flotilla_proto::pb::{self, flotilla_server::Flotilla};
 use flotilla_proto::{
     spec_from_pb, state_from_pb, state_to_pb, task_to_pb, LEADER_HINT_KEY, STREAM_MESSAGE_LIMIT,
@@ -48,6 +51,11 @@ pub struct Api {
     /// Cancelled when the replica stops: open submit streams stop reading and finish, so the
     /// server's graceful shutdown does not wait on them forever.
     pub shutdown: CancellationToken,
+    /// Backlog caps stamped into every submit.
+    pub admission: AdmissionLimits,
+    /// Cluster defaults of retention (reported by ListQueues; the sweeps use the same).
+    pub retention_ms: u64,
+    pub key_retention_ms: u64,
 }
 
 /// "Not the leader", with the leader's id and address when this replica knows them.
@@ -103,6 +111,17 @@ impl Api {
             validate_spec(&field, &spec)?;
             specs.push(spec);
         }
+        // Refused here, before it costs a proposal; `apply` checks the same.
+        let bytes = batch_bytes(&specs);
+        if bytes > Limits::MAX_BATCH_BYTES {
+            return Err(ApiError::Invalid {
+                field: "tasks".into(),
+                message: format!(
+                    "batch of {bytes} bytes exceeds limit {} (max_batch_bytes)",
+                    Limits::MAX_BATCH_BYTES
+                ),
+            });
+        }
         if self.planted == Some(PlantedBug::NoIdempotency) {
             for t in &mut specs {
                 t.idempotency_key = None;
@@ -112,6 +131,7 @@ impl Api {
         let command = Command::Submit {
             now_ms: now_ms(),
             tasks: specs,
+            limits: self.admission,
         };
         if self.planted == Some(PlantedBug::AckBeforeCommit) {
             let proposer = self.proposer.clone();
@@ -163,16 +183,22 @@ impl Api {
         }
     }
 
-    fn task(&self, id: u64) -> Result<pb::Task, ApiError> {
+    /// The task, or what a tombstone remembers of it (`true`: removed by retention).
+    fn task(&self, id: u64) -> Result<(pb::Task, bool), ApiError> {
         let applied = self.state.read();
-        let task = applied
-            .state
-            .get(TaskId(id))
-            .ok_or_else(|| ApiError::NotFound(format!("task {id} not found")))?;
-        let mut out = task_to_pb(task, true);
-        out.pending_reason =
-            flotilla_core::unplaceable_reason(&applied.state, task).unwrap_or_default();
-        Ok(out)
+        match applied.state.lookup(TaskId(id)) {
+            Lookup::Task(task) => {
+                let mut out = task_to_pb(&task, true);
+                out.pending_reason = flotilla_core::unplaceable_reason(&applied.state, &task)
+                    .unwrap_or_default();
+                Ok((out, false))
+            }
+            Lookup::Removed(Some(tombstone)) => Ok((task_to_pb(&tombstone, true), true)),
+            Lookup::Removed(None) => Err(ApiError::NotFound(format!(
+                "task {id} was removed by retention (finished tasks are kept for their queue's retention)"
+            ))),
+            Lookup::Unknown => Err(ApiError::NotFound(format!("task {id} not found"))),
+        }
     }
 }
 
@@ -209,8 +235,11 @@ impl Flotilla for Api {
     ) -> Result<Response<pb::GetTaskResponse>, Status> {
         let req = request.into_inner();
         self.read_consistency(req.consistency).await?;
-        let task = self.task(req.id)?;
-        Ok(Response::new(pb::GetTaskResponse { task: Some(task) }))
+        let (task, removed) = self.task(req.id)?;
+        Ok(Response::new(pb::GetTaskResponse {
+            task: Some(task),
+            removed,
+        }))
     }
 
     async fn wait_task(
@@ -224,7 +253,7 @@ impl Flotilla for Api {
         self.linearize().await?;
         let mut applied = self.raft.metrics();
         loop {
-            let task = self.task(req.id)?;
+            let (task, _) = self.task(req.id)?;
             let terminal = matches!(
                 pb::TaskState::try_from(task.state),
                 Ok(pb::TaskState::Succeeded | pb::TaskState::Failed | pb::TaskState::Cancelled)
@@ -350,13 +379,68 @@ impl Flotilla for Api {
                 .into())
             }
         };
-        self.propose(Command::SetQueuePolicy {
+        self.propose(Command::SetQueue {
             now_ms: now_ms(),
             queue: req.queue,
-            policy,
+            setting: QueueSetting::Policy(policy),
+            create: req.create,
         })
         .await?;
         Ok(Response::new(pb::SetQueuePolicyResponse {}))
+    }
+
+    async fn set_queue_retention(
+        &self,
+        request: Request<pb::SetQueueRetentionRequest>,
+    ) -> Result<Response<pb::SetQueueRetentionResponse>, Status> {
+        let req = request.into_inner();
+        self.propose(Command::SetQueue {
+            now_ms: now_ms(),
+            queue: req.queue,
+            setting: QueueSetting::RetentionMs(Some(req.retention_ms).filter(|r| *r > 0)),
+            create: req.create,
+        })
+        .await?;
+        Ok(Response::new(pb::SetQueueRetentionResponse {}))
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        self.read_consistency(request.into_inner().consistency)
+            .await?;
+        let applied = self.state.read();
+        let s = &applied.state;
+        let queues = s
+            .queues()
+            .map(|(name, settings)| {
+                let (policy, aging_ms) = match settings.policy {
+                    QueuePolicy::Fifo => ("fifo", 0),
+                    QueuePolicy::Priority { aging_ms } => ("priority", aging_ms),
+                    QueuePolicy::ShortestJobFirst => ("sjf", 0),
+                };
+                let n = |st| s.queue_count(name, st);
+                pb::QueueInfo {
+                    name: name.to_string(),
+                    policy: policy.into(),
+                    aging_ms,
+                    retention_ms: settings.retention_ms.unwrap_or(0),
+                    waiting: n(TaskState::Waiting),
+                    pending: n(TaskState::Pending),
+                    running: n(TaskState::Running),
+                    succeeded: n(TaskState::Succeeded),
+                    failed: n(TaskState::Failed),
+                    cancelled: n(TaskState::Cancelled),
+                    oldest_pending_ms: s.oldest_pending_ms(name).unwrap_or(0),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues,
+            retention_ms: self.retention_ms,
+            key_retention_ms: self.key_retention_ms,
+        }))
     }
 
     async fn cluster_status(

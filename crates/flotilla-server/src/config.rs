@@ -49,7 +49,25 @@ pub struct ServerConfig {
     /// Assignments queued on one worker's stream, at most; one that does not fit is delivered
     /// again once the worker's heartbeats show it does not run it.
     pub worker_stream_limit: usize,
+    /// Finished tasks are removed this long after they finished (a queue may override it).
+    pub retention_ms: u64,
+    /// Idempotency keys are remembered this long after their task finished; at least
+    /// `retention_ms`.
+    pub key_retention_ms: u64,
+    /// Waiting plus pending tasks in the cluster, at most; past it submits are refused with
+    /// RESOURCE_EXHAUSTED. None: no cap.
+    pub max_pending: Option<u64>,
+    /// Waiting plus pending tasks per queue, at most. None: no cap.
+    pub max_pending_per_queue: Option<u64>,
+    /// Tasks removed (or keys forgotten) by one retention sweep, at most.
+    pub sweep_max_removals: u32,
+    /// Check the state machine's invariants after every applied entry (O(tasks) each: for
+    /// tests and fault runs).
+    pub check_invariants: bool,
 }
+
+/// Seven days, the default retention of finished tasks.
+pub const DEFAULT_RETENTION_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl ServerConfig {
     /// A configuration with defaults for everything but identity and addresses.
@@ -79,6 +97,20 @@ impl ServerConfig {
             worker_lease_ttl_ms: 10_000,
             placement: "binpack".into(),
             worker_stream_limit: 1024,
+            retention_ms: DEFAULT_RETENTION_MS,
+            key_retention_ms: DEFAULT_RETENTION_MS,
+            max_pending: None,
+            max_pending_per_queue: None,
+            sweep_max_removals: 10_000,
+            check_invariants: false,
+        }
+    }
+
+    /// The admission limits the leader stamps into submits.
+    pub fn admission(&self) -> flotilla_core::AdmissionLimits {
+        flotilla_core::AdmissionLimits {
+            max_pending: self.max_pending,
+            max_pending_per_queue: self.max_pending_per_queue,
         }
     }
 
@@ -155,6 +187,24 @@ impl ServerConfig {
                 problems.push(format!("{name} must be at least 1"));
             }
         }
+        if self.retention_ms == 0 {
+            problems.push("retention_ms must be at least 1".into());
+        }
+        if self.key_retention_ms < self.retention_ms {
+            problems.push(format!(
+                "key_retention_ms ({}) must not be shorter than retention_ms ({})",
+                self.key_retention_ms, self.retention_ms
+            ));
+        }
+        if self.max_pending == Some(0) {
+            problems.push("max_pending must be at least 1".into());
+        }
+        if self.max_pending_per_queue == Some(0) {
+            problems.push("max_pending_per_queue must be at least 1".into());
+        }
+        if self.sweep_max_removals == 0 {
+            problems.push("sweep_max_removals must be at least 1".into());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -204,8 +254,17 @@ mod tests {
         let mut c = ServerConfig::new(3, "nonsense".into(), "/tmp/x".into(), peers);
         c.heartbeat_interval_ms = 0;
         c.group_commit_linger_ms = 5000;
+        c.retention_ms = 1000;
+        c.key_retention_ms = 999;
+        c.max_pending = Some(0);
         let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("key_retention_ms (999)")));
+        assert!(problems
+            .iter()
+            .any(|p| p.contains("max_pending must be at least 1")));
         assert!(problems.iter().any(|p| p.contains("missing from peers")));
         assert!(problems.iter().any(|p| p.contains("listen address")));
         assert!(problems

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flotilla_core::{plan, Command, PlanConfig, Response, Task, TaskId, TaskState, WorkerSpec};
+use flotilla_core::{plan, Command, PlanConfig, Response, Task, TaskId, WorkerSpec};
 use flotilla_proto::pb;
 use flotilla_store::SharedState;
 use futures::future::join_all;
@@ -151,6 +151,7 @@ impl Dispatcher {
             applied
                 .state
                 .tasks_on(&spec.id)
+                .iter()
                 .map(assignment_event)
                 .collect()
         };
@@ -197,19 +198,15 @@ impl Dispatcher {
             let cancel = running
                 .iter()
                 .filter(|(id, attempt)| {
-                    !applied.state.get(*id).is_some_and(|t| {
-                        t.state == TaskState::Running
-                            && t.attempts == *attempt
-                            && t.worker.as_deref() == Some(worker)
-                    })
+                    applied.state.running_attempt(*id) != Some((*attempt, worker))
                 })
                 .copied()
                 .collect();
             let reported: BTreeSet<(TaskId, u32)> = running.iter().copied().collect();
             let unreported: BTreeMap<TaskId, u32> = applied
                 .state
-                .tasks_on(worker)
-                .map(|t| (t.id, t.attempts))
+                .attempts_on(worker)
+                .into_iter()
                 .filter(|a| !reported.contains(a))
                 .collect();
             (cancel, unreported)
@@ -355,7 +352,7 @@ impl Dispatcher {
             let applied = self.state.read();
             match applied.state.get(task_id) {
                 Some(t) => {
-                    let mut e = assignment_event(t);
+                    let mut e = assignment_event(&t);
                     if let Some(pb::worker_event::Event::Assignment(a)) = &mut e.event {
                         a.attempt = attempt;
                     }

@@ -38,6 +38,9 @@ pub enum ApiError {
     /// Retryable: no quorum, shutting down, overloaded.
     #[error("{0}")]
     Unavailable(String),
+    /// A limit was hit (the message names it); retry later, after the backlog drained.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -47,6 +50,8 @@ impl From<CommandError> for ApiError {
         match e {
             CommandError::Invalid { field, message } => ApiError::Invalid { field, message },
             CommandError::NotFound(id) => ApiError::NotFound(format!("task {id} not found")),
+            e @ CommandError::Removed(_) => ApiError::NotFound(e.to_string()),
+            e @ CommandError::LimitExceeded { .. } => ApiError::ResourceExhausted(e.to_string()),
             e @ (CommandError::WrongState { .. }
             | CommandError::StaleAttempt { .. }
             | CommandError::DoesNotFit { .. }) => ApiError::FailedPrecondition(e.to_string()),
@@ -90,6 +95,7 @@ impl From<ApiError> for Status {
                 status
             }
             ApiError::Unavailable(m) => Status::unavailable(m),
+            ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Internal(m) => Status::internal(m),
         }
     }

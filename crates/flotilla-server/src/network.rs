@@ -211,10 +211,10 @@ mod tests {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
             payload: EntryPayload::Normal(Proposal {
-                commands: vec![Command::Submit {
-                    now_ms: 1,
-                    tasks: vec![TaskSpec::new("q", vec![7u8; payload_bytes])],
-                }],
+                commands: vec![Command::submit(
+                    1,
+                    vec![TaskSpec::new("q", vec![7u8; payload_bytes])],
+                )],
             }),
         }
     }

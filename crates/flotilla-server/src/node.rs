@@ -15,7 +15,7 @@ use openraft::{Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::{now_ms, Api};
 use crate::config::ServerConfig;
@@ -74,6 +74,9 @@ pub async fn start(
         .is_pristine()
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let state = opened.state_machine.shared();
+    opened
+        .state_machine
+        .set_check_invariants(config.check_invariants);
 
     let raft_config = Config {
         cluster_name: config.cluster_name.clone(),
@@ -173,6 +176,9 @@ pub async fn start(
         planted,
         dispatcher: dispatcher.clone(),
         shutdown: shutdown.clone(),
+        admission: config.admission(),
+        retention_ms: config.retention_ms,
+        key_retention_ms: config.key_retention_ms,
     };
     let raft_service = RaftService {
         raft: raft.clone(),
@@ -213,6 +219,11 @@ pub async fn start(
         raft.clone(),
         state.clone(),
         proposer,
+        Retention {
+            retention_ms: config.retention_ms,
+            key_retention_ms: config.key_retention_ms,
+            max_removals: config.sweep_max_removals,
+        },
         shutdown.clone(),
     ));
     info!(node_id = config.node_id, addr = %local_addr, "replica serving");
@@ -225,12 +236,23 @@ pub async fn start(
     })
 }
 
+/// The retention settings the leader's sweeps carry.
+#[derive(Debug, Clone, Copy)]
+struct Retention {
+    retention_ms: u64,
+    key_retention_ms: u64,
+    max_removals: u32,
+}
+
 /// On the leader, proposes a [`Command::Tick`] when a waiting task's time has come, so the
-/// state machine learns the time only through the log.
+/// state machine learns the time only through the log, and a [`Command::Sweep`] when finished
+/// tasks or remembered keys are due for removal (so every replica removes the same tasks at
+/// the same index, by the replicated clock).
 async fn tick_loop(
     raft: Raft,
     state: SharedState,
     proposer: Proposer,
+    retention: Retention,
     shutdown: CancellationToken,
 ) {
     let mut interval = tokio::time::interval(TICK_INTERVAL);
@@ -244,14 +266,34 @@ async fn tick_loop(
             continue;
         }
         let now = now_ms();
-        let due = state
-            .read()
-            .state
-            .next_wakeup_ms()
-            .is_some_and(|t| t <= now);
+        let (due, sweep_due) = {
+            let s = &state.read().state;
+            (
+                s.next_wakeup_ms().is_some_and(|t| t <= now),
+                s.next_sweep_ms(retention.retention_ms, retention.key_retention_ms)
+                    .is_some_and(|t| t <= now),
+            )
+        };
         if due {
             if let Err(e) = proposer.propose(Command::Tick { now_ms: now }).await {
                 warn!(error = %e, "tick not committed");
+            }
+        }
+        if sweep_due {
+            let sweep = Command::Sweep {
+                now_ms: now,
+                retention_ms: retention.retention_ms,
+                key_retention_ms: retention.key_retention_ms,
+                max_removals: retention.max_removals,
+            };
+            match proposer.propose(sweep).await {
+                Ok(flotilla_core::Response::Swept {
+                    removed,
+                    tombstoned,
+                    forgotten,
+                }) => debug!(removed, tombstoned, forgotten, "retention sweep"),
+                Ok(other) => warn!(response = ?other, "retention sweep refused"),
+                Err(e) => warn!(error = %e, "retention sweep not committed"),
             }
         }
     }

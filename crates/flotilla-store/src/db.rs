@@ -115,7 +115,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
                     .ok_or_else(|| corrupt("identity record missing".into()))?;
                 check_owner(&old.cluster_name, old.node_id, cluster_name, node_id)
                     .map_err(&refused)?;
-                migrated_entries = migrate::from_v1(&db, &uuid::Uuid::new_v4().to_string())
+                migrated_entries = migrate::from_v1(&db, dir, &uuid::Uuid::new_v4().to_string())
                     .map_err(|e| corrupt(format!("converting format 1: {e}")))?;
                 tracing::info!(
                     entries = migrated_entries,
@@ -142,7 +142,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
 
     presize_wal(&db).map_err(|e| corrupt(format!("preparing the WAL: {e}")))?;
     let log_store = LogStore::new(db.clone()).map_err(corrupt)?;
-    let state_machine = StateMachine::load(db).map_err(corrupt)?;
+    let state_machine = StateMachine::load(db, dir.to_path_buf()).map_err(corrupt)?;
     Ok(Opened {
         log_store,
         state_machine,

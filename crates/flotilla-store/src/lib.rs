@@ -7,14 +7,17 @@
 //!  meta           identity                cluster name + node id (refuse foreign data dirs)
 //!                 vote, committed,        openraft's vote / committed / purge pointers
 //!                 last_purged
-//!                 snapshot                the latest snapshot (meta + state image)
+//!                 snapshot                which file in snapshots/ is the latest snapshot
+//!                 format                  the format version of the whole data dir
 //!  log            index (u64 BE)          versioned bincode of an openraft entry
 //!  sm             (empty)                 per-task records of the earlier format, removed on
 //!                                         open; kept so older data dirs still open
+//!  snapshots/NAME.snap                    the latest snapshot, streamed (see `snapshot`)
 //! ```
 //!
 //! Durability: a log append is reported flushed only after the WAL is fsynced (a dedicated
-//! flusher thread groups fsyncs); votes and snapshots are written with a synchronous write.
+//! flusher thread groups fsyncs); votes and snapshot pointers are written with a synchronous write, snapshot files are
+//! synced before they are pointed at.
 //! The state machine itself writes nothing when it applies: its durable form is the latest
 //! snapshot plus the committed log after it, which openraft re-applies at start-up (the log
 //! is never purged past the snapshot).
@@ -31,9 +34,8 @@ mod error;
 mod log_store;
 mod migrate;
 mod node;
+mod snapshot;
 mod state_machine;
-
-use std::io::Cursor;
 
 pub use db::{open, Opened};
 pub use error::StoreError;
@@ -51,7 +53,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 /// Node id type of the cluster.

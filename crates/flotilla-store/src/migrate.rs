@@ -12,10 +12,10 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use openraft::{Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, decode_version, encode, version_of, FORMAT_VERSION};
 use crate::db::{Identity, CF_LOG, CF_META, IDENTITY_KEY};
@@ -34,7 +34,7 @@ pub(crate) mod v1 {
     openraft::declare_raft_types!(
         /// openraft's types as format version 1 stored them.
         pub V1:
-            D = flotilla_core::Proposal,
+            D = flotilla_core::compat::v1::Proposal,
             R = (),
             NodeId = u64,
             Node = BasicNode,
@@ -53,13 +53,6 @@ pub(crate) mod v1 {
         pub meta: SnapshotMeta<u64, BasicNode>,
         pub data: Vec<u8>,
     }
-}
-
-/// Version 2's snapshot record (meta + encoded state image), as `state_machine` stores it.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StoredSnapshotV2 {
-    pub meta: SnapshotMeta<NodeId, Node>,
-    pub data: Vec<u8>,
 }
 
 /// The format version of an opened (not fresh) data dir.
@@ -100,8 +93,9 @@ pub(crate) fn put_format(batch: &mut WriteBatch, db: &DB) {
 }
 
 /// Converts a version 1 dir to the current format; `incarnation` becomes the dir's incarnation.
-/// Returns how many log entries were converted.
-pub(crate) fn from_v1(db: &DB, incarnation: &str) -> Result<usize, String> {
+/// Its snapshot becomes a snapshot file (written and synced before the batch that points at
+/// it). Returns how many log entries were converted.
+pub(crate) fn from_v1(db: &DB, dir: &Path, incarnation: &str) -> Result<usize, String> {
     let meta = db.cf_handle(CF_META).expect("meta cf exists");
     let log = db.cf_handle(CF_LOG).expect("log cf exists");
     let mut batch = WriteBatch::default();
@@ -127,17 +121,23 @@ pub(crate) fn from_v1(db: &DB, incarnation: &str) -> Result<usize, String> {
         batch.put_cf(meta, b"last_purged", encode(&p));
     }
     if let Some(s) = read_v1::<v1::StoredSnapshot>(db, b"snapshot")? {
-        let image: flotilla_core::StateImage =
+        let image: flotilla_core::compat::v1::StateImage =
             decode_version(1, &s.data).map_err(|e| format!("version 1 snapshot image: {e}"))?;
-        let stored = StoredSnapshotV2 {
-            meta: SnapshotMeta {
-                last_log_id: s.meta.last_log_id,
-                last_membership: membership_from_v1(&s.meta.last_membership),
-                snapshot_id: s.meta.snapshot_id,
-            },
-            data: encode(&image),
+        let state = flotilla_core::State::from_records(image.into_records()?)
+            .map_err(|e| format!("version 1 snapshot image: {e}"))?;
+        let snap_meta = SnapshotMeta {
+            last_log_id: s.meta.last_log_id,
+            last_membership: membership_from_v1(&s.meta.last_membership),
+            snapshot_id: format!("{}-v1", s.meta.snapshot_id),
         };
-        batch.put_cf(meta, b"snapshot", encode(&stored));
+        let (file, bytes) = crate::snapshot::write(dir, &snap_meta, &state.view())
+            .map_err(|e| format!("writing the converted snapshot: {e}"))?;
+        let pointer = crate::snapshot::Pointer {
+            file,
+            meta: snap_meta,
+            bytes,
+        };
+        batch.put_cf(meta, crate::state_machine::SNAPSHOT_KEY, encode(&pointer));
     }
     let mut entries = 0;
     for item in db.iterator_cf(log, IteratorMode::Start) {
@@ -189,7 +189,7 @@ pub(crate) fn entry_from_v1(e: Entry<v1::V1>) -> Entry<TypeConfig> {
         log_id: e.log_id,
         payload: match e.payload {
             EntryPayload::Blank => EntryPayload::Blank,
-            EntryPayload::Normal(p) => EntryPayload::Normal(p),
+            EntryPayload::Normal(p) => EntryPayload::Normal(p.into()),
             EntryPayload::Membership(m) => EntryPayload::Membership(membership_v1(&m)),
         },
     }
@@ -252,15 +252,35 @@ mod tests {
         let id: v1::Identity = decode_version(1, &read("identity.bin")).unwrap();
         assert_eq!((id.cluster_name.as_str(), id.node_id), ("prod", 2));
         let snap: v1::StoredSnapshot = decode_version(1, &read("stored_snapshot.bin")).unwrap();
-        let image: flotilla_core::StateImage = decode_version(1, &snap.data).unwrap();
+        let image: flotilla_core::compat::v1::StateImage = decode_version(1, &snap.data).unwrap();
         assert_eq!(image.next_task_id, 4);
+        let state = flotilla_core::State::from_records(image.into_records().unwrap()).unwrap();
+        let states: Vec<TaskState> = state
+            .list(None, None, None, 10)
+            .iter()
+            .map(|t| t.state)
+            .collect();
         assert_eq!(
-            image.tasks.iter().map(|t| t.state).collect::<Vec<_>>(),
+            states,
             [
                 TaskState::Succeeded,
                 TaskState::Cancelled,
                 TaskState::Waiting
             ]
+        );
+        let t1 = state.get(flotilla_core::TaskId(1)).unwrap();
+        assert_eq!(t1.result.as_deref(), Some(b"done".as_slice()));
+        assert_eq!(t1.checkpoint.unwrap().data, b"half");
+        assert_eq!(
+            state.queue_policy("builds"),
+            flotilla_core::QueuePolicy::Priority { aging_ms: 60_000 }
+        );
+        // Replaying the same commands on this release reaches the same state.
+        let mut replayed = flotilla_core::State::new();
+        replayed.apply_proposal(p);
+        assert_eq!(
+            replayed.list(None, None, None, 10),
+            state.list(None, None, None, 10)
         );
     }
 
@@ -288,6 +308,10 @@ mod tests {
         let incarnation = opened.incarnation.clone();
         let state = opened.state_machine.shared();
         assert_eq!(state.read().last_applied.map(|l| l.index), Some(19));
+        assert!(
+            state.read().state.task_count() > 0,
+            "the snapshot's tasks are loaded"
+        );
         let log = opened.log_store.get_log_state().await.unwrap();
         assert_eq!(log.last_log_id.map(|l| l.index), Some(35));
         let entries = opened.log_store.try_get_log_entries(20..=35).await.unwrap();

@@ -1,42 +1,36 @@
-//! The replicated state machine on RocksDB ([`openraft::storage::RaftStateMachine`]).
+//! The replicated state machine ([`openraft::storage::RaftStateMachine`]).
 //!
 //! The working copy of [`flotilla_core::State`] lives in memory behind a lock that readers
 //! (the server's queries) share. `apply` touches memory only: what makes the state durable is
-//! the Raft log (fsynced before anything is acknowledged) plus the latest snapshot, the
-//! versioned encoding of the state's image, written with a synchronous write. A restarted
-//! replica loads that snapshot and openraft re-applies the committed log entries after it
-//! (the log is never purged past the snapshot), so nothing applied is lost, and no apply pays
-//! for encoding and writing every task it changed a second time.
+//! the Raft log (fsynced before anything is acknowledged) plus the latest snapshot file (see
+//! `snapshot`). A restarted replica loads that snapshot and openraft re-applies the committed
+//! log entries after it (the log is never purged past the snapshot).
+//!
+//! Building a snapshot holds the lock only to take a frozen view of the state
+//! ([`State::view`], one pointer per 256 tasks); the view is encoded into the file on a
+//! blocking thread while `apply` goes on.
 
-use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
-use flotilla_core::{Response, State, StateImage};
+use flotilla_core::{Response, State};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
     StorageIOError, StoredMembership,
 };
-use rocksdb::{WriteBatch, WriteOptions, DB};
-use serde::{Deserialize, Serialize};
+use rocksdb::{WriteOptions, DB};
 
-use crate::codec::{decode, encode, index_key};
-use crate::db::{CF_META, CF_SM};
+use crate::codec::{decode, encode};
+use crate::db::CF_META;
+use crate::snapshot::{self, Pointer};
 use crate::{Node, NodeId, TypeConfig};
 
-const SNAPSHOT_KEY: &[u8] = b"snapshot";
-/// Keys of the earlier format, which also wrote every applied task to the `sm` column family;
-/// removed on open (the snapshot and the log hold everything they did).
-const FORMER_KEYS: [&[u8]; 3] = [b"sm_applied", b"sm_membership", b"sm_scalars"];
+pub(crate) const SNAPSHOT_KEY: &[u8] = b"snapshot";
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
-
-/// The current snapshot as stored: openraft's meta plus the encoded image.
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Node>,
-    data: Vec<u8>,
-}
 
 /// What the state machine has applied.
 #[derive(Debug)]
@@ -60,38 +54,63 @@ impl SharedState {
 /// State machine of one replica. Cloning shares it (the clone is the snapshot builder).
 #[derive(Clone)]
 pub struct StateMachine {
+    data_dir: PathBuf,
     db: Arc<DB>,
     applied: Arc<RwLock<Applied>>,
+    /// Run [`State::check_invariants`] after every applied entry (tests and fault runs).
+    check_invariants: Arc<AtomicBool>,
+    /// Serialises the snapshot files' writes, installs and clean-ups.
+    files: Arc<Mutex<()>>,
+    /// Makes snapshot ids unique when two are built at the same log index.
+    builds: Arc<AtomicU64>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 impl StateMachine {
     /// Loads the latest snapshot (an empty state without one); openraft then re-applies the
     /// committed log entries after it.
-    pub(crate) fn load(db: Arc<DB>) -> Result<StateMachine, String> {
-        drop_former_records(&db)?;
-        let meta = db.cf_handle(CF_META).expect("meta cf exists");
-        let applied = match db.get_cf(meta, SNAPSHOT_KEY).map_err(|e| e.to_string())? {
-            None => Applied {
-                state: State::new(),
-                last_applied: None,
-                membership: StoredMembership::default(),
-            },
-            Some(bytes) => {
-                let stored: StoredSnapshot =
-                    decode(&bytes).map_err(|e| format!("stored snapshot: {e}"))?;
-                let image: StateImage =
-                    decode(&stored.data).map_err(|e| format!("stored snapshot image: {e}"))?;
+    pub(crate) fn load(db: Arc<DB>, data_dir: PathBuf) -> Result<StateMachine, String> {
+        let applied = match read_pointer(&db)? {
+            None => {
+                snapshot::remove_others(&data_dir, None).map_err(|e| e.to_string())?;
                 Applied {
-                    state: State::from_image(image)
-                        .map_err(|e| format!("stored snapshot is inconsistent: {e}"))?,
-                    last_applied: stored.meta.last_log_id,
-                    membership: stored.meta.last_membership,
+                    state: State::new(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                }
+            }
+            Some(p) => {
+                let path = snapshot::dir_of(&data_dir).join(&p.file);
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| format!("snapshot file {}: {e}", path.display()))?;
+                let (meta, state) = snapshot::read(file, None::<std::fs::File>)
+                    .map_err(|e| format!("snapshot file {}: {e}", path.display()))?;
+                if meta != p.meta {
+                    return Err(format!(
+                        "snapshot file {} holds snapshot {}, the data dir points at {}",
+                        path.display(),
+                        meta.snapshot_id,
+                        p.meta.snapshot_id
+                    ));
+                }
+                snapshot::remove_others(&data_dir, Some(&p.file)).map_err(|e| e.to_string())?;
+                Applied {
+                    state,
+                    last_applied: meta.last_log_id,
+                    membership: meta.last_membership,
                 }
             }
         };
         Ok(StateMachine {
+            data_dir,
             db,
             applied: Arc::new(RwLock::new(applied)),
+            check_invariants: Arc::new(AtomicBool::new(false)),
+            files: Arc::new(Mutex::new(())),
+            builds: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -99,72 +118,99 @@ impl StateMachine {
         SharedState(self.applied.clone())
     }
 
+    /// Checks the state's invariants after every applied entry; a violation stops the replica
+    /// with a storage error naming it. Costs O(tasks) per entry: for tests and fault runs.
+    pub fn set_check_invariants(&self, on: bool) {
+        self.check_invariants.store(on, Ordering::Relaxed);
+    }
+
     fn write_lock(&self) -> std::sync::RwLockWriteGuard<'_, Applied> {
         self.applied.write().unwrap_or_else(|p| p.into_inner())
     }
+
+    fn lock_files(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `pointer` the current snapshot (synced), unless a newer one already is; returns
+    /// the pointer that is current afterwards.
+    fn publish(&self, pointer: Pointer) -> std::io::Result<Pointer> {
+        let current = read_pointer(&self.db).map_err(io_err)?;
+        if let Some(c) = current {
+            if c.meta.last_log_id > pointer.meta.last_log_id {
+                return Ok(c);
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        let cf = self.db.cf_handle(CF_META).expect("meta cf exists");
+        self.db
+            .put_cf_opt(cf, SNAPSHOT_KEY, encode(&pointer), &wo)
+            .map_err(io_err)?;
+        Ok(pointer)
+    }
+
+    fn open_snapshot(&self, p: &Pointer) -> std::io::Result<Snapshot<TypeConfig>> {
+        let file = std::fs::File::open(snapshot::dir_of(&self.data_dir).join(&p.file))?;
+        Ok(Snapshot {
+            meta: p.meta.clone(),
+            snapshot: Box::new(tokio::fs::File::from_std(file)),
+        })
+    }
 }
 
-/// Removes what the earlier format kept beside the snapshot (per-task records and pointers).
-fn drop_former_records(db: &DB) -> Result<(), String> {
-    let meta = db.cf_handle(CF_META).expect("meta cf exists");
-    let sm = db.cf_handle(CF_SM).expect("sm cf exists");
-    let mut present = db
-        .iterator_cf(sm, rocksdb::IteratorMode::Start)
-        .next()
-        .is_some();
-    for key in FORMER_KEYS {
-        present |= db.get_cf(meta, key).map_err(|e| e.to_string())?.is_some();
-    }
-    if !present {
-        return Ok(());
-    }
-    let mut batch = WriteBatch::default();
-    batch.delete_range_cf(sm, index_key(0), index_key(u64::MAX));
-    batch.delete_cf(sm, index_key(u64::MAX));
-    for key in FORMER_KEYS {
-        batch.delete_cf(meta, key);
-    }
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
-    db.write_opt(batch, &wo).map_err(|e| e.to_string())
+pub(crate) fn read_pointer(db: &DB) -> Result<Option<Pointer>, String> {
+    let cf = db.cf_handle(CF_META).expect("meta cf exists");
+    db.get_cf(cf, SNAPSHOT_KEY)
+        .map_err(|e| e.to_string())?
+        .map(|b| decode(&b).map_err(|e| format!("snapshot pointer: {e}")))
+        .transpose()
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
+        // The only work under the lock: a frozen view (copy-on-write).
+        let (view, last_log_id, last_membership) = {
+            let a = self.applied.read().unwrap_or_else(|p| p.into_inner());
+            (a.state.view(), a.last_applied, a.membership.clone())
+        };
         let this = self.clone();
-        // Encoding a large state is CPU work: keep it off the async runtime.
         tokio::task::spawn_blocking(move || {
-            let (image, last_log_id, last_membership) = {
-                let a = this.applied.read().unwrap_or_else(|p| p.into_inner());
-                (a.state.to_image(), a.last_applied, a.membership.clone())
-            };
-            let data = encode(&image);
+            let n = this.builds.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match last_log_id {
-                Some(id) => format!("{}-{}-{}", id.leader_id, id.index, data.len()),
-                None => format!("empty-{}", data.len()),
+                Some(id) => format!(
+                    "{}-{}-{}-{n}",
+                    id.leader_id.term, id.leader_id.node_id, id.index
+                ),
+                None => format!("empty-{n}"),
             };
             let meta = SnapshotMeta {
                 last_log_id,
                 last_membership,
                 snapshot_id,
             };
-            let stored = StoredSnapshot {
-                meta: meta.clone(),
-                data,
-            };
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            let cf = this.db.cf_handle(CF_META).expect("meta cf exists");
-            this.db
-                .put_cf_opt(cf, SNAPSHOT_KEY, encode(&stored), &wo)
-                .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-            Ok(Snapshot {
-                meta,
-                snapshot: Box::new(Cursor::new(stored.data)),
-            })
+            let fail =
+                |e: std::io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+            let _files = this.lock_files();
+            let (file, bytes) = snapshot::write(&this.data_dir, &meta, &view).map_err(fail)?;
+            let current = this
+                .publish(Pointer {
+                    file,
+                    meta: meta.clone(),
+                    bytes,
+                })
+                .map_err(fail)?;
+            snapshot::remove_others(&this.data_dir, Some(&current.file)).map_err(fail)?;
+            tracing::info!(
+                snapshot = %current.meta.snapshot_id,
+                tasks = view.header().tasks,
+                bytes = current.bytes,
+                "snapshot built"
+            );
+            Ok(this.open_snapshot(&current).map_err(fail)?)
         })
         .await
-        .map_err(|e| StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string())))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?
     }
 }
 
@@ -183,6 +229,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let check = self.check_invariants.load(Ordering::Relaxed);
         let mut responses = Vec::new();
         let mut applied = self.write_lock();
         for entry in entries {
@@ -197,6 +244,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     responses.push(Vec::new());
                 }
             }
+            if check {
+                if let Err(e) = applied.state.check_invariants() {
+                    tracing::error!(index = entry.log_id.index, error = %e, "state invariant broken");
+                    return Err(StorageIOError::apply(
+                        entry.log_id,
+                        &io_err(format!("state invariant broken: {e}")),
+                    )
+                    .into());
+                }
+            }
         }
         Ok(responses)
     }
@@ -205,60 +262,84 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<tokio::fs::File>> {
+        let dir = snapshot::dir_of(&self.data_dir);
+        let path = dir.join(format!("incoming-{}.tmp", uuid::Uuid::new_v4()));
+        let file = std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+            })
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(tokio::fs::File::from_std(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<tokio::fs::File>,
     ) -> SResult<()> {
-        let data = snapshot.into_inner();
-        let bad = |e: String| {
-            StorageIOError::read_snapshot(Some(meta.signature()), &std::io::Error::other(e))
-        };
-        let image: StateImage = decode(&data).map_err(bad)?;
-        let state = State::from_image(image).map_err(bad)?;
-        let applied = Applied {
-            state,
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        let db = self.db.clone();
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
+        let received = snapshot.into_std().await;
+        let this = self.clone();
+        let meta = meta.clone();
         let signature = meta.signature();
-        let applied = tokio::task::spawn_blocking(move || {
-            let meta_cf = db.cf_handle(CF_META).expect("meta cf exists");
-            let mut wo = WriteOptions::default();
-            wo.set_sync(true);
-            db.put_cf_opt(meta_cf, SNAPSHOT_KEY, encode(&stored), &wo)
-                .map_err(|e| StorageIOError::write_snapshot(Some(signature), &e))?;
-            Ok::<_, StorageError<NodeId>>(applied)
+        let state = tokio::task::spawn_blocking(move || {
+            let fail =
+                |e: std::io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
+            let _files = this.lock_files();
+            // Decode what was received and keep our own copy of it, in one pass.
+            let mut received = received;
+            received.seek(SeekFrom::Start(0)).map_err(fail)?;
+            let dir = snapshot::dir_of(&this.data_dir);
+            std::fs::create_dir_all(&dir).map_err(fail)?;
+            let name = snapshot::file_name(&meta);
+            let tmp = dir.join(format!("{name}.tmp"));
+            let copy = std::fs::File::create(&tmp).map_err(fail)?;
+            let mut writer = std::io::BufWriter::with_capacity(1 << 20, copy);
+            let (file_meta, state) = snapshot::read(received, Some(&mut writer)).map_err(fail)?;
+            if file_meta.last_log_id != meta.last_log_id {
+                return Err(fail(io_err(format!(
+                    "received snapshot covers {:?}, its meta says {:?}",
+                    file_meta.last_log_id, meta.last_log_id
+                ))));
+            }
+            let copy = writer.into_inner().map_err(|e| fail(e.into_error()))?;
+            let bytes = copy.metadata().map_err(fail)?.len();
+            copy.sync_all().map_err(fail)?;
+            drop(copy);
+            std::fs::rename(&tmp, dir.join(&name)).map_err(fail)?;
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(fail)?;
+            let current = this
+                .publish(Pointer {
+                    file: name,
+                    meta: meta.clone(),
+                    bytes,
+                })
+                .map_err(fail)?;
+            snapshot::remove_others(&this.data_dir, Some(&current.file)).map_err(fail)?;
+            Ok::<_, StorageIOError<NodeId>>(Applied {
+                state,
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+            })
         })
         .await
-        .map_err(|e| {
-            StorageIOError::write_snapshot(None, &std::io::Error::other(e.to_string()))
-        })??;
-        *self.write_lock() = applied;
+        .map_err(|e| StorageIOError::write_snapshot(Some(signature), &io_err(e)))??;
+        *self.write_lock() = state;
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
-        let cf = self.db.cf_handle(CF_META).expect("meta cf exists");
-        let bytes = self
-            .db
-            .get_cf(cf, SNAPSHOT_KEY)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        let stored: StoredSnapshot = decode(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(None, &std::io::Error::other(e)))?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        let pointer =
+            read_pointer(&self.db).map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)))?;
+        let Some(p) = pointer else { return Ok(None) };
+        Ok(Some(self.open_snapshot(&p).map_err(|e| {
+            StorageIOError::read_snapshot(Some(p.meta.signature()), &e)
+        })?))
     }
 }

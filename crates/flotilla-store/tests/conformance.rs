@@ -31,10 +31,10 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry<TypeConfig> {
 }
 
 fn submit(n: usize) -> Command {
-    Command::Submit {
-        now_ms: 5,
-        tasks: (0..n).map(|_| TaskSpec::new("q", b"x".to_vec())).collect(),
-    }
+    Command::submit(
+        5,
+        (0..n).map(|_| TaskSpec::new("q", b"x".to_vec())).collect(),
+    )
 }
 
 /// The state machine persists through snapshots only: a reopened data dir holds the state of

@@ -5,12 +5,17 @@
 //! (attempt, worker, capacity), so a stale plan becomes rejected commands, never corruption.
 //!
 //! Order: queues take turns (round robin, by name), each offering its next pending task in its
-//! policy's order; a task goes to the best-fitting live worker under the placement strategy,
-//! or is skipped (it stays pending) when none fits now.
+//! policy's order — kept sorted by the state as tasks arrive and leave, so a plan costs what it
+//! assigns, not what is queued; a task goes to the best-fitting live worker under the placement
+//! strategy, or is skipped (it stays pending) when none fits now. Overdue attempts come from
+//! the state's deadline index, not from a scan of the running tasks. A queue whose head tasks
+//! fit nowhere is looked at for at most `max_skipped_per_queue` tasks per plan, so planning
+//! never holds the state for long.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{Capacity, Command, QueuePolicy, State, Task, TaskId, TaskState};
+use crate::state::record::TaskRecord;
+use crate::{Capacity, Command, State, Task, TaskId, TaskState};
 
 /// How to choose among workers that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +33,8 @@ pub struct PlanConfig {
     pub placement: Placement,
     /// Most assignments in one plan.
     pub max_assignments: usize,
+    /// Pending tasks of one queue that fit no worker, skipped at most per plan.
+    pub max_skipped_per_queue: usize,
 }
 
 impl Default for PlanConfig {
@@ -35,65 +42,37 @@ impl Default for PlanConfig {
         PlanConfig {
             placement: Placement::BinPack,
             max_assignments: 1024,
+            max_skipped_per_queue: 1024,
         }
     }
 }
 
-/// Pending tasks of a queue in the queue's policy order. FIFO is lazy (the pending index is
-/// already in order), so planning a long FIFO queue costs only what it assigns.
+/// Pending tasks of a queue in the queue's policy order.
 pub fn queue_order<'a>(
     state: &'a State,
     queue: &str,
-    now_ms: u64,
-) -> Box<dyn Iterator<Item = TaskId> + 'a> {
-    let ids = state.pending_in(queue);
-    let sorted: Vec<TaskId> = match state.queue_policy(queue) {
-        QueuePolicy::Fifo => return Box::new(ids),
-        QueuePolicy::Priority { aging_ms } => {
-            let mut v: Vec<(i64, TaskId)> = ids
-                .map(|id| {
-                    let t = state.get(id).expect("pending task exists");
-                    let aged = now_ms
-                        .saturating_sub(t.submitted_at_ms)
-                        .checked_div(aging_ms)
-                        .unwrap_or(0) as i64;
-                    (-(t.spec.priority as i64 + aged), id)
-                })
-                .collect();
-            v.sort_unstable();
-            v.into_iter().map(|(_, id)| id).collect()
-        }
-        QueuePolicy::ShortestJobFirst => {
-            let mut v: Vec<(u64, TaskId)> = ids
-                .map(|id| {
-                    let t = state.get(id).expect("pending task exists");
-                    (t.spec.estimate_ms.unwrap_or(u64::MAX), id)
-                })
-                .collect();
-            v.sort_unstable();
-            v.into_iter().map(|(_, id)| id).collect()
-        }
-    };
-    Box::new(sorted.into_iter())
+    _now_ms: u64,
+) -> impl Iterator<Item = TaskId> + 'a {
+    state.pending_in(queue)
 }
 
 /// Commands the leader should propose now: timeouts of overdue attempts, then assignments of
 /// pending tasks to `live` workers (registered workers with a connection to this leader).
 pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfig) -> Vec<Command> {
     let mut out = Vec::new();
-    for t in state.running() {
-        if let (Some(timeout), Some(start)) = (t.spec.timeout_ms, t.started_at_ms) {
-            if now_ms.saturating_sub(start) > timeout {
-                out.push(Command::Fail {
-                    now_ms,
-                    task_id: t.id,
-                    worker_id: t.worker.clone().unwrap_or_default(),
-                    attempt: t.attempts,
-                    error: format!("attempt {} timed out after {timeout} ms", t.attempts),
-                    retryable: true,
-                });
-            }
+    for (t, timeout) in state.overdue(now_ms) {
+        // Strictly past the deadline, as an attempt may use all of its time.
+        if now_ms.saturating_sub(t.started_at_ms().unwrap_or(now_ms)) <= timeout {
+            continue;
         }
+        out.push(Command::Fail {
+            now_ms,
+            task_id: t.id,
+            worker_id: t.worker().unwrap_or_default().to_string(),
+            attempt: t.attempts,
+            error: format!("attempt {} timed out after {timeout} ms", t.attempts),
+            retryable: true,
+        });
     }
 
     // Free capacity of each live worker, updated as the plan places tasks.
@@ -115,33 +94,50 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
         return out;
     }
 
-    let mut queues: Vec<(&str, Box<dyn Iterator<Item = TaskId> + '_>)> = state
+    struct Turn<'a, I> {
+        ids: I,
+        skipped: usize,
+        _queue: &'a str,
+    }
+    let mut queues: Vec<Turn<'_, _>> = state
         .pending_queues()
-        .map(|q| (q, queue_order(state, q, now_ms)))
+        .map(|q| Turn {
+            ids: state.pending_in(q),
+            skipped: 0,
+            _queue: q,
+        })
         .collect();
     let mut assigned = 0usize;
     while !queues.is_empty() && slots_left > 0 && assigned < cfg.max_assignments {
-        queues.retain_mut(|(_, it)| {
+        queues.retain_mut(|turn| {
             if slots_left == 0 || assigned >= cfg.max_assignments {
                 return false;
             }
-            let Some(id) = it.next() else { return false };
-            let task = state.get(id).expect("pending task exists");
-            if let Some(worker) = choose_worker(state, task, &free, cfg.placement) {
-                let f = free.get_mut(worker).expect("chosen among free");
-                f.slots -= 1;
-                f.cpu_millis -= task.spec.resources.cpu_millis;
-                f.mem_mb -= task.spec.resources.mem_mb;
-                slots_left -= 1;
-                assigned += 1;
-                out.push(Command::Assign {
-                    now_ms,
-                    task_id: id,
-                    worker_id: worker.to_string(),
-                    attempt: task.attempts + 1,
-                });
+            let Some(id) = turn.ids.next() else {
+                return false;
+            };
+            let task = state.record(id).expect("pending task exists");
+            match choose_worker(state, task, &free, cfg.placement) {
+                Some(worker) => {
+                    let f = free.get_mut(worker).expect("chosen among free");
+                    f.slots -= 1;
+                    f.cpu_millis -= task.resources.cpu_millis;
+                    f.mem_mb -= task.resources.mem_mb;
+                    slots_left -= 1;
+                    assigned += 1;
+                    out.push(Command::Assign {
+                        now_ms,
+                        task_id: id,
+                        worker_id: worker.to_string(),
+                        attempt: task.attempts + 1,
+                    });
+                    true
+                }
+                None => {
+                    turn.skipped += 1;
+                    turn.skipped < cfg.max_skipped_per_queue
+                }
             }
-            true
         });
     }
     out
@@ -149,11 +145,11 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
 
 fn choose_worker<'a>(
     state: &State,
-    task: &Task,
+    task: &TaskRecord,
     free: &BTreeMap<&'a str, Capacity>,
     placement: Placement,
 ) -> Option<&'a str> {
-    let needs = task.spec.resources;
+    let needs = task.resources;
     let fits = free.iter().filter(|(id, f)| {
         let w = &state
             .worker(id)
@@ -162,8 +158,8 @@ fn choose_worker<'a>(
         f.slots >= 1
             && f.cpu_millis >= needs.cpu_millis
             && f.mem_mb >= needs.mem_mb
-            && w.serves(&task.spec.queue)
-            && w.matches(&task.spec.labels)
+            && w.serves(&task.queue)
+            && w.matches(task.labels())
     });
     match placement {
         // Fewest free slots first; ties go to the smallest id (BTreeMap order, min_by_key keeps

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::{Response, TaskSpec, WorkerSpec};
+use crate::{QueuePolicy, QueueSetting, Response, TaskSpec, WorkerSpec};
 
 fn worker(id: &str, slots: u32, cpu: u32, mem: u32, gpu: bool, queues: &[&str]) -> WorkerSpec {
     let mut labels = BTreeMap::new();
@@ -82,17 +82,20 @@ proptest! {
         spread in any::<bool>(),
     ) {
         let mut s = State::new();
-        s.apply(&Command::Submit { now_ms: 1, tasks });
+        let n = tasks.len();
+        let r = s.apply(&Command::submit(1, tasks));
+        prop_assert!(matches!(&r, Response::Submitted { ids, .. } if ids.len() == n), "{r:?}");
         let mut live = BTreeSet::new();
         for w in [w0, w1, w2] {
             live.insert(w.id.clone());
-            s.apply(&Command::RegisterWorker { now_ms: 1, worker: w });
+            let r = s.apply(&Command::RegisterWorker { now_ms: 1, worker: w });
+            prop_assert!(matches!(r, Response::WorkerRegistered { .. }), "{r:?}");
         }
         let cfg = PlanConfig { placement: if spread { Placement::Spread } else { Placement::BinPack }, ..Default::default() };
         let first = plan(&s, 2, &live, &cfg);
         apply_all(&mut s, &first);
         s.check_invariants().map_err(TestCaseError::fail)?;
-        for t in s.running() {
+        for t in s.list(None, Some(TaskState::Running), None, usize::MAX) {
             let w = s.worker(t.worker.as_deref().unwrap()).unwrap();
             prop_assert!(w.spec.serves(&t.spec.queue));
             prop_assert!(w.spec.matches(&t.spec.labels));
@@ -120,20 +123,27 @@ proptest! {
         let tasks: Vec<TaskSpec> = tasks.into_iter().map(|mut t| { t.queue = "a".into(); t.labels.clear(); t.resources = Default::default(); t }).collect();
         // Submit one by one at increasing times so aging has something to work on.
         for (i, t) in tasks.iter().enumerate() {
-            s.apply(&Command::Submit { now_ms: i as u64 * 40, tasks: vec![t.clone()] });
+            let r = s.apply(&Command::submit(i as u64 * 40, vec![t.clone()]));
+            prop_assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
         }
-        s.apply(&Command::SetQueuePolicy { now_ms: 1000, queue: "a".into(), policy });
-        s.apply(&Command::RegisterWorker { now_ms: 1000, worker: worker("w", 1, 0, 0, false, &[]) });
+        let r = s.apply(&Command::SetQueue { now_ms: 1000, queue: "a".into(), setting: QueueSetting::Policy(policy), create: false });
+        prop_assert_eq!(r, Response::QueueSet);
+        let r = s.apply(&Command::RegisterWorker { now_ms: 1000, worker: worker("w", 1, 0, 0, false, &[]) });
+        prop_assert!(matches!(r, Response::WorkerRegistered { .. }), "{r:?}");
         let live: BTreeSet<String> = ["w".to_string()].into();
         let cmds = plan(&s, 1000, &live, &PlanConfig::default());
         prop_assert_eq!(cmds.len(), 1);
         let Command::Assign { task_id, .. } = &cmds[0] else { panic!("expected an assignment") };
         let chosen = s.get(*task_id).unwrap();
-        for t in s.list(None, Some(TaskState::Pending), None, usize::MAX) {
+        for t in &s.list(None, Some(TaskState::Pending), None, usize::MAX) {
+            let chosen = &chosen;
             let better = match policy {
                 QueuePolicy::Fifo => t.id < chosen.id,
                 QueuePolicy::Priority { aging_ms } => {
-                    let eff = |x: &Task| x.spec.priority as i64 + (1000 - x.submitted_at_ms).checked_div(aging_ms).unwrap_or(0) as i64;
+                    // Effective priority p + (now - submitted) / aging, compared exactly (times
+                    // aging): continuous aging, so the order never depends on when one looks.
+                    let eff = |x: &Task| x.spec.priority as i64 * aging_ms.max(1) as i64
+                        + if aging_ms == 0 { 0 } else { 1000 - x.submitted_at_ms as i64 };
                     eff(t) > eff(chosen) || (eff(t) == eff(chosen) && t.id < chosen.id)
                 }
                 QueuePolicy::ShortestJobFirst => {
@@ -151,31 +161,32 @@ fn aging_lets_low_priority_win_eventually() {
     let mut s = State::new();
     let mut low = TaskSpec::new("a", vec![]);
     low.priority = 0;
-    s.apply(&Command::Submit {
-        now_ms: 0,
-        tasks: vec![low],
-    });
+    assert!(matches!(
+        s.apply(&Command::submit(0, vec![low])),
+        Response::Submitted { .. }
+    ));
     let mut high = TaskSpec::new("a", vec![]);
     high.priority = 10;
-    s.apply(&Command::Submit {
-        now_ms: 10_000,
-        tasks: vec![high],
-    });
-    s.apply(&Command::SetQueuePolicy {
-        now_ms: 10_000,
-        queue: "a".into(),
-        policy: QueuePolicy::Priority { aging_ms: 500 },
-    });
+    assert!(matches!(
+        s.apply(&Command::submit(10_000, vec![high])),
+        Response::Submitted { .. }
+    ));
+    let set = |s: &mut State, policy| {
+        let r = s.apply(&Command::SetQueue {
+            now_ms: 10_000,
+            queue: "a".into(),
+            setting: QueueSetting::Policy(policy),
+            create: false,
+        });
+        assert_eq!(r, Response::QueueSet);
+    };
+    set(&mut s, QueuePolicy::Priority { aging_ms: 500 });
     // The low task has waited 10 s = 20 points; it beats priority 10.
     assert_eq!(
         queue_order(&s, "a", 10_000).collect::<Vec<_>>(),
         vec![TaskId(1), TaskId(2)]
     );
-    s.apply(&Command::SetQueuePolicy {
-        now_ms: 10_000,
-        queue: "a".into(),
-        policy: QueuePolicy::Priority { aging_ms: 0 },
-    });
+    set(&mut s, QueuePolicy::Priority { aging_ms: 0 });
     assert_eq!(
         queue_order(&s, "a", 10_000).collect::<Vec<_>>(),
         vec![TaskId(2), TaskId(1)]
@@ -187,18 +198,21 @@ fn unplaceable_tasks_say_why() {
     let mut s = State::new();
     let mut big = TaskSpec::new("a", vec![]);
     big.resources.cpu_millis = 64_000;
-    s.apply(&Command::Submit {
-        now_ms: 1,
-        tasks: vec![big, TaskSpec::new("z", vec![])],
-    });
-    assert!(unplaceable_reason(&s, s.get(TaskId(1)).unwrap())
+    assert!(matches!(
+        s.apply(&Command::submit(1, vec![big, TaskSpec::new("z", vec![])])),
+        Response::Submitted { .. }
+    ));
+    assert!(unplaceable_reason(&s, &s.get(TaskId(1)).unwrap())
         .unwrap()
         .contains("serves queue"));
-    s.apply(&Command::RegisterWorker {
-        now_ms: 1,
-        worker: worker("w", 4, 4000, 4000, false, &["a"]),
-    });
-    let why = unplaceable_reason(&s, s.get(TaskId(1)).unwrap()).unwrap();
+    assert!(matches!(
+        s.apply(&Command::RegisterWorker {
+            now_ms: 1,
+            worker: worker("w", 4, 4000, 4000, false, &["a"]),
+        }),
+        Response::WorkerRegistered { .. }
+    ));
+    let why = unplaceable_reason(&s, &s.get(TaskId(1)).unwrap()).unwrap();
     assert!(why.contains("64000 mcpu"), "{why}");
     let live: BTreeSet<String> = ["w".to_string()].into();
     assert!(plan(&s, 2, &live, &PlanConfig::default()).is_empty());

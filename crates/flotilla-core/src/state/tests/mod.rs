@@ -2,7 +2,8 @@
 
 use proptest::prelude::*;
 
-use super::*;
+use super::super::*;
+use crate::{CommandError, ImageHeader, ImageRecord, TaskSpec};
 
 fn spec(queue: &str) -> TaskSpec {
     TaskSpec::new(queue, b"echo hi".to_vec())
@@ -15,7 +16,7 @@ fn keyed(queue: &str, key: &str) -> TaskSpec {
 }
 
 fn submit(state: &mut State, now_ms: u64, tasks: Vec<TaskSpec>) -> Response {
-    state.apply(&Command::Submit { now_ms, tasks })
+    state.apply(&Command::submit(now_ms, tasks))
 }
 
 fn ids(r: &Response) -> Vec<TaskId> {
@@ -25,8 +26,40 @@ fn ids(r: &Response) -> Vec<TaskId> {
     }
 }
 
-fn image_bytes(state: &State) -> Vec<u8> {
-    bincode::serialize(&state.to_image()).unwrap()
+/// The snapshot image of `state`, encoded record by record as the store does.
+pub(super) fn image_bytes(state: &State) -> Vec<u8> {
+    let view = state.view();
+    let mut out = Vec::new();
+    for r in view.records() {
+        bincode::serialize_into(&mut out, &r).unwrap();
+    }
+    out
+}
+
+/// The image's records decoded as owned records (proving borrowed and owned encode alike).
+pub(super) fn records(state: &State) -> Vec<ImageRecord> {
+    state
+        .view()
+        .records()
+        .map(|r| bincode::deserialize(&bincode::serialize(&r).unwrap()).unwrap())
+        .collect()
+}
+
+/// Snapshot and restore.
+pub(super) fn restore(state: &State) -> State {
+    State::from_records(records(state)).unwrap()
+}
+
+/// The image of `state` with the clock set to `clock_ms`.
+fn image_with_clock(state: &State, clock_ms: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for mut r in records(state) {
+        if let ImageRecord::Header(h) = &mut r {
+            h.clock_ms = clock_ms;
+        }
+        bincode::serialize_into(&mut out, &r).unwrap();
+    }
+    out
 }
 
 #[test]
@@ -193,9 +226,7 @@ fn cancel_errors_change_nothing() {
         Response::Rejected(CommandError::NotFound(TaskId(77)))
     );
     // Only the clock may move.
-    let mut after = s.to_image();
-    after.clock_ms = 2;
-    assert_eq!(bincode::serialize(&after).unwrap(), before);
+    assert_eq!(image_with_clock(&s, 2), before);
 }
 
 #[test]
@@ -247,12 +278,33 @@ fn list_filters_and_paginates() {
 fn image_refuses_inconsistent_input() {
     let mut s = State::new();
     submit(&mut s, 1, vec![spec("a")]);
-    let mut image = s.to_image();
-    image.next_task_id = 1;
-    assert!(State::from_image(image).is_err());
-    let mut image = s.to_image();
-    image.version = 99;
-    assert!(State::from_image(image).unwrap_err().contains("version"));
+    let with_header = |edit: &dyn Fn(&mut ImageHeader)| {
+        let mut rs = records(&s);
+        if let ImageRecord::Header(h) = &mut rs[0] {
+            edit(h);
+        }
+        State::from_records(rs)
+    };
+    assert!(with_header(&|h| h.next_task_id = 1)
+        .unwrap_err()
+        .contains("outside the allocated id range"));
+    assert!(with_header(&|h| h.version = 99)
+        .unwrap_err()
+        .contains("version"));
+    assert!(with_header(&|h| h.tasks = 5)
+        .unwrap_err()
+        .contains("header says"));
+    let mut rs = records(&s);
+    rs.swap(0, 1);
+    assert!(State::from_records(rs)
+        .unwrap_err()
+        .contains("before the header"));
+    let mut rs = records(&s);
+    let dup = rs[1].clone();
+    rs.push(dup);
+    assert!(State::from_records(rs)
+        .unwrap_err()
+        .contains("out of order"));
 }
 
 // ---------------------------------------------------------------- property tests
@@ -280,7 +332,7 @@ fn arb_spec(max_id: u64) -> impl Strategy<Value = TaskSpec> {
 fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         3 => (0u64..200, proptest::collection::vec(arb_spec(30), 0..4))
-            .prop_map(|(now_ms, tasks)| Command::Submit { now_ms, tasks }),
+            .prop_map(|(now_ms, tasks)| Command::submit(now_ms, tasks)),
         1 => (0u64..200, 0u64..40).prop_map(|(now_ms, id)| Command::Cancel { now_ms, task_id: TaskId(id) }),
         1 => (0u64..250).prop_map(|now_ms| Command::Tick { now_ms }),
         1 => (0u64..200, 0usize..3, 0u32..3, 0u32..3).prop_map(|(now_ms, w, session, slots)| Command::RegisterWorker {
@@ -332,7 +384,7 @@ proptest! {
     ) {
         let mut live = State::new();
         for c in &prefix { live.apply(c); }
-        let mut restored = State::from_image(live.to_image()).unwrap();
+        let mut restored = restore(&live);
         for c in &suffix {
             prop_assert_eq!(live.apply(c), restored.apply(c));
         }
@@ -353,7 +405,7 @@ proptest! {
             let r = s.apply(c);
             s.check_invariants().map_err(TestCaseError::fail)?;
             if let Response::Rejected(_) = r {
-                prop_assert_eq!(s.to_image(), only_time.to_image());
+                prop_assert_eq!(image_bytes(&s), image_bytes(&only_time));
             }
             let total: u64 = TaskState::ALL.iter().map(|st| s.count(*st)).sum();
             prop_assert_eq!(total as usize, s.task_count());
@@ -478,7 +530,9 @@ fn stale_or_foreign_completion_is_rejected_and_changes_nothing() {
         Response::Rejected(CommandError::NotFound(TaskId(99)))
     );
     assert_eq!(image_bytes(&s), before);
-    // The current attempt succeeds, once; a second completion is rejected.
+    // The current attempt succeeds, once; the same completion retried (its reply lost) is
+    // acknowledged again and changes nothing; the same attempt claimed by another worker, or
+    // with another result, is not applied.
     let ok = Command::Complete {
         now_ms: 5,
         task_id: id,
@@ -487,10 +541,21 @@ fn stale_or_foreign_completion_is_rejected_and_changes_nothing() {
         result: b"new".to_vec(),
     };
     assert_eq!(s.apply(&ok), Response::Completed { task_id: id });
+    let done = image_bytes(&s);
+    assert_eq!(s.apply(&ok), Response::Completed { task_id: id });
+    assert_eq!(image_bytes(&s), done);
+    let foreign = Command::Complete {
+        now_ms: 5,
+        task_id: id,
+        worker_id: "w1".into(),
+        attempt: 2,
+        result: b"forged".to_vec(),
+    };
     assert!(matches!(
-        s.apply(&ok),
+        s.apply(&foreign),
         Response::Rejected(CommandError::WrongState { .. })
     ));
+    assert_eq!(image_bytes(&s), done);
     let t = s.get(id).unwrap();
     assert_eq!(
         (t.state, t.result.as_deref(), t.worker.as_deref()),

@@ -1,0 +1,191 @@
+//! Queue administration (policies, retention, the queue list) and the full status of a task,
+//! including one removed by retention.
+
+use std::time::Duration;
+
+use flotilla_core::{QueuePolicy, Task, TaskId, TaskState};
+use flotilla_proto::pb;
+
+use crate::client::Consistency;
+use crate::{Client, ClientError};
+
+/// A task as a status query sees it.
+#[derive(Debug, Clone)]
+pub struct TaskStatus {
+    /// The task; for one removed by retention, what its tombstone remembers (outcome, queue,
+    /// key, no payload).
+    pub task: Task,
+    /// For a pending task no registered worker could ever run: why.
+    pub pending_reason: Option<String>,
+    /// Removed by retention (its idempotency key still remembered).
+    pub removed: bool,
+}
+
+/// A queue with its settings and tasks by state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub name: String,
+    pub policy: QueuePolicy,
+    /// `None`: the cluster default.
+    pub retention: Option<Duration>,
+    /// Tasks per state, in [`TaskState::ALL`] order.
+    pub counts: [u64; 6],
+    /// Submission time of the oldest pending task (ms since the Unix epoch).
+    pub oldest_pending_ms: Option<u64>,
+}
+
+impl QueueInfo {
+    pub fn count(&self, state: TaskState) -> u64 {
+        let i = TaskState::ALL
+            .iter()
+            .position(|s| *s == state)
+            .expect("every state is listed");
+        self.counts[i]
+    }
+}
+
+/// Every queue, and the cluster's retention defaults.
+#[derive(Debug, Clone)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+    pub retention: Duration,
+    pub key_retention: Duration,
+}
+
+impl Client {
+    /// Sets how a queue orders its pending tasks; `create` configures a queue that has no
+    /// task yet (refused as unknown otherwise).
+    pub async fn set_queue_policy(
+        &self,
+        queue: &str,
+        policy: QueuePolicy,
+        create: bool,
+    ) -> Result<(), ClientError> {
+        let (name, aging_ms) = match policy {
+            QueuePolicy::Fifo => ("fifo", 0),
+            QueuePolicy::Priority { aging_ms } => ("priority", aging_ms),
+            QueuePolicy::ShortestJobFirst => ("sjf", 0),
+        };
+        let req = pb::SetQueuePolicyRequest {
+            queue: queue.into(),
+            policy: name.into(),
+            aging_ms,
+            create,
+        };
+        self.call("set-policy", Duration::ZERO, |mut c| {
+            let req = req.clone();
+            async move { c.set_queue_policy(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Sets how long a queue keeps finished tasks; `None` goes back to the cluster default.
+    pub async fn set_queue_retention(
+        &self,
+        queue: &str,
+        retention: Option<Duration>,
+        create: bool,
+    ) -> Result<(), ClientError> {
+        let retention_ms = match retention {
+            Some(d) if d.as_millis() == 0 => {
+                return Err(ClientError::BadRequest(
+                    "invalid retention: must be at least 1 ms".into(),
+                ))
+            }
+            Some(d) => u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+            None => 0,
+        };
+        let req = pb::SetQueueRetentionRequest {
+            queue: queue.into(),
+            retention_ms,
+            create,
+        };
+        self.call("set-retention", Duration::ZERO, |mut c| {
+            let req = req.clone();
+            async move { c.set_queue_retention(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Every queue with tasks or settings.
+    pub async fn list_queues(&self, consistency: Consistency) -> Result<QueueList, ClientError> {
+        let req = pb::ListQueuesRequest {
+            consistency: consistency.to_pb(),
+        };
+        let resp = self
+            .call("list-queues", Duration::ZERO, |mut c| async move {
+                c.list_queues(req).await
+            })
+            .await?;
+        let queues = resp
+            .queues
+            .into_iter()
+            .map(|q| {
+                let policy = match q.policy.as_str() {
+                    "fifo" => QueuePolicy::Fifo,
+                    "priority" => QueuePolicy::Priority {
+                        aging_ms: q.aging_ms,
+                    },
+                    "sjf" => QueuePolicy::ShortestJobFirst,
+                    other => {
+                        return Err(ClientError::BadResponse(format!(
+                            "queue {}: unknown policy {other:?}",
+                            q.name
+                        )))
+                    }
+                };
+                Ok(QueueInfo {
+                    name: q.name,
+                    policy,
+                    retention: Some(q.retention_ms)
+                        .filter(|r| *r > 0)
+                        .map(Duration::from_millis),
+                    counts: [
+                        q.waiting,
+                        q.pending,
+                        q.running,
+                        q.succeeded,
+                        q.failed,
+                        q.cancelled,
+                    ],
+                    oldest_pending_ms: Some(q.oldest_pending_ms).filter(|t| *t > 0),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(QueueList {
+            queues,
+            retention: Duration::from_millis(resp.retention_ms),
+            key_retention: Duration::from_millis(resp.key_retention_ms),
+        })
+    }
+
+    /// The task, why it cannot run yet, and whether retention removed it.
+    pub async fn status(
+        &self,
+        id: TaskId,
+        consistency: Consistency,
+    ) -> Result<TaskStatus, ClientError> {
+        let req = pb::GetTaskRequest {
+            id: id.0,
+            consistency: consistency.to_pb(),
+        };
+        let resp = self
+            .call("get", Duration::ZERO, |mut c| async move {
+                c.get_task(req).await
+            })
+            .await?;
+        let task = resp
+            .task
+            .ok_or_else(|| ClientError::BadResponse("task missing".into()))?;
+        let pending_reason = Some(task.pending_reason.clone()).filter(|r| !r.is_empty());
+        let task = flotilla_proto::task_from_pb(task)
+            .map_err(|e| ClientError::BadResponse(e.to_string()))?;
+        Ok(TaskStatus {
+            task,
+            pending_reason,
+            removed: resp.removed,
+        })
+    }
+}

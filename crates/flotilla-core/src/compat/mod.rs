@@ -1,0 +1,6 @@
+//! Earlier shapes of what the replicated log and snapshots hold, frozen, with conversions to
+//! the current types. A replica of a later release decodes entries and snapshots written by
+//! an earlier one through these (see `flotilla-store`'s `codec` for which format version uses
+//! which shapes). Never change a frozen type: add a new module for a new version.
+
+pub mod v1;

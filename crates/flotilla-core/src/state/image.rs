@@ -1,0 +1,282 @@
+//! Snapshot images: the state proper as a stream of records, and the builder that turns such
+//! a stream back into a [`State`] with all its indexes.
+//!
+//! Taking a snapshot must not stop `apply`: [`State::view`] takes a [`StateView`] — a frozen
+//! copy that costs one pointer per 256 tasks (the task table is copy-on-write) — under the
+//! state lock, and the caller encodes its records afterwards, record by record, without the
+//! lock and without holding the whole image in memory twice. Loading is the same in reverse:
+//! [`StateBuilder::push`] takes one record at a time.
+//!
+//! ```text
+//!  Header · Queue* (name order) · Worker* (id order) · (Task | Tombstone)* (id order)
+//! ```
+//!
+//! Versioning: [`STATE_IMAGE_VERSION`] is in the header; a change to any record's shape bumps
+//! it (golden bytes in the tests pin the encoding) and the builder of the new release reads
+//! the old one (`crate::compat`).
+
+use serde::{Deserialize, Serialize};
+
+use super::queues::QueueSettings;
+use super::record::{Entry, QueueName, TaskRecord, Tombstone};
+use super::table::TaskTable;
+use super::State;
+use crate::{TaskId, Worker};
+
+/// Version of the image records' encoding.
+pub const STATE_IMAGE_VERSION: u32 = 2;
+
+/// The first record: scalars and how many records of each kind follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHeader {
+    pub version: u32,
+    pub next_task_id: u64,
+    pub clock_ms: u64,
+    pub queues: u64,
+    pub workers: u64,
+    pub tasks: u64,
+    pub tombstones: u64,
+}
+
+/// One record of an image, as decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ImageRecord {
+    Header(ImageHeader),
+    /// A queue with non-default settings.
+    Queue {
+        name: String,
+        settings: QueueSettings,
+    },
+    Worker(Worker),
+    Task(TaskRecord),
+    Tombstone(Tombstone),
+}
+
+/// One record of an image, borrowed from a [`StateView`] for encoding; encodes exactly as the
+/// [`ImageRecord`] it stands for.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum ImageRecordRef<'a> {
+    Header(&'a ImageHeader),
+    Queue {
+        name: &'a str,
+        settings: &'a QueueSettings,
+    },
+    Worker(&'a Worker),
+    Task(&'a TaskRecord),
+    Tombstone(&'a Tombstone),
+}
+
+/// A frozen copy of the state proper, cheap to take (see the module docs).
+#[derive(Debug, Clone)]
+pub struct StateView {
+    header: ImageHeader,
+    queues: Vec<(QueueName, QueueSettings)>,
+    workers: Vec<Worker>,
+    tasks: TaskTable,
+}
+
+impl StateView {
+    pub fn header(&self) -> &ImageHeader {
+        &self.header
+    }
+
+    /// The image's records in order.
+    pub fn records(&self) -> impl Iterator<Item = ImageRecordRef<'_>> + '_ {
+        std::iter::once(ImageRecordRef::Header(&self.header))
+            .chain(
+                self.queues
+                    .iter()
+                    .map(|(name, settings)| ImageRecordRef::Queue { name, settings }),
+            )
+            .chain(self.workers.iter().map(ImageRecordRef::Worker))
+            .chain(self.tasks.iter().map(|e| match e {
+                Entry::Task(t) => ImageRecordRef::Task(t),
+                Entry::Tombstone(t) => ImageRecordRef::Tombstone(t),
+            }))
+    }
+}
+
+impl State {
+    /// A frozen copy of the state proper for a snapshot; O(tasks / 256).
+    pub fn view(&self) -> StateView {
+        let queues: Vec<(QueueName, QueueSettings)> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.settings.is_default())
+            .map(|(n, q)| (n.clone(), q.settings.clone()))
+            .collect();
+        StateView {
+            header: ImageHeader {
+                version: STATE_IMAGE_VERSION,
+                next_task_id: self.next_task_id,
+                clock_ms: self.clock_ms,
+                queues: queues.len() as u64,
+                workers: self.workers.len() as u64,
+                tasks: self.task_count() as u64,
+                tombstones: self.tombstones.len() as u64,
+            },
+            queues,
+            workers: self.workers.values().cloned().collect(),
+            tasks: self.tasks.clone(),
+        }
+    }
+
+    /// Rebuilds a state from a whole image.
+    pub fn from_records(records: impl IntoIterator<Item = ImageRecord>) -> Result<State, String> {
+        let mut b = StateBuilder::new();
+        for r in records {
+            b.push(r)?;
+        }
+        b.finish()
+    }
+}
+
+/// Turns image records, pushed in order, into a state; refuses an inconsistent image.
+#[derive(Debug)]
+pub struct StateBuilder {
+    state: State,
+    header: Option<ImageHeader>,
+    /// Kind of the last record pushed (0 header, 1 queue, 2 worker, 3 task/tombstone).
+    phase: u8,
+    last_id: u64,
+    seen: [u64; 4],
+}
+
+impl Default for StateBuilder {
+    fn default() -> Self {
+        StateBuilder::new()
+    }
+}
+
+impl StateBuilder {
+    pub fn new() -> StateBuilder {
+        StateBuilder {
+            state: State::new(),
+            header: None,
+            phase: 0,
+            last_id: 0,
+            seen: [0; 4],
+        }
+    }
+
+    fn enter(&mut self, phase: u8, what: &str) -> Result<(), String> {
+        if self.header.is_none() {
+            return Err(format!("{what} record before the header"));
+        }
+        if phase < self.phase {
+            return Err(format!("{what} record out of order"));
+        }
+        self.phase = phase;
+        Ok(())
+    }
+
+    /// Adds the next record.
+    pub fn push(&mut self, record: ImageRecord) -> Result<(), String> {
+        match record {
+            ImageRecord::Header(h) => {
+                if self.header.is_some() {
+                    return Err("second header record".into());
+                }
+                if h.version != super::STATE_IMAGE_VERSION {
+                    return Err(format!(
+                        "state image version {} is not supported (expected {})",
+                        h.version,
+                        super::STATE_IMAGE_VERSION
+                    ));
+                }
+                if h.next_task_id == 0 {
+                    return Err("next task id 0".into());
+                }
+                self.state.next_task_id = h.next_task_id;
+                self.state.clock_ms = h.clock_ms;
+                self.header = Some(h);
+            }
+            ImageRecord::Queue { name, settings } => {
+                self.enter(1, "queue")?;
+                crate::limits::validate_queue_name("queue", &name).map_err(|e| e.to_string())?;
+                let q = self.state.intern(&name);
+                let q = self.state.queues.get_mut(&q).expect("interned");
+                if !q.settings.is_default() {
+                    return Err(format!("queue {name:?} listed twice"));
+                }
+                q.settings = settings;
+                self.seen[0] += 1;
+            }
+            ImageRecord::Worker(w) => {
+                self.enter(2, "worker")?;
+                if self.state.workers.insert(w.spec.id.clone(), w).is_some() {
+                    return Err("worker listed twice".into());
+                }
+                self.seen[1] += 1;
+            }
+            ImageRecord::Task(mut t) => {
+                self.enter(3, "task")?;
+                self.check_id(t.id)?;
+                if let Some(d) = t
+                    .depends_on()
+                    .iter()
+                    .find(|d| self.state.record(**d).is_none())
+                {
+                    return Err(format!("task {} depends on missing task {d}", t.id));
+                }
+                t.queue = self.state.intern(&t.queue);
+                let s = &mut self.state;
+                if let Some(key) = t.key.as_deref() {
+                    s.keys.insert(key, t.id);
+                }
+                if !t.state.is_terminal() {
+                    s.take_holds(&t);
+                }
+                s.index_insert(&t);
+                s.counts[t.state.index()] += 1;
+                if let Some(q) = s.queues.get_mut(&*t.queue) {
+                    q.counts[t.state.index()] += 1;
+                }
+                s.tasks.insert(t.id, Entry::Task(t));
+                self.seen[2] += 1;
+            }
+            ImageRecord::Tombstone(mut t) => {
+                self.enter(3, "tombstone")?;
+                self.check_id(t.id)?;
+                t.queue = match self.state.queues.get_key_value(&*t.queue) {
+                    Some((name, _)) => name.clone(),
+                    None => t.queue,
+                };
+                self.state.keys.insert(&t.key, t.id);
+                self.state.tombstones.insert((t.expires_at_ms, t.id));
+                self.state.tasks.insert(t.id, Entry::Tombstone(t));
+                self.seen[3] += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_id(&mut self, id: TaskId) -> Result<(), String> {
+        let next = self.state.next_task_id;
+        if id.0 == 0 || id.0 >= next {
+            return Err(format!(
+                "task {id} outside the allocated id range 1..{next}"
+            ));
+        }
+        if id.0 <= self.last_id {
+            return Err(format!("task {id} out of order or listed twice"));
+        }
+        self.last_id = id.0;
+        Ok(())
+    }
+
+    /// The state, once every record was pushed.
+    pub fn finish(mut self) -> Result<State, String> {
+        let h = self.header.take().ok_or("empty image (no header)")?;
+        let want = [h.queues, h.workers, h.tasks, h.tombstones];
+        if self.seen != want {
+            return Err(format!(
+                "image holds {:?} queues/workers/tasks/tombstones, its header says {want:?}",
+                self.seen
+            ));
+        }
+        // Queues listed only for their settings stay; any other unused entry goes.
+        self.state.check_invariants()?;
+        Ok(self.state)
+    }
+}

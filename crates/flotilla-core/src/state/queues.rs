@@ -1,0 +1,86 @@
+//! Queues: their replicated settings, and per queue the order of pending tasks, the finished
+//! tasks waiting for retention, and counts by state.
+//!
+//! Each queue keeps its pending tasks sorted by the policy's key, maintained as tasks arrive
+//! and leave, so planning reads them in order without sorting. Priority with aging uses a key
+//! that does not change with time: a task's effective priority `p + (now - submitted)/aging`
+//! ranks it above another exactly when `submitted - p * aging` is smaller, whatever `now` is.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::TaskRecord;
+use crate::{QueuePolicy, TaskId};
+
+/// A queue's replicated settings (the defaults for a queue nobody configured).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSettings {
+    pub policy: QueuePolicy,
+    /// How long finished tasks of this queue are kept; `None`: the cluster default.
+    pub retention_ms: Option<u64>,
+}
+
+impl QueueSettings {
+    pub fn is_default(&self) -> bool {
+        *self == QueueSettings::default()
+    }
+}
+
+/// A change to one queue setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueueSetting {
+    Policy(QueuePolicy),
+    /// `None` goes back to the cluster default.
+    RetentionMs(Option<u64>),
+}
+
+/// One queue's state and indexes.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueState {
+    pub settings: QueueSettings,
+    /// Tasks per state, indexed by `TaskState as usize`.
+    pub counts: [u64; 6],
+    /// Pending tasks in the policy's order.
+    pub pending: BTreeSet<(i64, TaskId)>,
+    /// Finished tasks no unfinished task depends on, by the time they finished.
+    pub expirable: BTreeSet<(u64, TaskId)>,
+}
+
+impl QueueState {
+    pub(crate) fn new() -> QueueState {
+        QueueState {
+            settings: QueueSettings::default(),
+            counts: [0; 6],
+            pending: BTreeSet::new(),
+            expirable: BTreeSet::new(),
+        }
+    }
+
+    /// Nothing to keep: no task and default settings.
+    pub(crate) fn is_unused(&self) -> bool {
+        self.counts.iter().all(|c| *c == 0) && self.settings.is_default()
+    }
+
+    /// Waiting plus pending: the backlog that admission limits bound.
+    pub(crate) fn backlog(&self) -> u64 {
+        self.counts[crate::TaskState::Waiting.index()]
+            + self.counts[crate::TaskState::Pending.index()]
+    }
+}
+
+/// The sort key of a pending task under `policy`; ties go to the smaller id.
+pub(crate) fn order_key(policy: QueuePolicy, t: &TaskRecord) -> i64 {
+    match policy {
+        QueuePolicy::Fifo => 0,
+        QueuePolicy::Priority { aging_ms: 0 } => -i64::from(t.priority),
+        QueuePolicy::Priority { aging_ms } => {
+            // aging_ms is bounded by Limits::MAX_AGING_MS, so this cannot overflow.
+            (t.submitted_at_ms.min(i64::MAX as u64) as i64)
+                .saturating_sub(i64::from(t.priority).saturating_mul(aging_ms as i64))
+        }
+        QueuePolicy::ShortestJobFirst => t
+            .estimate_ms
+            .map_or(i64::MAX, |e| e.min(i64::MAX as u64 - 1) as i64),
+    }
+}
