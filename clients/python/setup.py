@@ -114,7 +114,8 @@ class SdistWithProto(sdist):
             shutil.copyfile(proto_dir() / f, dest / f)
 
 
-setup(
-    install_requires=dependencies(GENERATED),
-    cmdclass={"build_py": BuildPyWithStubs, "sdist": SdistWithProto},
-)
+if __name__ == "__main__":  # as setuptools runs it; tests/test_package.py imports it instead
+    setup(
+        install_requires=dependencies(GENERATED),
+        cmdclass={"build_py": BuildPyWithStubs, "sdist": SdistWithProto},
+    )

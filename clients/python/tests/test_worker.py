@@ -193,6 +193,26 @@ def test_worker_refused_for_bad_id(client):
     assert e.value.field == "worker.id"
 
 
+def test_second_session_of_a_worker_id_waits_for_the_first(client):
+    """A second Worker with a live worker's id is refused (ALREADY_EXISTS) and keeps trying
+    instead of running beside it; stop() ends it promptly."""
+    q = queue()
+    first = Worker(client, f"py-{q}", lambda ctx: None, queues=[q], heartbeat_interval=0.2).start()
+    try:
+        deadline = time.monotonic() + 15
+        while not first.registered:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        second = Worker(client, f"py-{q}", lambda ctx: None, queues=[q], heartbeat_interval=0.2).start()
+        time.sleep(1.0)
+        assert not second.registered
+        t0 = time.monotonic()
+        second.stop(timeout=10)
+        assert not second._thread.is_alive() and time.monotonic() - t0 < 5
+    finally:
+        first.stop(timeout=10)
+
+
 def test_command_payload_matches_the_rust_cli(cluster, client):
     q = queue()
     out = subprocess.run(

@@ -53,6 +53,9 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: replicas with stale views pointing at each other cannot spin.
 MAX_HINTS_IN_A_ROW = 3
 
+#: How long a Register try with empty response headers waits for a refusal (seconds).
+REGISTER_REFUSAL_WAIT_S = 0.5
+
 _RETRYABLE = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -414,9 +417,16 @@ class Client:
             timer.daemon = True
             timer.start()
             try:
-                call.initial_metadata()
+                headers = call.initial_metadata()
             finally:
                 timer.cancel()
+            if not headers:
+                # A refusal is a trailers-only response: no headers, then the status, which
+                # gRPC may hand over a moment after the (empty) headers. Real headers carry at
+                # least hyper's `date`; should they ever be empty, a short wait tells.
+                ended = threading.Event()
+                call.add_done_callback(lambda _: ended.set())
+                ended.wait(REGISTER_REFUSAL_WAIT_S)
             if call.done() and call.code() != grpc.StatusCode.OK:
                 raise call  # the call is its own RpcError: code, details, metadata (hint)
             return call

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
+import socket
 import threading
 import time
 import traceback
@@ -129,7 +131,7 @@ class Worker:
     def __init__(
         self,
         client: Client,
-        id: str,
+        id: Optional[str],
         handler: Handler,
         *,
         slots: int = 4,
@@ -145,7 +147,8 @@ class Worker:
         if heartbeat_interval <= 0:
             raise ValueError("heartbeat_interval must be positive")
         self.client = client
-        self.id = id
+        #: The worker's id; None gives HOSTNAME-PID, as ``flotilla worker``.
+        self.id = id if id is not None else f"{socket.gethostname()}-{os.getpid()}"
         self.handler = handler
         self.slots = slots
         self.heartbeat_interval = heartbeat_interval
@@ -153,7 +156,7 @@ class Worker:
         #: One per run of this object: a registration after a broken stream resumes it.
         self.session = str(uuid.uuid4())
         self._spec = pb.WorkerSpec(
-            id=id,
+            id=self.id,
             session=self.session,
             slots=slots,
             cpu_millis=cpu_millis,
@@ -218,8 +221,9 @@ class Worker:
         """Registers, runs assignments and heartbeats until ``stop()``; then drains.
 
         Raises a :class:`~flotilla.errors.RejectedError` if the leader refuses the
-        registration for good (e.g. InvalidArgumentError naming ``worker.id``, or
-        AlreadyExistsError when another live process uses this id).
+        registration for good (e.g. InvalidArgumentError naming ``worker.id``). While another
+        session holds the id (a previous run of the same worker until its lease expires, or a
+        second live process), it keeps trying, logging a warning.
         """
         if self._ran:
             raise RuntimeError("a Worker runs once; make a new one")
@@ -240,20 +244,23 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 stream, addr = self.client.register_worker(self._spec, abort=self._stopping)
-            except errors.UnavailableError as e:
+            except (errors.UnavailableError, errors.AlreadyExistsError) as e:
+                # AlreadyExists: another session holds the id. Either a second live process
+                # (which an operator must stop) or this worker's previous run, whose
+                # registration lasts until its lease expires: keep trying, as the Rust worker.
                 if self._stopping.is_set():
                     return
                 log.warning("worker %s: registration failed, retrying: %s", self.id, e)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            backoff = REREGISTER_PAUSE_S
             with self._lock:
                 self._stream, self._stream_addr = stream, addr
             if self._stopping.is_set():  # stop() came while registering
                 stream.cancel()
             self._registered.set()
             log.info("worker %s: registered with %s", self.id, addr)
+            refused = False
             try:
                 for event in stream:
                     kind = event.WhichOneof("event")
@@ -262,11 +269,21 @@ class Worker:
                     elif kind == "cancel":
                         self._cancel_attempt(event.cancel.task_id, event.cancel.attempt)
             except grpc.RpcError as e:
+                code, message = e.code(), e.details() or ""
                 if not self._stopping.is_set():
-                    log.info("worker %s: assignment stream broke: %s", self.id, e.details())
+                    log.info("worker %s: assignment stream broke: %s", self.id, message)
+                # A refusal that came as the stream's end rather than as the answer.
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise errors.rejected(code, message) from None
+                refused = code == grpc.StatusCode.ALREADY_EXISTS
             with self._lock:
                 self._stream, self._stream_addr = None, None
-            self._stopping.wait(REREGISTER_PAUSE_S)
+            if refused:
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = REREGISTER_PAUSE_S
+                self._stopping.wait(REREGISTER_PAUSE_S)
 
     # -- attempts ----------------------------------------------------------------------------
 
