@@ -8,10 +8,12 @@ which the fixtures call even when a test fails.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -41,6 +43,16 @@ def free_ports(n: int) -> List[int]:
     finally:
         for s in socks:
             s.close()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, however it dies, so no
+    replica outlives a test run that was itself killed."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
 
 
 class LocalCluster:
@@ -81,7 +93,8 @@ class LocalCluster:
         ] + self.extra_args
         with open(self.log_path(node_id), "ab") as log:
             self.procs[node_id] = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=PREEXEC,
             )
 
     def start_all(self) -> None:
@@ -98,7 +111,8 @@ class LocalCluster:
         """Another process of the binary (e.g. a Rust worker), killed by close()."""
         with open(self.base / log_name, "ab") as log:
             p = subprocess.Popen(
-                [str(self.bin)] + args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                [str(self.bin)] + args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=PREEXEC,
             )
         self.others.append(p)
         return p

@@ -100,7 +100,10 @@ def test_worker_follows_a_new_leader_without_running_its_attempt_again(fresh_clu
                 time.sleep(0.05)
 
             # The new leader redelivers the running attempt; it keeps running here, once.
-            time.sleep(0.5)
+            deadline = time.monotonic() + 10
+            while w.redeliveries_ignored == 0:
+                assert time.monotonic() < deadline, "the new leader never redelivered the attempt"
+                time.sleep(0.02)
             assert w.running_attempts() == [(held, 1)]
             release.set()
             t = client.wait(held, timeout=30)
