@@ -45,14 +45,18 @@ def free_ports(n: int) -> List[int]:
             s.close()
 
 
+PR_SET_PDEATHSIG = 1
+# Looked up once here, not in the forked child (where other threads' locks may be held).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL it when the test process dies, however it dies, so no
     replica outlives a test run that was itself killed."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
-PREEXEC = _die_with_parent if sys.platform.startswith("linux") else None
+PREEXEC = _die_with_parent if _prctl is not None else None
 
 
 class LocalCluster:

@@ -191,6 +191,12 @@ def test_worker_refused_for_bad_id(client):
     with pytest.raises(flotilla.InvalidArgumentError) as e:
         w.run()
     assert e.value.field == "worker.id"
+    # In the background, the error ends the worker and stop() raises it.
+    bg = Worker(client, "x" * 200, lambda ctx: None, heartbeat_interval=0.2).start()
+    bg._thread.join(15)
+    assert isinstance(bg.error, flotilla.InvalidArgumentError) and bg.error.field == "worker.id"
+    with pytest.raises(flotilla.InvalidArgumentError):
+        bg.stop()
 
 
 def test_second_session_of_a_worker_id_waits_for_the_first(client):

@@ -182,24 +182,38 @@ class Worker:
         self.reported: Dict[str, int] = {"completed": 0, "failed": 0}
         #: Assignments dropped because this worker had already started that attempt.
         self.redeliveries_ignored = 0
+        #: What ended a background run (from ``start()``) early, if anything.
+        self.error: Optional[BaseException] = None
 
     # -- life cycle --------------------------------------------------------------------------
 
     def start(self) -> "Worker":
-        """Runs the worker in a background thread; returns at once."""
-        self._thread = threading.Thread(target=self.run, name=f"flotilla-worker-{self.id}", daemon=True)
+        """Runs the worker in a background thread; returns at once. If ``run()`` fails there,
+        the error is kept in ``error`` and raised by ``stop()``."""
+
+        def run() -> None:
+            try:
+                self.run()
+            except BaseException as e:  # noqa: BLE001 - handed to stop()
+                log.error("worker %s: stopped by an error: %s", self.id, e)
+                self.error = e
+
+        self._thread = threading.Thread(target=run, name=f"flotilla-worker-{self.id}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self, wait: bool = True, timeout: Optional[float] = None) -> None:
         """Asks the worker to stop (safe from a signal handler); with ``wait`` and a background
-        thread from ``start()``, waits for it (at most ``timeout`` seconds)."""
+        thread from ``start()``, waits for it (at most ``timeout`` seconds) and raises the
+        error that ended it, if one did."""
         self._stopping.set()
         stream = self._stream
         if stream is not None:
             stream.cancel()
         if wait and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+            if self.error is not None:
+                raise self.error
 
     def __enter__(self) -> "Worker":
         return self.start()
