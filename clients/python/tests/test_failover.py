@@ -4,6 +4,7 @@ the new leader without running its attempt again."""
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 
@@ -14,8 +15,33 @@ SUBMITTERS = 4
 PER_SUBMITTER = 60
 
 
+class RetryCounter(logging.Handler):
+    """Counts the client's "retrying submit" debug records."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("retrying submit"):
+            self.count += 1
+
+
 def test_leader_sigkill_during_submits_loses_nothing_acknowledged_and_doubles_nothing(fresh_cluster):
     cluster = fresh_cluster
+    retries = RetryCounter()
+    client_log = logging.getLogger("flotilla.client")
+    client_log.addHandler(retries)
+    level = client_log.level
+    client_log.setLevel(logging.DEBUG)
+    try:
+        _submit_through_a_leader_kill(cluster, retries)
+    finally:
+        client_log.removeHandler(retries)
+        client_log.setLevel(level)
+
+
+def _submit_through_a_leader_kill(cluster, retries: RetryCounter) -> None:
     old = cluster.wait_for_leader()
     acked = {}  # payload -> id, every submit the cluster acknowledged
     failures = []
@@ -52,6 +78,7 @@ def test_leader_sigkill_during_submits_loses_nothing_acknowledged_and_doubles_no
         assert not failures, failures
         assert len(acked) == SUBMITTERS * PER_SUBMITTER
         assert acked_before_kill < len(acked) * 3 // 4, "most submits went through the failover"
+        assert retries.count > 0, "no submit was retried: the kill missed them"
 
         new = cluster.wait_for_leader()
         assert new != old
