@@ -8,7 +8,7 @@ import pytest
 import flotilla
 from flotilla import errors
 from flotilla.client import leader_hint, retryable
-from flotilla.worker import _result_bytes
+from flotilla.worker import _result_bytes, _truncate_utf8
 
 
 def test_invalid_argument_names_the_field():
@@ -77,3 +77,9 @@ def test_client_settings_are_checked():
     c.close()
     with pytest.raises(flotilla.FlotillaError, match="closed"):
         c.get(1)
+
+
+def test_error_messages_are_cut_to_the_servers_limit_on_a_character_boundary():
+    assert _truncate_utf8("é" * 3000, 4096) == "é" * 2048
+    assert _truncate_utf8("aé", 2) == "a"
+    assert _truncate_utf8("short", 4096) == "short"

@@ -52,8 +52,9 @@ STARTED_MEMORY = 100_000
 STREAM_ELSEWHERE_BEATS = 2
 #: Pause before registering again after the stream ended.
 REREGISTER_PAUSE_S = 0.1
-#: Longest error message reported for a failed attempt (the server's limit is 4096 bytes).
-MAX_ERROR_CHARS = 4000
+#: Longest error message reported for a failed attempt, in UTF-8 bytes (the server keeps at
+#: most 4096 characters of it; a handler's huge message need not travel).
+MAX_ERROR_BYTES = 4096
 
 
 class TaskFailed(Exception):
@@ -103,6 +104,11 @@ class _Attempt:
         self.attempt = ctx.attempt
         self.ctx = ctx
         self.timed_out = False
+
+
+def _truncate_utf8(text: str, limit: int) -> str:
+    """At most ``limit`` bytes of UTF-8, cut on a character boundary."""
+    return text.encode()[:limit].decode(errors="ignore")
 
 
 def _result_bytes(value) -> bytes:
@@ -410,7 +416,7 @@ class Worker:
                 else:
                     message, retryable = failure
                     self.client.fail_task(
-                        self.id, ctx.task_id, ctx.attempt, message[:MAX_ERROR_CHARS], retryable,
+                        self.id, ctx.task_id, ctx.attempt, _truncate_utf8(message, MAX_ERROR_BYTES), retryable,
                         abort=self._abandon,
                     )
                     kind = "failed"
