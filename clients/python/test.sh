@@ -17,13 +17,14 @@ if [ ! -x "$FLOTILLA_BIN" ]; then
   echo "clients/python/test.sh: no flotilla binary at $FLOTILLA_BIN (cargo build --release, or set FLOTILLA_BIN)" >&2
   exit 1
 fi
-"$python" -c 'import sys; sys.exit(sys.version_info < (3, 9))' || {
-  echo "clients/python/test.sh: $python is older than Python 3.9" >&2
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || {
+  echo "clients/python/test.sh: $python is older than Python 3.10" >&2
   exit 1
 }
 
-# A venv whose interpreter no longer runs (the Python it came from was removed) is made anew.
-if ! "$venv/bin/python" -c '' 2>/dev/null; then
+# The venv is made anew when its interpreter no longer runs or is another version than $python.
+want="$("$python" -c 'import sys; print(sys.version)')"
+if [ "$("$venv/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null)" != "$want" ]; then
   rm -rf "$venv"
   "$python" -m venv "$venv"
 fi

@@ -8,12 +8,11 @@ which the fixtures call even when a test fails.
 
 from __future__ import annotations
 
-import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -45,18 +44,19 @@ def free_ports(n: int) -> List[int]:
             s.close()
 
 
-PR_SET_PDEATHSIG = 1
-# Looked up once here, not in the forked child (where other threads' locks may be held).
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+def _die_with_us() -> List[str]:
+    """A command prefix that has the child SIGKILLed when the test process dies, however it
+    dies, so no replica outlives a test run that was itself killed: util-linux's setpriv, where
+    there is one. Not a preexec_fn: that makes subprocess fork() instead of vfork(), and a
+    forked child of a process running gRPC can abort before it execs."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return []
+    probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "--", "true"], capture_output=True)
+    return [setpriv, "--pdeathsig", "KILL", "--"] if probe.returncode == 0 else []
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL it when the test process dies, however it dies, so no
-    replica outlives a test run that was itself killed."""
-    _prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-
-PREEXEC = _die_with_parent if _prctl is not None else None
+DIE_WITH_US = _die_with_us()
 
 
 class LocalCluster:
@@ -87,7 +87,7 @@ class LocalCluster:
 
     def start(self, node_id: int) -> None:
         peers = ",".join(f"{i}={a}" for i, a in self.peers.items())
-        cmd = [
+        cmd = DIE_WITH_US + [
             str(self.bin), "server",
             "--id", str(node_id),
             "--listen", self.peers[node_id],
@@ -97,8 +97,7 @@ class LocalCluster:
         ] + self.extra_args
         with open(self.log_path(node_id), "ab") as log:
             self.procs[node_id] = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=PREEXEC,
+                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
 
     def start_all(self) -> None:
@@ -115,8 +114,7 @@ class LocalCluster:
         """Another process of the binary (e.g. a Rust worker), killed by close()."""
         with open(self.base / log_name, "ab") as log:
             p = subprocess.Popen(
-                [str(self.bin)] + args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=PREEXEC,
+                DIE_WITH_US + [str(self.bin)] + args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         self.others.append(p)
         return p

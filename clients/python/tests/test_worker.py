@@ -249,7 +249,7 @@ def test_python_command_worker_runs_a_cli_submitted_task(cluster, client):
     )
     tid = json.loads(out.stdout)["id"]
     failing = client.submit_command(["sh", "-c", "echo nope >&2; exit 3"], queue=q, max_attempts=1)
-    with Worker(client, f"py-{q}", CommandHandler(), queues=[q], heartbeat_interval=0.2) as w:
+    with Worker(client, f"py-{q}", CommandHandler(), queues=[q], heartbeat_interval=0.2):
         t = client.wait(tid, timeout=30)
         f = client.wait(failing, timeout=30)
     assert t.state is TaskState.SUCCEEDED, t
