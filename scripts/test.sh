@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo build --release --workspace --all-targets
 cargo test --release --workspace
+./clients/python/test.sh
 ./jepsen/ci.sh

@@ -1,0 +1,247 @@
+"""The client API against a real 3-replica cluster: submit/get/wait/cancel/list, idempotency,
+bad input, leader hints, cluster status."""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+
+import flotilla
+from flotilla import Consistency, TaskSpec, TaskState
+
+
+def queue() -> str:
+    """A queue of the test's own on the shared cluster (no worker serves it)."""
+    return f"q-{uuid.uuid4().hex[:12]}"
+
+
+def test_cluster_status_names_one_leader_and_every_member(cluster, client):
+    leader = cluster.wait_for_leader()
+    for node_id, addr in cluster.peers.items():
+        s = client.cluster_status(addr)
+        assert s.node_id == node_id
+        assert s.cluster_name == "flotilla-python"
+        assert s.leader_id == leader
+        assert s.leader_addr == cluster.addr(leader)
+        assert s.role == ("leader" if node_id == leader else "follower")
+        assert sorted((m.id, m.addr) for m in s.members) == sorted(cluster.peers.items())
+        assert all(m.voter for m in s.members)
+        assert s.term >= 1 and s.commit_index >= 1
+    # Without an address: the first replica that answers.
+    assert client.cluster_status().node_id in cluster.peers
+
+
+def test_submit_get_wait_cancel(client):
+    q = queue()
+    spec = TaskSpec(
+        queue=q,
+        payload=b"\x00binary\xff",
+        priority=7,
+        labels={"gpu": "yes"},
+        max_attempts=5,
+        estimate_ms=1500,
+        cpu_millis=250,
+        mem_mb=64,
+        timeout_ms=60_000,
+    )
+    tid = client.submit(spec)
+    assert isinstance(tid, int) and tid > 0
+
+    task = client.get(tid)
+    assert task.id == tid
+    assert task.state is TaskState.PENDING
+    assert not task.terminal
+    assert task.attempts == 0
+    assert task.result is None
+    assert task.submitted_at_ms > 0
+    # Everything submitted comes back, plus the key the client generated.
+    assert task.spec == TaskSpec(**{**spec.__dict__, "idempotency_key": task.spec.idempotency_key})
+    assert uuid.UUID(task.spec.idempotency_key).version == 4
+    assert task.pending_reason and q in task.pending_reason  # no worker serves the queue
+
+
+    # wait() on a task that cannot finish returns it, not terminal, after the timeout.
+    waited = client.wait(tid, timeout=0.3)
+    assert waited.id == tid and waited.state is TaskState.PENDING and not waited.terminal
+
+    assert client.cancel(tid) is TaskState.PENDING
+    done = client.wait(tid, timeout=10)
+    assert done.state is TaskState.CANCELLED and done.terminal
+    # Cancel is idempotent; a cancelled task stays cancelled.
+    assert client.cancel(tid) is TaskState.CANCELLED
+    assert client.get(tid).state is TaskState.CANCELLED
+
+
+def test_submit_keywords_and_dependencies(client):
+    q = queue()
+    parent = client.submit(b"parent", queue=q)
+    child = client.submit(b"child", queue=q, depends_on=[parent], priority=-3)
+    t = client.get(child)
+    assert t.spec.depends_on == [parent] and t.spec.priority == -3
+    assert t.state is TaskState.WAITING  # until the parent succeeds
+    client.cancel(parent)
+    # A child of a cancelled parent fails too, saying why.
+    failed = client.wait(child, timeout=10)
+    assert failed.state is TaskState.FAILED and failed.reason == "upstream_failed"
+
+
+def test_list_filters_and_paginates(client):
+    q = queue()
+    ids = [s.id for s in client.submit_batch([TaskSpec(queue=q, payload=b"%d" % i) for i in range(7)])]
+    assert ids == sorted(ids) and len(set(ids)) == 7
+    client.cancel(ids[0])
+
+    pages = []
+    after = None
+    while True:
+        page = client.list(queue=q, after=after, limit=3)
+        pages.append([t.id for t in page.tasks])
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert [i for p in pages for i in p] == ids
+    assert all(len(p) <= 3 for p in pages) and len(pages) >= 3
+
+    pending = [t.id for t in client.iter_tasks(queue=q, state=TaskState.PENDING, page_size=2)]
+    assert pending == ids[1:]
+    cancelled = client.list(queue=q, state=TaskState.CANCELLED)
+    assert [t.id for t in cancelled.tasks] == [ids[0]] and cancelled.next_after is None
+    # Payloads come back unless left out.
+    assert [t.spec.payload for t in client.list(queue=q).tasks] == [b"%d" % i for i in range(7)]
+    assert all(t.spec.payload == b"" for t in client.list(queue=q, omit_payload=True).tasks)
+    stale = client.list(queue=q, consistency=Consistency.STALE)
+    assert {t.id for t in stale.tasks} <= set(ids)
+
+
+def test_same_key_gives_the_same_task_created_once(client):
+    q = queue()
+    key = f"key-{uuid.uuid4()}"
+    first = client.submit_batch([TaskSpec(queue=q, payload=b"a", idempotency_key=key)])
+    again = client.submit_batch([TaskSpec(queue=q, payload=b"a", idempotency_key=key)])
+    assert first[0].created is True
+    assert again[0].created is False
+    assert again[0].id == first[0].id
+    # Also within one batch, and through submit().
+    both = client.submit_batch([TaskSpec(queue=q, idempotency_key=key)] * 2)
+    assert [(s.id, s.created) for s in both] == [(first[0].id, False)] * 2
+    assert client.submit(b"a", queue=q, idempotency_key=key) == first[0].id
+    assert [t.id for t in client.list(queue=q).tasks] == [first[0].id]
+
+
+def test_tasks_without_keys_get_distinct_generated_keys(client):
+    q = queue()
+    spec = TaskSpec(queue=q, payload=b"same")
+    a, b = client.submit(spec), client.submit(spec)
+    assert a != b
+    assert spec.idempotency_key is None  # the caller's spec is not changed
+    keys = {client.get(i).spec.idempotency_key for i in (a, b)}
+    assert len(keys) == 2 and all(uuid.UUID(k).version == 4 for k in keys)
+
+
+def test_bad_input_names_the_field_and_creates_nothing(cluster, client):
+    q = queue()
+    with pytest.raises(flotilla.InvalidArgumentError) as e:
+        client.submit(b"x", queue="")
+    assert e.value.field == "tasks[0].queue"
+    assert e.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "must not be empty" in e.value.reason
+    assert isinstance(e.value, flotilla.RejectedError) and isinstance(e.value, flotilla.FlotillaError)
+
+    before = client.cluster_status(cluster.addr(cluster.wait_for_leader())).task_count
+    good = TaskSpec(queue=q, payload=b"fine")
+    cases = [
+        (TaskSpec(queue=q, priority=5000), "tasks[1].priority"),
+        (TaskSpec(queue="bad queue!"), "tasks[1].queue"),
+        (TaskSpec(queue=q, max_attempts=1000), "tasks[1].max_attempts"),
+        (TaskSpec(queue=q, idempotency_key="k" * 300), "tasks[1].idempotency_key"),
+        (TaskSpec(queue=q, depends_on=[0]), "tasks[1].depends_on"),
+    ]
+    for bad, field in cases:
+        with pytest.raises(flotilla.InvalidArgumentError) as e:
+            client.submit_batch([good, bad])
+        assert e.value.field == field, str(e.value)
+    # The batch is all or nothing: the good task of each batch was not created either.
+    assert client.list(queue=q).tasks == []
+    after = client.cluster_status(cluster.addr(cluster.wait_for_leader())).task_count
+    assert after == before
+
+    with pytest.raises(flotilla.NotFoundError) as nf:
+        client.get(10**12)
+    assert nf.value.code is grpc.StatusCode.NOT_FOUND
+    with pytest.raises(flotilla.NotFoundError):
+        client.cancel(10**12)
+    with pytest.raises(TypeError, match="payload must be bytes"):
+        client.submit("text", queue=q)
+
+
+def test_follower_hints_the_leader_and_the_client_follows(cluster):
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.peers if i != leader)
+    # Only a follower's address: every write must follow the hint to a replica not listed.
+    with flotilla.Client([cluster.addr(follower)]) as c:
+        assert c.leader is None
+        tid = c.submit(b"via-hint", queue=queue())
+        assert c.leader == cluster.addr(leader)
+        assert c.get(tid).spec.payload == b"via-hint"
+    # The raw refusal carries the hint in the flotilla-leader metadata.
+    from flotilla._proto import flotilla_pb2 as pb
+    from flotilla._proto import flotilla_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(cluster.addr(follower)) as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.FlotillaStub(ch).GetTask(pb.GetTaskRequest(id=1), timeout=5)
+    assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert flotilla.client.leader_hint(e.value) == cluster.addr(leader)
+    assert (flotilla.client.LEADER_HINT_KEY, f"{leader}={cluster.addr(leader)}") in [
+        (m.key, m.value) for m in e.value.trailing_metadata()
+    ]
+
+
+def test_stale_reads_are_served_by_a_follower(cluster, client):
+    import time
+
+    tid = client.submit(b"stale", queue=queue())
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.peers if i != leader)
+    with flotilla.Client([cluster.addr(follower)]) as c:
+        deadline = time.monotonic() + 10
+        while True:  # the follower applies the entry a moment after the leader answered
+            try:
+                task = c.get(tid, Consistency.STALE)
+                break
+            except flotilla.NotFoundError:
+                assert time.monotonic() < deadline, "follower never applied the task"
+                time.sleep(0.05)
+        assert task.id == tid and task.spec.payload == b"stale"
+        assert c.leader == cluster.addr(follower)  # served there, not redirected
+        assert tid in [t.id for t in c.list(consistency=Consistency.STALE, after=tid - 1, limit=1).tasks]
+
+
+def test_unreachable_cluster_is_unavailable_within_the_call_deadline():
+    import socket
+    import time
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there
+    with flotilla.Client([f"127.0.0.1:{port}"], call_timeout=1.0, request_timeout=0.5) as c:
+        t = time.monotonic()
+        with pytest.raises(flotilla.UnavailableError) as e:
+            c.submit(b"x")
+        took = time.monotonic() - t
+    assert e.value.code is grpc.StatusCode.UNAVAILABLE
+    assert 0.5 < took < 3.0, took
+    with pytest.raises(ValueError):
+        flotilla.Client([])
+    with pytest.raises(ValueError):
+        flotilla.Client("no-port")
+
+
+def test_workers_and_queue_policy(client):
+    assert isinstance(client.list_workers(), list)
+    client.set_queue_policy(queue(), "priority", aging_ms=1000)
+    with pytest.raises(flotilla.InvalidArgumentError):
+        client.set_queue_policy(queue(), "random")
