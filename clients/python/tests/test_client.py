@@ -242,6 +242,9 @@ def test_unreachable_cluster_is_unavailable_within_the_call_deadline():
 
 def test_workers_and_queue_policy(client):
     assert isinstance(client.list_workers(), list)
-    client.set_queue_policy(queue(), "priority", aging_ms=1000)
+    with pytest.raises(flotilla.InvalidArgumentError) as unknown:
+        client.set_queue_policy(queue(), "priority", aging_ms=1000)
+    assert "unknown queue" in unknown.value.message
+    client.set_queue_policy(queue(), "priority", aging_ms=1000, create=True)
     with pytest.raises(flotilla.InvalidArgumentError):
-        client.set_queue_policy(queue(), "random")
+        client.set_queue_policy(queue(), "random", create=True)

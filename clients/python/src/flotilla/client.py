@@ -387,9 +387,16 @@ class Client:
         resp = self._flotilla("workers", "ListWorkers", pb.ListWorkersRequest())
         return [WorkerInfo.from_pb(w) for w in resp.workers]
 
-    def set_queue_policy(self, queue: str, policy: str, aging_ms: int = 0) -> None:
-        """How a queue orders its pending tasks: "fifo", "priority" (optionally aging) or "sjf"."""
-        request = pb.SetQueuePolicyRequest(queue=queue, policy=policy, aging_ms=aging_ms)
+    def set_queue_policy(
+        self, queue: str, policy: str, aging_ms: int = 0, create: bool = False
+    ) -> None:
+        """How a queue orders its pending tasks: "fifo", "priority" (optionally aging) or "sjf".
+
+        A queue no task was submitted to yet is refused as unknown unless ``create`` is set.
+        """
+        request = pb.SetQueuePolicyRequest(
+            queue=queue, policy=policy, aging_ms=aging_ms, create=create
+        )
         self._flotilla("set-policy", "SetQueuePolicy", request)
 
     # -- the worker protocol (used by flotilla.Worker) ---------------------------------------
