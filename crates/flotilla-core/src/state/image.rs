@@ -212,11 +212,12 @@ impl StateBuilder {
             ImageRecord::Task(mut t) => {
                 self.enter(3, "task")?;
                 self.check_id(t.id)?;
-                if let Some(d) = t
+                // An unfinished task holds its parents; a finished one may outlive them.
+                let missing = t
                     .depends_on()
                     .iter()
-                    .find(|d| self.state.record(**d).is_none())
-                {
+                    .find(|d| self.state.record(**d).is_none());
+                if let (false, Some(d)) = (t.state.is_terminal(), missing) {
                     return Err(format!("task {} depends on missing task {d}", t.id));
                 }
                 t.queue = self.state.intern(&t.queue);

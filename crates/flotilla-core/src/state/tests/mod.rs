@@ -2,24 +2,28 @@
 
 use proptest::prelude::*;
 
-use super::super::*;
-use crate::{CommandError, ImageHeader, ImageRecord, TaskSpec};
+mod admission;
+mod golden;
+mod retention;
 
-fn spec(queue: &str) -> TaskSpec {
+use super::super::*;
+use crate::{CommandError, ImageHeader, ImageRecord, QueueSetting, TaskSpec};
+
+pub(super) fn spec(queue: &str) -> TaskSpec {
     TaskSpec::new(queue, b"echo hi".to_vec())
 }
 
-fn keyed(queue: &str, key: &str) -> TaskSpec {
+pub(super) fn keyed(queue: &str, key: &str) -> TaskSpec {
     let mut s = spec(queue);
     s.idempotency_key = Some(key.into());
     s
 }
 
-fn submit(state: &mut State, now_ms: u64, tasks: Vec<TaskSpec>) -> Response {
+pub(super) fn submit(state: &mut State, now_ms: u64, tasks: Vec<TaskSpec>) -> Response {
     state.apply(&Command::submit(now_ms, tasks))
 }
 
-fn ids(r: &Response) -> Vec<TaskId> {
+pub(super) fn ids(r: &Response) -> Vec<TaskId> {
     match r {
         Response::Submitted { ids, .. } => ids.clone(),
         other => panic!("expected Submitted, got {other:?}"),
@@ -51,7 +55,7 @@ pub(super) fn restore(state: &State) -> State {
 }
 
 /// The image of `state` with the clock set to `clock_ms`.
-fn image_with_clock(state: &State, clock_ms: u64) -> Vec<u8> {
+pub(super) fn image_with_clock(state: &State, clock_ms: u64) -> Vec<u8> {
     let mut out = Vec::new();
     for mut r in records(state) {
         if let ImageRecord::Header(h) = &mut r {
@@ -309,14 +313,16 @@ fn image_refuses_inconsistent_input() {
 
 // ---------------------------------------------------------------- property tests
 
+/// Mostly valid specs (an invalid one rejects its whole batch), sometimes depending on
+/// earlier tasks, sometimes held back in time, with a few keys that repeat.
 fn arb_spec(max_id: u64) -> impl Strategy<Value = TaskSpec> {
     (
-        prop_oneof![Just("a"), Just("b"), Just("c"), Just("")],
-        -1001i32..=1001,
+        prop_oneof![8 => prop_oneof![Just("a"), Just("b"), Just("c")], 1 => Just("")],
+        prop_oneof![9 => -5i32..=5, 1 => -1001i32..=1001],
         proptest::option::of(0u8..6),
-        proptest::collection::vec(0u64..max_id + 3, 0..3),
-        proptest::option::of(0u64..200),
-        0u32..4,
+        prop_oneof![3 => Just(vec![]), 3 => proptest::collection::vec(1u64..8, 1..3), 1 => proptest::collection::vec(0u64..max_id + 3, 0..3)],
+        prop_oneof![3 => Just(None), 1 => proptest::option::of(0u64..200)],
+        prop_oneof![9 => 1u32..4, 1 => Just(0u32)],
     )
         .prop_map(|(queue, priority, key, deps, not_before, attempts)| {
             let mut s = TaskSpec::new(queue, vec![1, 2, 3]);
@@ -331,11 +337,15 @@ fn arb_spec(max_id: u64) -> impl Strategy<Value = TaskSpec> {
 
 fn arb_command() -> impl Strategy<Value = Command> {
     prop_oneof![
-        3 => (0u64..200, proptest::collection::vec(arb_spec(30), 0..4))
-            .prop_map(|(now_ms, tasks)| Command::submit(now_ms, tasks)),
+        4 => (0u64..200, proptest::collection::vec(arb_spec(30), 0..3), proptest::option::of(1u64..25), proptest::option::of(1u64..12))
+            .prop_map(|(now_ms, tasks, max_pending, max_pending_per_queue)| Command::Submit {
+                now_ms,
+                tasks,
+                limits: crate::AdmissionLimits { max_pending, max_pending_per_queue },
+            }),
         1 => (0u64..200, 0u64..40).prop_map(|(now_ms, id)| Command::Cancel { now_ms, task_id: TaskId(id) }),
         1 => (0u64..250).prop_map(|now_ms| Command::Tick { now_ms }),
-        1 => (0u64..200, 0usize..3, 0u32..3, 0u32..3).prop_map(|(now_ms, w, session, slots)| Command::RegisterWorker {
+        2 => (0u64..200, 0usize..3, 0u32..3, prop_oneof![5 => 1u32..4, 1 => Just(0u32)]).prop_map(|(now_ms, w, session, slots)| Command::RegisterWorker {
             now_ms,
             worker: crate::WorkerSpec {
                 id: format!("w{w}"),
@@ -345,13 +355,13 @@ fn arb_command() -> impl Strategy<Value = Command> {
                 queues: if w == 2 { vec!["a".into()] } else { vec![] },
             },
         }),
-        2 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::Assign {
+        3 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::Assign {
             now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt,
         }),
-        1 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::Complete {
+        2 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::Complete {
             now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt, result: vec![7],
         }),
-        1 => (0u64..200, 0u64..40, 0usize..3, 0u32..4, any::<bool>()).prop_map(|(now_ms, id, w, attempt, retryable)| Command::Fail {
+        2 => (0u64..200, 0u64..40, 0usize..3, 0u32..4, any::<bool>()).prop_map(|(now_ms, id, w, attempt, retryable)| Command::Fail {
             now_ms, task_id: TaskId(id), worker_id: format!("w{w}"), attempt, error: "boom".into(), retryable,
         }),
         1 => (0u64..200, 0u64..40, 0usize..3, 0u32..4).prop_map(|(now_ms, id, w, attempt)| Command::SaveCheckpoint {
@@ -360,69 +370,341 @@ fn arb_command() -> impl Strategy<Value = Command> {
         1 => (0u64..200, 0usize..3).prop_map(|(now_ms, w)| Command::ExpireWorker {
             now_ms, worker_id: format!("w{w}"), reason: "lease".into(),
         }),
+        2 => (0u64..250, 1u64..60, 1u64..120, 1u32..6).prop_map(|(now_ms, retention_ms, key_retention_ms, max_removals)| Command::Sweep {
+            now_ms, retention_ms, key_retention_ms, max_removals,
+        }),
+        1 => (0u64..200, prop_oneof![Just("a"), Just("b"), Just("x")], 0u8..5, any::<bool>()).prop_map(|(now_ms, queue, what, create)| Command::SetQueue {
+            now_ms,
+            queue: queue.into(),
+            setting: match what {
+                0 => QueueSetting::Policy(crate::QueuePolicy::Fifo),
+                1 => QueueSetting::Policy(crate::QueuePolicy::Priority { aging_ms: 20 }),
+                2 => QueueSetting::Policy(crate::QueuePolicy::ShortestJobFirst),
+                3 => QueueSetting::RetentionMs(Some(15)),
+                _ => QueueSetting::RetentionMs(None),
+            },
+            create,
+        }),
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+/// A step of a generated run: a raw command (mostly rejected, which is worth testing too), or
+/// an intent resolved against the state it is applied to — assign a pending task to a
+/// registered worker with the right attempt, complete or fail a running attempt as its worker
+/// — so that runs reach the accepted paths, not only the rejections.
+#[derive(Debug, Clone)]
+enum Step {
+    Raw(Command),
+    /// Submit valid specs whose dependencies (given as picks) are resolved to existing tasks.
+    Submit(u64, Vec<(TaskSpec, Vec<usize>)>),
+    Assign(usize, u64),
+    Complete(usize, u64),
+    Fail(usize, u64, bool),
+    /// Cancel an unfinished task (one that others may wait on).
+    Cancel(usize, u64),
+}
 
-    /// The same log applied to two fresh states gives byte-identical snapshots and responses.
-    #[test]
-    fn apply_is_deterministic(cmds in proptest::collection::vec(arb_command(), 0..60)) {
-        let (mut a, mut b) = (State::new(), State::new());
-        for c in &cmds {
-            prop_assert_eq!(a.apply(c), b.apply(c));
-        }
-        prop_assert_eq!(image_bytes(&a), image_bytes(&b));
-    }
-
-    /// Snapshot -> restore -> continue equals continue.
-    #[test]
-    fn restore_then_continue_equals_continue(
-        prefix in proptest::collection::vec(arb_command(), 0..40),
-        suffix in proptest::collection::vec(arb_command(), 0..40),
-    ) {
-        let mut live = State::new();
-        for c in &prefix { live.apply(c); }
-        let mut restored = restore(&live);
-        for c in &suffix {
-            prop_assert_eq!(live.apply(c), restored.apply(c));
-        }
-        prop_assert_eq!(image_bytes(&live), image_bytes(&restored));
-        restored.check_invariants().unwrap();
-    }
-
-    /// Random command sequences never break invariants (capacity included), a rejected command
-    /// changes nothing but what the passing of time does (a Tick to the same time), and no task
-    /// ever succeeds twice or leaves a terminal state.
-    #[test]
-    fn invariants_hold_and_rejections_change_nothing(cmds in proptest::collection::vec(arb_command(), 0..120)) {
-        let mut s = State::new();
-        let mut terminal: std::collections::BTreeMap<TaskId, TaskState> = Default::default();
-        for c in &cmds {
-            let mut only_time = s.clone();
-            only_time.apply(&Command::Tick { now_ms: c.now_ms() });
-            let r = s.apply(c);
-            s.check_invariants().map_err(TestCaseError::fail)?;
-            if let Response::Rejected(_) = r {
-                prop_assert_eq!(image_bytes(&s), image_bytes(&only_time));
+impl Step {
+    fn resolve(&self, s: &State) -> Command {
+        let pick = |state: TaskState, i: usize| {
+            let tasks = s.list(None, Some(state), None, usize::MAX);
+            (!tasks.is_empty()).then(|| tasks[i % tasks.len()].clone())
+        };
+        let fallback = |now_ms| Command::Tick { now_ms };
+        match self {
+            Step::Raw(c) => c.clone(),
+            Step::Submit(now_ms, specs) => {
+                let existing: Vec<TaskId> = s
+                    .list(None, None, None, usize::MAX)
+                    .iter()
+                    .map(|t| t.id)
+                    .collect();
+                let tasks = specs
+                    .iter()
+                    .map(|(spec, picks)| {
+                        let mut spec = spec.clone();
+                        if !existing.is_empty() {
+                            spec.depends_on = picks
+                                .iter()
+                                .map(|p| existing[existing.len() - 1 - p % existing.len()])
+                                .collect();
+                        }
+                        spec
+                    })
+                    .collect();
+                Command::submit(*now_ms, tasks)
             }
-            let total: u64 = TaskState::ALL.iter().map(|st| s.count(*st)).sum();
-            prop_assert_eq!(total as usize, s.task_count());
-            for t in s.list(None, None, None, usize::MAX) {
-                if let Some(prev) = terminal.get(&t.id) {
-                    prop_assert_eq!(*prev, t.state, "task {} left terminal state", t.id);
-                } else if t.state.is_terminal() {
-                    terminal.insert(t.id, t.state);
+            Step::Assign(i, now_ms) => {
+                let workers: Vec<_> = s.workers().map(|w| w.spec.id.clone()).collect();
+                match pick(TaskState::Pending, *i) {
+                    Some(t) if !workers.is_empty() => Command::Assign {
+                        now_ms: *now_ms,
+                        task_id: t.id,
+                        worker_id: workers[i % workers.len()].clone(),
+                        attempt: t.attempts + 1,
+                    },
+                    _ => fallback(*now_ms),
+                }
+            }
+            Step::Complete(i, now_ms) => match pick(TaskState::Running, *i) {
+                Some(t) => Command::Complete {
+                    now_ms: *now_ms,
+                    task_id: t.id,
+                    worker_id: t.worker.clone().unwrap_or_default(),
+                    attempt: t.attempts,
+                    result: vec![7],
+                },
+                None => fallback(*now_ms),
+            },
+            Step::Fail(i, now_ms, retryable) => match pick(TaskState::Running, *i) {
+                Some(t) => Command::Fail {
+                    now_ms: *now_ms,
+                    task_id: t.id,
+                    worker_id: t.worker.clone().unwrap_or_default(),
+                    attempt: t.attempts,
+                    error: "boom".into(),
+                    retryable: *retryable,
+                },
+                None => fallback(*now_ms),
+            },
+            Step::Cancel(i, now_ms) => {
+                let live: Vec<_> = s
+                    .list(None, None, None, usize::MAX)
+                    .into_iter()
+                    .filter(|t| !t.state.is_terminal())
+                    .collect();
+                match live.get(i % live.len().max(1)) {
+                    Some(t) => Command::Cancel {
+                        now_ms: *now_ms,
+                        task_id: t.id,
+                    },
+                    None => fallback(*now_ms),
                 }
             }
         }
     }
 }
 
+fn arb_valid_spec() -> impl Strategy<Value = (TaskSpec, Vec<usize>)> {
+    (
+        prop_oneof![Just("a"), Just("b"), Just("c")],
+        -3i32..=3,
+        proptest::option::of(0u8..6),
+        prop_oneof![2 => Just(vec![]), 1 => proptest::collection::vec(0usize..4, 1..3)],
+        prop_oneof![3 => Just(None), 1 => proptest::option::of(0u64..200)],
+        1u32..4,
+    )
+        .prop_map(|(queue, priority, key, picks, not_before, attempts)| {
+            let mut s = TaskSpec::new(queue, vec![1, 2, 3]);
+            s.priority = priority;
+            s.idempotency_key = key.map(|k| format!("key-{k}"));
+            s.not_before_ms = not_before;
+            s.max_attempts = attempts;
+            (s, picks)
+        })
+}
+
+fn arb_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u64..200, proptest::collection::vec(arb_valid_spec(), 1..3)).prop_map(|(t, specs)| Step::Submit(t, specs)),
+        6 => arb_command().prop_map(Step::Raw),
+        3 => (0usize..50, 0u64..200).prop_map(|(i, t)| Step::Assign(i, t)),
+        2 => (0usize..50, 0u64..200).prop_map(|(i, t)| Step::Complete(i, t)),
+        2 => (0usize..50, 0u64..200, any::<bool>()).prop_map(|(i, t, r)| Step::Fail(i, t, r)),
+        1 => (0usize..50, 0u64..200).prop_map(|(i, t)| Step::Cancel(i, t)),
+    ]
+}
+
+/// How often a run reached the paths worth testing; a property whose generator stops
+/// reaching them fails instead of passing vacuously.
+#[derive(Default, Debug)]
+struct Reached {
+    completed: std::cell::Cell<u32>,
+    retried: std::cell::Cell<u32>,
+    cascaded: std::cell::Cell<u32>,
+    swept: std::cell::Cell<u32>,
+    tombstoned: std::cell::Cell<u32>,
+    key_from_tombstone: std::cell::Cell<u32>,
+    limited: std::cell::Cell<u32>,
+    rejected: std::cell::Cell<u32>,
+}
+
+impl Reached {
+    fn bump(c: &std::cell::Cell<u32>) {
+        c.set(c.get() + 1);
+    }
+
+    /// Counts what `r`, the response to `c` on the state before (`prev`), shows.
+    fn note(&self, prev: &State, c: &Command, r: &Response, after: &State) {
+        match r {
+            Response::Completed { .. } => Self::bump(&self.completed),
+            Response::AttemptFailed {
+                retry_at_ms: Some(_),
+                ..
+            } => Self::bump(&self.retried),
+            Response::Swept {
+                removed,
+                tombstoned,
+                ..
+            } => {
+                if *removed > 0 {
+                    Self::bump(&self.swept);
+                }
+                if *tombstoned > 0 {
+                    Self::bump(&self.tombstoned);
+                }
+            }
+            Response::Rejected(CommandError::LimitExceeded { .. }) => Self::bump(&self.limited),
+            Response::Rejected(_) => Self::bump(&self.rejected),
+            Response::Submitted { ids, created } => {
+                for (id, new) in ids.iter().zip(created) {
+                    if !new && matches!(prev.lookup(*id), crate::Lookup::Removed(Some(_))) {
+                        Self::bump(&self.key_from_tombstone);
+                    }
+                }
+            }
+            _ => {}
+        }
+        let upstream = |s: &State| {
+            s.list(None, Some(TaskState::Failed), None, usize::MAX)
+                .iter()
+                .filter(|t| t.reason.as_deref() == Some(crate::REASON_UPSTREAM_FAILED))
+                .count()
+        };
+        if !matches!(c, Command::Submit { .. }) && upstream(after) > upstream(prev) {
+            Self::bump(&self.cascaded);
+        }
+    }
+
+    fn assert_reached(&self, what: &str) {
+        eprintln!("{what}: {self:?}");
+        for (name, n) in [
+            ("accepted completion", &self.completed),
+            ("retry after failure", &self.retried),
+            ("dependency cascade", &self.cascaded),
+            ("sweep removing tasks", &self.swept),
+            ("tombstone left", &self.tombstoned),
+            (
+                "resubmit answered from a tombstone",
+                &self.key_from_tombstone,
+            ),
+            ("admission limit", &self.limited),
+            ("rejection", &self.rejected),
+        ] {
+            assert!(
+                n.get() >= 10,
+                "{what}: the generator reached {name} only {} times: {self:?}",
+                n.get()
+            );
+        }
+    }
+}
+
+fn runner(cases: u32) -> proptest::test_runner::TestRunner {
+    proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(cases))
+}
+
+/// The same log applied to two fresh states gives byte-identical snapshots and responses.
+#[test]
+fn apply_is_deterministic() {
+    let reached = Reached::default();
+    runner(256)
+        .run(&proptest::collection::vec(arb_step(), 0..120), |steps| {
+            let (mut a, mut b) = (State::new(), State::new());
+            for step in &steps {
+                let c = &step.resolve(&a);
+                let before = a.clone();
+                let r = a.apply(c);
+                prop_assert_eq!(&r, &b.apply(c));
+                reached.note(&before, c, &r, &a);
+            }
+            prop_assert_eq!(image_bytes(&a), image_bytes(&b));
+            Ok(())
+        })
+        .unwrap();
+    reached.assert_reached("apply_is_deterministic");
+}
+
+/// Snapshot -> restore -> continue equals continue.
+#[test]
+fn restore_then_continue_equals_continue() {
+    let reached = Reached::default();
+    let strategy = (
+        proptest::collection::vec(arb_step(), 0..80),
+        proptest::collection::vec(arb_step(), 0..80),
+    );
+    runner(256)
+        .run(&strategy, |(prefix, suffix)| {
+            let mut live = State::new();
+            for step in &prefix {
+                let c = step.resolve(&live);
+                live.apply(&c);
+            }
+            let mut restored = restore(&live);
+            prop_assert_eq!(image_bytes(&live), image_bytes(&restored));
+            for step in &suffix {
+                let c = &step.resolve(&live);
+                let before = live.clone();
+                let r = live.apply(c);
+                prop_assert_eq!(&r, &restored.apply(c));
+                reached.note(&before, c, &r, &live);
+            }
+            prop_assert_eq!(image_bytes(&live), image_bytes(&restored));
+            restored.check_invariants().map_err(TestCaseError::fail)?;
+            Ok(())
+        })
+        .unwrap();
+    reached.assert_reached("restore_then_continue_equals_continue");
+}
+
+/// Random command sequences never break invariants (capacity included), a rejected command
+/// changes nothing but what the passing of time does (a Tick to the same time), and no task
+/// ever succeeds twice or leaves a terminal state (until retention removes it).
+#[test]
+fn invariants_hold_and_rejections_change_nothing() {
+    let reached = Reached::default();
+    runner(256)
+        .run(&proptest::collection::vec(arb_step(), 0..150), |steps| {
+            let mut s = State::new();
+            let mut terminal: std::collections::BTreeMap<TaskId, TaskState> = Default::default();
+            for step in &steps {
+                let c = &step.resolve(&s);
+                let mut only_time = s.clone();
+                only_time.apply(&Command::Tick { now_ms: c.now_ms() });
+                let before = s.clone();
+                let r = s.apply(c);
+                reached.note(&before, c, &r, &s);
+                s.check_invariants().map_err(TestCaseError::fail)?;
+                if let Response::Rejected(_) = r {
+                    prop_assert_eq!(image_bytes(&s), image_bytes(&only_time));
+                }
+                let total: u64 = TaskState::ALL.iter().map(|st| s.count(*st)).sum();
+                prop_assert_eq!(total as usize, s.task_count());
+                for t in s.list(None, None, None, usize::MAX) {
+                    if let Some(prev) = terminal.get(&t.id) {
+                        prop_assert_eq!(*prev, t.state, "task {} left terminal state", t.id);
+                    } else if t.state.is_terminal() {
+                        terminal.insert(t.id, t.state);
+                    }
+                }
+                // A terminal task may only disappear through retention, never come back.
+                for id in terminal.keys() {
+                    if !matches!(s.lookup(*id), crate::Lookup::Task(_)) {
+                        let by_sweep = matches!(c, Command::Sweep { .. });
+                        let was_there = matches!(before.lookup(*id), crate::Lookup::Task(_));
+                        prop_assert!(by_sweep || !was_there, "task {} vanished", id);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    reached.assert_reached("invariants_hold_and_rejections_change_nothing");
+}
+
 // ---------------------------------------------------------------- workers and attempts
 
-fn wspec(id: &str, slots: u32) -> crate::WorkerSpec {
+pub(super) fn wspec(id: &str, slots: u32) -> crate::WorkerSpec {
     crate::WorkerSpec {
         id: id.into(),
         session: format!("session-{id}"),

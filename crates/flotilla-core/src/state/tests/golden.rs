@@ -1,0 +1,199 @@
+//! Golden bytes: the encodings of commands and image records are pinned, so that an
+//! accidental change of shape fails here. A deliberate change bumps the format version
+//! (`flotilla-store`'s codec for commands, [`STATE_IMAGE_VERSION`] for images), freezes the old
+//! shapes in `crate::compat`, and updates these bytes.
+
+use super::*;
+use crate::{
+    AdmissionLimits, Capacity, QueuePolicy, QueueSetting, Resources, WorkerSpec,
+    STATE_IMAGE_VERSION,
+};
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One command of every kind, with every optional field set.
+pub(super) fn sample_commands() -> Vec<Command> {
+    let mut spec = TaskSpec::new("builds", b"make".to_vec());
+    spec.priority = -7;
+    spec.idempotency_key = Some("k".into());
+    spec.estimate_ms = Some(1500);
+    spec.resources = Resources {
+        cpu_millis: 250,
+        mem_mb: 64,
+    };
+    spec.labels = [("gpu".to_string(), "yes".to_string())].into();
+    spec.depends_on = vec![TaskId(1)];
+    spec.max_attempts = 4;
+    spec.not_before_ms = Some(9);
+    spec.timeout_ms = Some(60_000);
+    let worker = WorkerSpec {
+        id: "w1".into(),
+        session: "s1".into(),
+        capacity: Capacity {
+            slots: 4,
+            cpu_millis: 4000,
+            mem_mb: 8192,
+        },
+        labels: [("gpu".to_string(), "yes".to_string())].into(),
+        queues: vec!["builds".into()],
+    };
+    vec![
+        Command::Submit {
+            now_ms: 1,
+            tasks: vec![spec],
+            limits: AdmissionLimits {
+                max_pending: Some(10),
+                max_pending_per_queue: None,
+            },
+        },
+        Command::Cancel {
+            now_ms: 2,
+            task_id: TaskId(3),
+        },
+        Command::Tick { now_ms: 3 },
+        Command::RegisterWorker { now_ms: 4, worker },
+        Command::ExpireWorker {
+            now_ms: 5,
+            worker_id: "w1".into(),
+            reason: "lease".into(),
+        },
+        Command::Assign {
+            now_ms: 6,
+            task_id: TaskId(1),
+            worker_id: "w1".into(),
+            attempt: 1,
+        },
+        Command::Complete {
+            now_ms: 7,
+            task_id: TaskId(1),
+            worker_id: "w1".into(),
+            attempt: 1,
+            result: b"ok".to_vec(),
+        },
+        Command::Fail {
+            now_ms: 8,
+            task_id: TaskId(1),
+            worker_id: "w1".into(),
+            attempt: 1,
+            error: "e".into(),
+            retryable: true,
+        },
+        Command::SaveCheckpoint {
+            now_ms: 9,
+            task_id: TaskId(1),
+            worker_id: "w1".into(),
+            attempt: 1,
+            progress_permille: 5,
+            data: b"c".to_vec(),
+        },
+        Command::SetQueue {
+            now_ms: 10,
+            queue: "q".into(),
+            setting: QueueSetting::Policy(QueuePolicy::Priority { aging_ms: 100 }),
+            create: true,
+        },
+        Command::SetQueue {
+            now_ms: 11,
+            queue: "q".into(),
+            setting: QueueSetting::RetentionMs(Some(5)),
+            create: false,
+        },
+        Command::Sweep {
+            now_ms: 12,
+            retention_ms: 13,
+            key_retention_ms: 14,
+            max_removals: 15,
+        },
+    ]
+}
+
+const COMMANDS: [&str; 12] = [
+    "000000000100000000000000010000000000000006000000000000006275696c647304000000000000006d616b65f9ffffff0101000000000000006b01dc05000000000000fa0000004000000001000000000000000300000000000000677075030000000000000079657301000000000000000100000000000000040000000109000000000000000160ea000000000000010a0000000000000000",
+    "0100000002000000000000000300000000000000",
+    "020000000300000000000000",
+    "030000000400000000000000020000000000000077310200000000000000733104000000a00f000000200000010000000000000003000000000000006770750300000000000000796573010000000000000006000000000000006275696c6473",
+    "0400000005000000000000000200000000000000773105000000000000006c65617365",
+    "05000000060000000000000001000000000000000200000000000000773101000000",
+    "0600000007000000000000000100000000000000020000000000000077310100000002000000000000006f6b",
+    "0700000008000000000000000100000000000000020000000000000077310100000001000000000000006501",
+    "0800000009000000000000000100000000000000020000000000000077310100000005000000010000000000000063",
+    "090000000a000000000000000100000000000000710000000001000000640000000000000001",
+    "090000000b000000000000000100000000000000710100000001050000000000000000",
+    "0a0000000c000000000000000d000000000000000e000000000000000f000000",
+];
+
+#[test]
+fn command_encodings_are_pinned() {
+    let cmds = sample_commands();
+    let actual: Vec<String> = cmds
+        .iter()
+        .map(|c| hex(&bincode::serialize(c).unwrap()))
+        .collect();
+    for (i, (a, want)) in actual.iter().zip(COMMANDS).enumerate() {
+        assert_eq!(
+            a,
+            want,
+            "command {i} ({:?}) encodes differently:\n{}",
+            cmds[i],
+            actual
+                .iter()
+                .map(|h| format!("    \"{h}\","))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    for c in &cmds {
+        let back: Command = bincode::deserialize(&bincode::serialize(c).unwrap()).unwrap();
+        assert_eq!(&back, c);
+    }
+}
+
+/// A state that exercises every record kind: settings, a worker, tasks in several states,
+/// a tombstone.
+pub(super) fn sample_state() -> State {
+    let mut s = State::new();
+    let mut cmds = sample_commands();
+    cmds.truncate(4); // submit (task 3, after task 1), cancel 3, tick, register
+    let mut a = TaskSpec::new("q", b"a".to_vec());
+    a.idempotency_key = Some("ka".into());
+    let b = TaskSpec::new("q", b"b".to_vec());
+    cmds.insert(0, Command::submit(0, vec![a, b]));
+    cmds.extend([
+        Command::Cancel {
+            now_ms: 20,
+            task_id: TaskId(1),
+        },
+        Command::SetQueue {
+            now_ms: 21,
+            queue: "q".into(),
+            setting: QueueSetting::Policy(QueuePolicy::ShortestJobFirst),
+            create: false,
+        },
+        Command::Sweep {
+            now_ms: 100,
+            retention_ms: 10,
+            key_retention_ms: 1000,
+            max_removals: 10,
+        },
+    ]);
+    for c in &cmds {
+        s.apply(c);
+    }
+    assert_eq!((s.task_count(), s.tombstone_count()), (1, 2));
+    s
+}
+
+const IMAGE: &str = "000000000200000004000000000000006400000000000000010000000000000001000000000000000100000000000000020000000000000001000000010000000000000071020000000002000000020000000000000077310200000000000000733104000000a00f000000200000010000000000000003000000000000006770750300000000000000796573010000000000000006000000000000006275696c6473040000000000000004000000010000000000000001000000000000007102000000000000006b61050000000000000000000000000000001400000000000000fc030000000000000001090000000000000063616e63656c6c6564030000000200000000000000010000000000000000000000000000000000000000000000010000000000000071010000000000000062000000000003000000000000000000000000000004000000030000000000000006000000000000006275696c647301000000000000006b050000000000000001000000000000000200000000000000ea030000000000000001090000000000000063616e63656c6c6564";
+
+#[test]
+fn image_encoding_is_pinned() {
+    assert_eq!(STATE_IMAGE_VERSION, 2);
+    let bytes = hex(&image_bytes(&sample_state()));
+    assert_eq!(bytes, IMAGE, "the image encodes differently:\n{bytes}");
+    assert_eq!(
+        image_bytes(&restore(&sample_state())),
+        image_bytes(&sample_state())
+    );
+}
