@@ -49,7 +49,7 @@ async fn restart_from_snapshot_and_log_keeps_every_task() {
         3,
         ReplicaOptions {
             snapshot_every_entries: Some(16),
-            ..Default::default()
+            ..ReplicaOptions::for_tests()
         },
     )
     .await;

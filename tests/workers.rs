@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 async fn cluster(dir: &Path, ttl_ms: u64) -> LocalCluster {
     let options = ReplicaOptions {
         worker_ttl_ms: Some(ttl_ms),
-        ..Default::default()
+        ..ReplicaOptions::for_tests()
     };
     let mut c = LocalCluster::new(&bin(), 3, dir, options).unwrap();
     c.start_all().unwrap();
@@ -280,7 +280,7 @@ async fn workers_lost_assignments_are_delivered_again() {
     let options = ReplicaOptions {
         worker_ttl_ms: Some(10_000),
         worker_stream_limit: Some(2),
-        ..Default::default()
+        ..ReplicaOptions::for_tests()
     };
     let mut c = LocalCluster::new(&bin(), 3, dir.path(), options).unwrap();
     c.start_all().unwrap();

@@ -133,6 +133,9 @@ impl Cluster {
             .arg(self.data_dir(id))
             .args(["--peers", &peers])
             .args(["--cluster-name", "jepsen"])
+            // Every applied entry is checked against the state's invariants: a violation stops
+            // the replica with the reason in its log, which the checkers then see.
+            .arg("--check-invariants")
             .args(["--heartbeat-ms", &self.opts.heartbeat_ms.to_string()])
             .args([
                 "--election-timeout-ms",

@@ -23,7 +23,7 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` replicas and waits for a leader.
     pub async fn start(n: usize) -> TestCluster {
-        TestCluster::start_with(n, ReplicaOptions::default()).await
+        TestCluster::start_with(n, ReplicaOptions::for_tests()).await
     }
 
     /// Starts `n` replicas with `options` and waits for a leader.

@@ -26,6 +26,21 @@ pub struct ReplicaOptions {
     pub snapshot_every_entries: Option<u64>,
     /// Extra environment variables, e.g. `RUST_LOG`.
     pub env: Vec<(String, String)>,
+    /// Check the state machine's invariants after every applied entry (tests and fault runs;
+    /// O(tasks) per entry, so not for benchmarks).
+    pub check_invariants: bool,
+    /// Further `flotilla server` flags, e.g. `--retention-ms 1000`.
+    pub extra_args: Vec<String>,
+}
+
+impl ReplicaOptions {
+    /// What the black-box tests run with: invariant checks on.
+    pub fn for_tests() -> ReplicaOptions {
+        ReplicaOptions {
+            check_invariants: true,
+            ..ReplicaOptions::default()
+        }
+    }
 }
 
 pub struct LocalCluster {
@@ -132,6 +147,10 @@ impl LocalCluster {
         if let Some(n) = self.options.snapshot_every_entries {
             cmd.arg("--snapshot-every-entries").arg(n.to_string());
         }
+        if self.options.check_invariants {
+            cmd.arg("--check-invariants");
+        }
+        cmd.args(&self.options.extra_args);
         for (k, v) in &self.options.env {
             cmd.env(k, v);
         }

@@ -323,4 +323,45 @@ mod tests {
         assert_eq!(again.migrated_entries, 0);
         assert_eq!(again.incarnation, incarnation);
     }
+
+    /// Pinned bytes of what format 2 writes to the log (a normal and a membership entry) and
+    /// for the identity: a change of shape must bump `codec::FORMAT_VERSION` and add a
+    /// conversion here, as for format 1.
+    #[test]
+    fn format_2_encodings_are_pinned() {
+        let leader = openraft::CommittedLeaderId::new(3, 2);
+        let normal: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(leader, 41),
+            payload: EntryPayload::Normal(flotilla_core::Proposal {
+                commands: vec![flotilla_core::Command::Tick { now_ms: 5 }],
+            }),
+        };
+        let nodes: BTreeMap<u64, Node> = [
+            (1, Node::pinned("10.0.0.1:7400", "i1")),
+            (2, Node::new("10.0.0.2:7400")),
+        ]
+        .into();
+        let membership: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(leader, 40),
+            payload: EntryPayload::Membership(Membership::new(vec![[1, 2].into()], nodes)),
+        };
+        let identity = Identity {
+            cluster_name: "c".into(),
+            node_id: 1,
+            incarnation: "i1".into(),
+        };
+        let hex = |b: Vec<u8>| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let got = [
+            hex(encode(&normal)),
+            hex(encode(&membership)),
+            hex(encode(&identity)),
+        ];
+        assert_eq!(got, PINNED_V2, "\n{got:#?}");
+    }
+
+    const PINNED_V2: [&str; 3] = [
+        "02030000000000000002000000000000002900000000000000010000000100000000000000020000000500000000000000",
+        "02030000000000000002000000000000002800000000000000020000000100000000000000020000000000000001000000000000000200000000000000020000000000000001000000000000000d0000000000000031302e302e302e313a373430300200000000000000693102000000000000000d0000000000000031302e302e302e323a373430300000000000000000",
+        "02010000000000000063010000000000000002000000000000006931",
+    ];
 }

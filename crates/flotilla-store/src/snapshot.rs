@@ -246,3 +246,137 @@ pub(crate) fn remove_others(data_dir: &Path, keep: Option<&str>) -> std::io::Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_core::{Command, TaskSpec};
+    use openraft::{CommittedLeaderId, LogId, Membership, StoredMembership};
+
+    use super::*;
+
+    fn meta(index: u64) -> SnapshotMeta<NodeId, Node> {
+        let nodes: std::collections::BTreeMap<u64, Node> =
+            [(1, Node::pinned("10.0.0.1:7400", "inc-1"))].into();
+        SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), index)),
+            last_membership: StoredMembership::new(
+                Some(LogId::new(CommittedLeaderId::new(1, 1), 1)),
+                Membership::new(vec![[1].into()], nodes),
+            ),
+            snapshot_id: format!("2-1-{index}-0"),
+        }
+    }
+
+    fn state(n: usize) -> State {
+        let mut s = State::new();
+        let mut spec = TaskSpec::new("q", vec![5u8; 100]);
+        for i in 0..n {
+            spec.idempotency_key = Some(format!("k{i}"));
+            s.apply(&Command::submit(1, vec![spec.clone()]));
+        }
+        s
+    }
+
+    fn image(s: &State) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in s.view().records() {
+            bincode::serialize_into(&mut out, &r).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn written_snapshots_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = state(1000);
+        let (name, bytes) = write(dir.path(), &meta(7), &s.view()).unwrap();
+        let path = dir_of(dir.path()).join(&name);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes);
+        let (m, back) = read(File::open(&path).unwrap(), None::<File>).unwrap();
+        assert_eq!(m, meta(7));
+        assert_eq!(image(&back), image(&s));
+        // A copy made while reading is the same file.
+        let mut copy = Vec::new();
+        read(File::open(&path).unwrap(), Some(&mut copy)).unwrap();
+        assert_eq!(copy, std::fs::read(&path).unwrap());
+    }
+
+    /// The view is what gets written, whatever `apply` does to the state meanwhile.
+    #[test]
+    fn the_snapshot_holds_the_view_not_later_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = state(600);
+        let view = s.view();
+        let frozen = image(&s);
+        for i in 0..300 {
+            s.apply(&Command::Cancel {
+                now_ms: 2,
+                task_id: flotilla_core::TaskId(i + 1),
+            });
+        }
+        s.apply(&Command::submit(
+            3,
+            vec![TaskSpec::new("q", b"later".to_vec())],
+        ));
+        let (name, _) = write(dir.path(), &meta(9), &view).unwrap();
+        let (_, back) = read(
+            File::open(dir_of(dir.path()).join(name)).unwrap(),
+            None::<File>,
+        )
+        .unwrap();
+        assert_eq!(image(&back), frozen);
+        assert_ne!(image(&s), frozen);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_naming_the_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, _) = write(dir.path(), &meta(7), &state(50).view()).unwrap();
+        let path = dir_of(dir.path()).join(&name);
+        let good = std::fs::read(&path).unwrap();
+        let refuse = |bytes: Vec<u8>| read(&bytes[..], None::<File>).unwrap_err().to_string();
+
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        assert!(refuse(flipped).contains("checksum mismatch"));
+        assert!(refuse(good[..good.len() - 3].to_vec()).contains("truncated"));
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        assert!(refuse(magic).contains("bad magic"));
+        let mut version = good.clone();
+        version[8] = 9;
+        assert!(refuse(version).contains("format version 9"));
+        let mut huge = good.clone();
+        huge[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(refuse(huge).contains("frame of"));
+    }
+
+    /// Pinned bytes: the file header and the meta frame of a snapshot. A change of either is a
+    /// format change (bump `codec::FORMAT_VERSION`).
+    #[test]
+    fn snapshot_file_encoding_is_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, _) = write(dir.path(), &meta(7), &State::new().view()).unwrap();
+        let bytes = std::fs::read(dir_of(dir.path()).join(name)).unwrap();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, PINNED_EMPTY, "\n{hex}");
+    }
+
+    const PINNED_EMPTY: &str = "464c4f54534e4150028f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c0000004113e9200100000000000000020000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
+
+    #[test]
+    fn other_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (name, _) = write(dir.path(), &meta(7), &State::new().view()).unwrap();
+        let (old, _) = write(dir.path(), &meta(3), &State::new().view()).unwrap();
+        std::fs::write(dir_of(dir.path()).join("incoming-x.tmp"), b"partial").unwrap();
+        remove_others(dir.path(), Some(&name)).unwrap();
+        let left: Vec<String> = std::fs::read_dir(dir_of(dir.path()))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, vec![name]);
+        assert_ne!(old, left[0]);
+    }
+}
