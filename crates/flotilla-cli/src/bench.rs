@@ -28,6 +28,8 @@ pub enum BenchCmd {
     /// End to end (submit -> assign -> complete, no-op tasks, 4 in-process workers) and
     /// dispatch latency (submit committed -> started on a worker) at half that rate.
     E2e(E2eBench),
+    /// A large backlog: memory, disk, snapshot stalls, restart time, drain rate per policy.
+    Scale(crate::bench_scale::ScaleBench),
 }
 
 #[derive(Args)]
@@ -106,6 +108,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
     match cmd {
         BenchCmd::Submit(args) => submit(ctx, args).await,
         BenchCmd::E2e(args) => e2e(ctx, args).await,
+        BenchCmd::Scale(args) => crate::bench_scale::run(args).await,
     }
 }
 

@@ -184,6 +184,11 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The process id of replica `id`, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.children.get(&id).map(Child::id)
+    }
+
     pub fn is_running(&mut self, id: u64) -> bool {
         self.children
             .get_mut(&id)

@@ -11,6 +11,7 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_scale;
 mod commands;
 mod dev;
 mod output;

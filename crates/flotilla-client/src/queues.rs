@@ -161,6 +161,19 @@ impl Client {
         })
     }
 
+    /// Builds a snapshot on the replica at `addr` now; returns the log index it covers.
+    pub async fn take_snapshot(&self, addr: &str, timeout: Duration) -> Result<u64, ClientError> {
+        let mut c = self.channel(addr)?;
+        let req = pb::TakeSnapshotRequest {
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        let resp = tokio::time::timeout(timeout + Duration::from_secs(5), c.take_snapshot(req))
+            .await
+            .map_err(|_| ClientError::Unavailable(format!("{addr}: snapshot timed out")))?
+            .map_err(|s| ClientError::Rejected(Box::new(s)))?;
+        Ok(resp.into_inner().snapshot_index)
+    }
+
     /// The task, why it cannot run yet, and whether retention removed it.
     pub async fn status(
         &self,

@@ -443,6 +443,44 @@ impl Flotilla for Api {
         }))
     }
 
+    async fn take_snapshot(
+        &self,
+        request: Request<pb::TakeSnapshotRequest>,
+    ) -> Result<Response<pb::TakeSnapshotResponse>, Status> {
+        let timeout = match request.into_inner().timeout_ms {
+            0 => Duration::from_secs(60),
+            ms => Duration::from_millis(ms).min(Duration::from_secs(600)),
+        };
+        let mut metrics = self.raft.metrics();
+        let want = metrics.borrow().last_applied.map_or(0, |l| l.index);
+        let covered = |m: &openraft::RaftMetrics<u64, flotilla_store::Node>| {
+            m.snapshot.map_or(0, |l| l.index)
+        };
+        if covered(&metrics.borrow()) < want {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
+        }
+        let done = tokio::time::timeout(timeout, async {
+            loop {
+                let index = covered(&metrics.borrow());
+                if index >= want {
+                    return Ok(index);
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(ApiError::Unavailable("replica is shutting down".into()));
+                }
+            }
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable(format!("snapshot not built within {timeout:?}")))??;
+        Ok(Response::new(pb::TakeSnapshotResponse {
+            snapshot_index: done,
+        }))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
