@@ -30,6 +30,8 @@ pub enum BenchCmd {
     E2e(E2eBench),
     /// A large backlog: memory, disk, snapshot stalls, restart time, drain rate per policy.
     Scale(crate::bench_scale::ScaleBench),
+    /// A steady stream through workers with a short retention: memory and disk over time.
+    Steady(crate::bench_steady::SteadyBench),
 }
 
 #[derive(Args)]
@@ -109,6 +111,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Submit(args) => submit(ctx, args).await,
         BenchCmd::E2e(args) => e2e(ctx, args).await,
         BenchCmd::Scale(args) => crate::bench_scale::run(args).await,
+        BenchCmd::Steady(args) => crate::bench_steady::run(args).await,
     }
 }
 

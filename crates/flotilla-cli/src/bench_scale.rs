@@ -72,7 +72,7 @@ struct ScalePoint {
     drain_tasks_per_sec: BTreeMap<String, f64>,
 }
 
-fn rss_mb(pid: u32) -> f64 {
+pub(crate) fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -84,7 +84,7 @@ fn rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
-fn dir_mb(path: &Path) -> f64 {
+pub(crate) fn dir_mb(path: &Path) -> f64 {
     fn walk(p: &Path) -> u64 {
         let Ok(entries) = std::fs::read_dir(p) else {
             return 0;

@@ -12,6 +12,7 @@ macro_rules! outln {
 
 mod bench;
 mod bench_scale;
+mod bench_steady;
 mod commands;
 mod dev;
 mod output;
