@@ -11,16 +11,29 @@ JEPSEN="$CARGO_TARGET_DIR/release/flotilla-jepsen"
 WORKERS="${JEPSEN_WORKERS:-0}"
 
 failed=0
-run() { # run EXPECTED_EXIT NAME ARGS...
+run() { # run EXPECTED_EXIT NAME [--caught-by CHECKER] ARGS...
   local want="$1" name="$2"; shift 2
+  local caught_by=""
+  if [ "${1:-}" = "--caught-by" ]; then caught_by="$2"; shift 2; fi
   local started=$SECONDS
+  local dir="jepsen/store/ci-$name/$(date +%s)"
   echo "jepsen-ci: $name: $*" >&2
-  "$JEPSEN" test --scenario "ci-$name" "$@"
+  "$JEPSEN" test --scenario "ci-$name" --out "$dir" "$@"
   local got=$?
   echo "jepsen-ci: $name: exit $got (want $want) in $((SECONDS - started)) s" >&2
   if [ "$got" -ne "$want" ]; then
-    echo "jepsen-ci: FAILED $name" >&2
+    echo "jepsen-ci: FAILED $name; checks that were not valid:" >&2
+    jq -c '.checks[] | select(.verdict != "valid") | {name, verdict, details}' "$dir/results.json" >&2 || true
+    tail -n 5 "$dir"/cluster/node-*.log >&2 2>/dev/null || true
     failed=1
+  elif [ -n "$caught_by" ]; then
+    # A planted bug must be caught by the checker meant to catch it, not by chance.
+    if ! jq -e --arg c "$caught_by" '.checks[] | select(.name == $c) | .verdict == "invalid"' \
+        "$dir/results.json" >/dev/null; then
+      echo "jepsen-ci: FAILED $name: the $caught_by checker did not find it; it found:" >&2
+      jq -c '.checks[] | select(.verdict != "valid") | {name, verdict}' "$dir/results.json" >&2 || true
+      failed=1
+    fi
   fi
 }
 
@@ -28,12 +41,18 @@ run 0 kill          --nemesis kill                  --time-limit 60 --seed 1 --w
 run 0 partition     --nemesis partition             --time-limit 60 --seed 2 --workers "$WORKERS"
 run 0 pause         --nemesis pause                 --time-limit 60 --seed 3 --workers "$WORKERS"
 run 0 mixed         --nemesis kill,partition,pause  --time-limit 75 --seed 4 --workers "$WORKERS"
+# A replica's disk fills (it must exit and come back once space is back) or its WAL is damaged
+# mid-file while stopped (it must not vote or lead as if intact).
+run 0 disk          --nemesis disk-full,disk-corrupt,kill-one --time-limit 60 --seed 10 --workers "$WORKERS"
+# Members removed and added back empty, a fresh replica added and removed, leadership handed
+# over; kills in between restart replicas that joined.
+run 0 membership    --nemesis membership,kill-one   --time-limit 60 --seed 11 --workers "$WORKERS"
 run 0 workers       --nemesis worker-kill,worker-pause,kill --time-limit 45 --seed 7 --workers 3
 # Planted bugs: short runs with the nemesis that exposes each.
-run 1 bug-ack-before-commit --nemesis kill-leader --time-limit 20 --seed 5 --sut-bug ack-before-commit
-run 1 bug-no-idempotency    --nemesis none        --time-limit 15 --seed 6 --sut-bug no-idempotency
-run 1 bug-dispatch-before-commit --nemesis kill-leader --time-limit 45 --seed 8 --workers 3 --sut-bug dispatch-before-commit
+run 1 bug-ack-before-commit --caught-by lost --nemesis kill-leader --time-limit 20 --seed 5 --sut-bug ack-before-commit
+run 1 bug-no-idempotency    --caught-by doubled --nemesis none        --time-limit 15 --seed 6 --sut-bug no-idempotency
+run 1 bug-dispatch-before-commit --caught-by lost --nemesis kill-leader --time-limit 45 --seed 8 --workers 3 --sut-bug dispatch-before-commit
 # Long tasks, so a paused worker resumes while the reassigned attempt still runs.
-run 1 bug-skip-attempt-check --nemesis worker-pause --time-limit 30 --seed 9 --workers 3 --task-work-ms 3000 --think-ms 1000 --sut-bug skip-attempt-check
+run 1 bug-skip-attempt-check --caught-by leases --nemesis worker-pause --time-limit 30 --seed 9 --workers 3 --task-work-ms 3000 --think-ms 1000 --sut-bug skip-attempt-check
 
 exit $failed

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Installs what building Flotilla needs, idempotently: a C/C++ toolchain and clang/libclang
-# for RocksDB's bindings. protoc comes from the protoc-bin-vendored crate; nothing to install.
+# Installs what building and testing Flotilla need, idempotently: a C/C++ toolchain, clang/libclang
+# for RocksDB's bindings, jq for the fault suite's CI checks. protoc comes from the protoc-bin-vendored crate.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev build-essential pkg-config fonts-dejavu-core; do
+for pkg in clang libclang-dev build-essential pkg-config fonts-dejavu-core jq; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -8,5 +8,7 @@ cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo build --release --workspace --all-targets
 cargo test --release --workspace
+# The criterion micro-benchmarks, each run once as a smoke check (`cargo bench` measures).
+cargo test --release --workspace --bench core
 ./clients/python/test.sh
 ./jepsen/ci.sh

@@ -13,32 +13,13 @@ use flotilla_client::{
     Client, ClientConfig, ClientError, Consistency, TaskId, TaskSpec, TaskState,
 };
 use flotilla_core::Limits;
-use support::{spec, TestCluster};
+use support::{eventually, spec, TestCluster};
 use tonic::Code;
 
 fn options(extra: &[&str]) -> ReplicaOptions {
     ReplicaOptions {
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
         ..ReplicaOptions::for_tests()
-    }
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, or panics after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

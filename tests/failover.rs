@@ -157,3 +157,220 @@ async fn failover_pipelined_submits_survive_leader_sigkill() {
     assert_ne!(tc.leader().await, old);
     assert_exactly_acknowledged(&client, &keyed).await;
 }
+
+/// Submitters with one task in flight each; returns the acknowledged keys with their ids and
+/// the times of the acknowledgements, once `stop` is set.
+fn submit_loop(
+    client: &flotilla_client::Client,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<Vec<(Instant, String, TaskId)>>> {
+    (0..n)
+        .map(|s| {
+            let (client, stop) = (client.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut acks = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("roll-{s}-{i}");
+                    if let Ok(ids) = client.submit(vec![spec(&key)]).await {
+                        acks.push((Instant::now(), key, ids[0]));
+                        i += 1;
+                    }
+                }
+                acks
+            })
+        })
+        .collect()
+}
+
+/// The largest gap between `from` or an acknowledgement and the next one, up to `to`.
+fn largest_gap(times: &[Instant], from: Instant, to: Instant) -> Duration {
+    let mut t: Vec<Instant> = times
+        .iter()
+        .copied()
+        .filter(|t| *t >= from && *t <= to)
+        .collect();
+    t.push(from);
+    t.sort();
+    t.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(to - from)
+}
+
+/// A rolling restart under load, each replica stopped with SIGTERM in turn: the leader hands
+/// leadership over before it exits (exit status 0), nothing acknowledged is lost or doubled.
+/// After a SIGKILL of the leader its followers find its port refusing connections and stand
+/// for election once its lease ran out (`leader_watch`), not after lease + election timeout.
+/// The submit gaps are printed (1.35-1.45 s for both with the defaults, against 2.65-2.87 s
+/// for a kill before `leader_watch`); `flotilla bench failover` is where they are measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_with_sigterm_loses_nothing_and_the_leader_hands_over() {
+    let mut tc = TestCluster::start(3).await;
+    let client = tc.client();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let submitters = submit_loop(&client, 4, stop.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut leader_stops = Vec::new();
+    for id in tc.cluster.ids() {
+        let was_leader = tc.leader().await == id;
+        let at = Instant::now();
+        let status = tc.cluster.stop(id).unwrap();
+        assert!(
+            status.success(),
+            "replica {id} stopped cleanly: {status}\n{}",
+            tc.cluster.log_tail(id, 15)
+        );
+        if was_leader {
+            let log = std::fs::read_to_string(tc.cluster.log_path(id)).unwrap();
+            assert!(log.contains("leadership handed over"), "{log}");
+            leader_stops.push(at);
+        }
+        tc.leader().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tc.cluster.start(id).unwrap();
+        tc.leader().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // For comparison, a SIGKILL of the leader.
+    let leader = tc.leader().await;
+    let log_len = |id: u64| std::fs::metadata(tc.cluster.log_path(id)).map_or(0, |m| m.len());
+    let logged_before_kill: BTreeMap<u64, u64> = tc
+        .cluster
+        .ids()
+        .into_iter()
+        .map(|id| (id, log_len(id)))
+        .collect();
+    let killed_at = Instant::now();
+    tc.cluster.kill(leader).unwrap();
+    tc.leader().await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tc.cluster.start(leader).unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = BTreeMap::new();
+    let mut times = Vec::new();
+    for s in submitters {
+        for (t, k, id) in s.await.unwrap() {
+            times.push(t);
+            acked.insert(k, id);
+        }
+    }
+    tc.leader().await;
+    assert_exactly_acknowledged(&client, &acked).await;
+
+    // The hand-over may land on the replica stopped next: then the leader is stopped again.
+    assert!(!leader_stops.is_empty(), "the leader was stopped");
+    let window = Duration::from_secs(5);
+    let term_gap = leader_stops
+        .iter()
+        .map(|at| largest_gap(&times, *at, *at + window))
+        .max()
+        .unwrap();
+    let kill_gap = largest_gap(&times, killed_at, killed_at + window);
+    eprintln!(
+        "rolling restart: largest submit gap when the leader got SIGTERM {term_gap:?}, after a SIGKILL {kill_gap:?}; {} tasks",
+        acked.len()
+    );
+    // How long each stalled is a benchmark's figure (`flotilla bench failover`), not asserted
+    // here; what is asserted is that the mechanisms ran and submits resumed after each fault.
+    for at in leader_stops.iter().chain([&killed_at]) {
+        assert!(
+            times.iter().any(|t| *t > *at + Duration::from_millis(100)),
+            "submits resumed after the leader stopped"
+        );
+    }
+    let stood = tc.cluster.ids().into_iter().any(|id| {
+        let log = std::fs::read(tc.cluster.log_path(id)).unwrap_or_default();
+        let from = (logged_before_kill[&id] as usize).min(log.len());
+        String::from_utf8_lossy(&log[from..]).contains(
+            "the leader's port refuses connections and its lease ran out: standing for election",
+        )
+    });
+    assert!(
+        stood,
+        "after the SIGKILL a follower found the leader's port refusing and stood for election at once (leader_watch)"
+    );
+}
+
+/// A leader frozen with SIGSTOP (its connections stay open, it answers nothing): submits
+/// waiting on it move to the new leader as soon as the others name it, not after the client's
+/// 5 s request timeout. Plain `Client::submit` from 8 submitters; exactly the acknowledged
+/// tasks exist afterwards, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_paused_leader_submits_move_to_the_new_leader_without_waiting_out_timeouts() {
+    const SUBMITTERS: usize = 8;
+    let mut tc = TestCluster::start(3).await;
+    let client = tc.client();
+    let old = tc.leader().await;
+    let old_term = client
+        .cluster_status_of(tc.cluster.addr(old))
+        .await
+        .unwrap()
+        .term;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acks = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
+    let mut handles = Vec::new();
+    for s in 0..SUBMITTERS {
+        let (client, stop, acks) = (client.clone(), stop.clone(), acks.clone());
+        handles.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("paused-{s}-{i}");
+                let id = client.submit(vec![spec(&key)]).await.unwrap()[0];
+                acks.lock().unwrap().push(Instant::now());
+                ids.push((key, id));
+                i += 1;
+            }
+            ids
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tc.cluster.pause(old).unwrap();
+    let paused_at = Instant::now();
+    // When a follower leads in a newer term.
+    let others: Vec<String> = tc
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != old)
+        .map(|id| tc.cluster.addr(id).to_string())
+        .collect();
+    let elected = 'wait: loop {
+        for addr in &others {
+            if let Ok(s) = client.cluster_status_of(addr).await {
+                if s.role == "leader" && s.term > old_term {
+                    break 'wait paused_at.elapsed();
+                }
+            }
+        }
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(20),
+            "no new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut keyed: BTreeMap<String, TaskId> = BTreeMap::new();
+    for h in handles {
+        keyed.extend(h.await.unwrap());
+    }
+    // The largest gap between two acknowledgements around the pause.
+    let mut times = acks.lock().unwrap().clone();
+    times.sort();
+    let gap = times
+        .windows(2)
+        .filter(|w| w[1] > paused_at)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .expect("acknowledged after the pause");
+    eprintln!("paused leader: new leader after {elected:?}, largest submit gap {gap:?}");
+    // The stuck calls moved within about a hedge round of the election (a probe every 100 ms
+    // growing to 0.5 s), far below the 5 s request timeout they used to wait out.
+    assert!(
+        gap < elected + Duration::from_millis(1500),
+        "largest submit gap {gap:?}, new leader after {elected:?}"
+    );
+    tc.cluster.resume(old).unwrap();
+    assert_exactly_acknowledged(&client, &keyed).await;
+}

@@ -4,6 +4,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use flotilla_cli::local_cluster::ReplicaOptions;
 use support::{all_tasks, bin, spec, TestCluster};
@@ -143,4 +144,103 @@ async fn restart_refuses_foreign_data_dir() {
         std::fs::read_to_string(junk.join("important.txt")).unwrap(),
         "keep me"
     );
+}
+
+/// Flips bytes of every WAL file of `dir` where `marker` is written, in the middle of the
+/// records RocksDB will replay; returns how many places were damaged.
+fn damage_wal_at(dir: &std::path::Path, marker: &[u8]) -> usize {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir).expect("data dir") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_none_or(|x| x != "log") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&path).expect("read WAL");
+        if let Some(at) = bytes.windows(marker.len()).position(|w| w == marker) {
+            for b in &mut bytes[at..at + 64] {
+                *b ^= 0x5a;
+            }
+            std::fs::write(&path, bytes).expect("write WAL");
+            damaged += 1;
+        }
+    }
+    damaged
+}
+
+/// A single damaged replica plus ordinary lag never loses an acknowledged task. Replica D
+/// acknowledged every task (with the leader L) while replica G was down; then L is lost and
+/// D's WAL is damaged in the middle, which RocksDB's recovery takes for a torn tail: D comes
+/// back without the later tasks. D and G must not elect a leader (either would lack tasks
+/// the cluster acknowledged); once L is back, every task is there, and D catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_replica_and_a_lagging_one_never_elect_a_leader_without_acknowledged_tasks() {
+    let mut tc = TestCluster::start(3).await;
+    let leader = tc.leader().await;
+    let others: Vec<u64> = tc
+        .cluster
+        .ids()
+        .into_iter()
+        .filter(|i| *i != leader)
+        .collect();
+    let (damaged, lagging) = (others[0], others[1]);
+    tc.cluster.kill(lagging).unwrap();
+    let client = tc.client();
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let specs = (0..100)
+            .map(|j| spec(&format!("dmg-{i:02}-{j:02}")))
+            .collect();
+        ids.extend(
+            client
+                .submit(specs)
+                .await
+                .expect("submit with a quorum of two"),
+        );
+    }
+    assert_eq!(ids.len(), 2000);
+    tc.cluster.kill(leader).unwrap();
+    tc.cluster.kill(damaged).unwrap();
+    let places = damage_wal_at(&tc.cluster.data_dir(damaged), b"dmg-08-00");
+    assert!(places >= 1, "the tasks' records were found in the WAL");
+
+    tc.cluster.start(damaged).unwrap();
+    tc.cluster.start(lagging).unwrap();
+    let no_leader = tc.cluster.wait_for_leader(Duration::from_secs(5)).await;
+    assert!(
+        no_leader.is_err(),
+        "a leader was elected without the lost tasks: {no_leader:?}\n{}\n{}",
+        tc.cluster.log_tail(damaged, 20),
+        tc.cluster.log_tail(lagging, 20)
+    );
+    let log = std::fs::read_to_string(tc.cluster.log_path(damaged)).unwrap();
+    assert!(
+        log.contains("damaged log"),
+        "the damage was detected:\n{log}"
+    );
+    assert!(
+        log.contains("vote refused"),
+        "a lagging candidate was refused:\n{log}"
+    );
+
+    tc.cluster.start(leader).unwrap();
+    tc.leader().await;
+    let tasks = all_tasks(&client).await;
+    assert_eq!(
+        tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
+        ids,
+        "every acknowledged task, once"
+    );
+    // The damaged replica catches up from the others, and elections are on again there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(tc.cluster.log_path(damaged)).unwrap();
+        if log.contains("caught up past the damage") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never caught up:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -239,6 +239,7 @@ async fn workers_checkpoint_reaches_the_next_attempt() {
         labels: Default::default(),
         queues: vec!["rust".into()],
         heartbeat_interval: Duration::from_millis(300),
+        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
     };
     let worker = tokio::spawn(flotilla_worker::run(
         client.clone(),
@@ -256,8 +257,6 @@ async fn workers_checkpoint_reaches_the_next_attempt() {
         t.result.as_deref(),
         Some(&b"resumed from step-1-done on attempt 2"[..])
     );
-    shutdown.cancel();
-    worker.await.unwrap().unwrap();
 
     // Placement: a task no worker could ever fit stays pending, and says why.
     let mut huge = TaskSpec::new("rust", b"x".to_vec());
@@ -269,6 +268,11 @@ async fn workers_checkpoint_reaches_the_next_attempt() {
         .unwrap();
     assert_eq!(t.state, TaskState::Pending);
     assert!(why.unwrap().contains("1000000 MB"));
+
+    // A stopped worker drains (nothing runs) and leaves the cluster.
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    assert!(client.list_workers().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,4 +313,153 @@ async fn workers_lost_assignments_are_delivered_again() {
     }
     assert_eq!(runs.len(), 30, "every task ran: {runs:?}");
     assert!(runs.values().all(|n| *n == 1), "a task ran twice: {runs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_sigterm_drains_takes_nothing_new_and_hands_back_what_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    let log = dir.path().join("runs.log");
+    let tagged = |tag: &str, rest: &str| {
+        sh(&format!(
+            "echo \"{tag} $FLOTILLA_WORKER_ID $FLOTILLA_ATTEMPT\" >> {}; {rest}",
+            log.display()
+        ))
+    };
+    c.start_worker(
+        "wa",
+        &[
+            "--heartbeat-ms",
+            "200",
+            "--drain-timeout",
+            "2",
+            "--slots",
+            "4",
+        ],
+    )
+    .unwrap();
+    // One task that finishes within the drain timeout, one that would not (on attempt 1).
+    let short = client
+        .submit(vec![tagged("short", "sleep 1")])
+        .await
+        .unwrap()[0];
+    let long = client
+        .submit(vec![tagged(
+            "long",
+            "if [ \"$FLOTILLA_ATTEMPT\" = 1 ]; then sleep 60; fi",
+        )])
+        .await
+        .unwrap()[0];
+    wait_state(&client, short, TaskState::Running, 15).await;
+    wait_state(&client, long, TaskState::Running, 15).await;
+
+    c.terminate_worker("wa").unwrap();
+    let stopped_at = Instant::now();
+    // Submitted while wa drains, with a free slot on it: it must not take it.
+    let fresh = client.submit(vec![tagged("fresh", "true")]).await.unwrap()[0];
+
+    // The short task completes on the draining worker; the worker then hands back the long
+    // one at its drain timeout and exits 0.
+    let done = wait_state(&client, short, TaskState::Succeeded, 15).await;
+    assert_eq!(done.attempts, 1);
+    let status = loop {
+        if let Some(s) = c.worker_exited("wa").unwrap() {
+            break s;
+        }
+        assert!(
+            stopped_at.elapsed() < Duration::from_secs(20),
+            "the worker did not exit after its drain timeout: {}",
+            std::fs::read_to_string(dir.path().join("worker-wa.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "worker exit: {status}");
+    let waited = stopped_at.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2),
+        "exited before the drain timeout: {waited:?}"
+    );
+    let handed_back = client.get(long).await.unwrap();
+    assert!(
+        matches!(handed_back.state, TaskState::Waiting | TaskState::Pending),
+        "{handed_back:?}"
+    );
+    assert!(
+        handed_back
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("drain"),
+        "{handed_back:?}"
+    );
+    assert_ne!(
+        client.get(fresh).await.unwrap().state,
+        TaskState::Running,
+        "a draining worker took a new task"
+    );
+
+    // Another worker runs what was handed back and what was not taken, once each.
+    c.start_worker("wb", &["--heartbeat-ms", "200"]).unwrap();
+    let long_done = wait_state(&client, long, TaskState::Succeeded, 30).await;
+    assert_eq!(long_done.attempts, 2, "{long_done:?}");
+    let fresh_done = wait_state(&client, fresh, TaskState::Succeeded, 30).await;
+    // Who ran what, and how often: the commands' own log.
+    let mut runs = lines(&log);
+    runs.sort();
+    assert_eq!(
+        runs,
+        vec![
+            "fresh wb ".to_string() + &fresh_done.attempts.to_string(),
+            "long wa 1".to_string(),
+            "long wb 2".to_string(),
+            "short wa 1".to_string(),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_register_with_a_new_leader_when_the_old_one_is_frozen() {
+    // SIGSTOP keeps the old leader's connections open: the worker's stream does not break. Its
+    // client learns of the new leader (a heartbeat stuck on the old one makes it ask the
+    // others) and the worker registers there, so new work runs soon after the election.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 10_000).await;
+    let client = c.client();
+    c.start_worker("w", &["--heartbeat-ms", "300"]).unwrap();
+    let warm = client.submit(vec![sh("true")]).await.unwrap()[0];
+    wait_state(&client, warm, TaskState::Succeeded, 15).await;
+    let old = c.wait_for_leader(Duration::from_secs(5)).await.unwrap();
+    let old_term = client.cluster_status_of(c.addr(old)).await.unwrap().term;
+    c.pause(old).unwrap();
+    let paused_at = Instant::now();
+    let others: Vec<String> = c
+        .ids()
+        .into_iter()
+        .filter(|id| *id != old)
+        .map(|id| c.addr(id).to_string())
+        .collect();
+    let elected = 'wait: loop {
+        for addr in &others {
+            if let Ok(s) = client.cluster_status_of(addr).await {
+                if s.role == "leader" && s.term > old_term {
+                    break 'wait Instant::now();
+                }
+            }
+        }
+        assert!(
+            paused_at.elapsed() < Duration::from_secs(20),
+            "no new leader"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let id = client.submit(vec![sh("true")]).await.unwrap()[0];
+    wait_state(&client, id, TaskState::Succeeded, 15).await;
+    let took = elected.elapsed();
+    eprintln!("frozen leader: new work ran {took:?} after the election");
+    c.resume(old).unwrap();
+    assert!(
+        took < Duration::from_secs(2),
+        "new work ran only {took:?} after the election"
+    );
 }

@@ -1,6 +1,11 @@
 //! Cluster control: replicas and workers as real OS processes of the release binary, each
 //! replica with its own data dir and log under the run directory, behind the partition proxy.
-//! Kill (SIGKILL), pause (SIGSTOP/SIGCONT), restart on the same data dir, wipe.
+//! Kill (SIGKILL), pause (SIGSTOP/SIGCONT), restart on the same data dir, wipe. With spare
+//! replicas planned, the membership nemesis adds and removes replicas: the members are then
+//! whatever the last membership change left, and a replica whose data dir was wiped starts
+//! empty with `--join` until it is added.
+
+use std::collections::BTreeSet;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -27,6 +32,14 @@ pub struct ClusterOptions {
     /// Worker lease TTL (`--worker-ttl-ms`); only passed when workers run, so binaries
     /// without workers still work.
     pub worker_ttl_ms: Option<u64>,
+    /// Put every replica's data dir on its own tmpfs of this many MiB (the disk-full nemesis
+    /// fills one); needs root.
+    pub tmpfs_mb: Option<u64>,
+    /// `--snapshot-every-entries` of the replicas, when set.
+    pub snapshot_every_entries: Option<u64>,
+    /// Replicas planned (ports, proxy, data dir) beyond `nodes` but not members: the
+    /// membership nemesis adds them as fresh replicas.
+    pub spares: usize,
 }
 
 struct Proc {
@@ -41,11 +54,20 @@ pub struct Cluster {
     public: BTreeMap<u64, String>,
     /// Where each replica really listens.
     private: BTreeMap<u64, String>,
+    /// The replicas bootstrapped with `--peers`.
+    initial: BTreeSet<u64>,
+    /// The members now, as the membership nemesis left them: what `ids` returns.
+    members: BTreeSet<u64>,
+    /// Replicas started empty with `--join` (spares, and removed members whose data dir was
+    /// wiped) rather than with `--peers`.
+    joiners: BTreeSet<u64>,
     replicas: BTreeMap<u64, Proc>,
     workers: BTreeMap<u64, Proc>,
     /// Argv of a worker, without the binary.
     worker_args: Vec<String>,
     pub net: Net,
+    /// Data dirs mounted as tmpfs, unmounted when the cluster is dropped.
+    mounts: Vec<PathBuf>,
 }
 
 fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
@@ -66,10 +88,11 @@ impl Cluster {
     /// Plans the cluster and starts its proxies; starts no process.
     pub async fn new(opts: ClusterOptions, base: &Path) -> anyhow::Result<Cluster> {
         std::fs::create_dir_all(base)?;
-        let ports = free_ports(2 * opts.nodes)?;
+        let planned = opts.nodes + opts.spares;
+        let ports = free_ports(2 * planned)?;
         let mut public = BTreeMap::new();
         let mut private = BTreeMap::new();
-        for i in 0..opts.nodes {
+        for i in 0..planned {
             let id = i as u64 + 1;
             public.insert(id, format!("127.0.0.1:{}", ports[2 * i]));
             private.insert(id, format!("127.0.0.1:{}", ports[2 * i + 1]));
@@ -79,31 +102,87 @@ impl Cluster {
             net.listen(Endpoint::Node(*id), addr, private[id].clone())
                 .await?;
         }
-        Ok(Cluster {
+        let initial: BTreeSet<u64> = (1..=opts.nodes as u64).collect();
+        let joiners = public
+            .keys()
+            .copied()
+            .filter(|id| !initial.contains(id))
+            .collect();
+        let mut cluster = Cluster {
             opts,
             base: base.to_path_buf(),
             public,
             private,
+            members: initial.clone(),
+            initial,
+            joiners,
             replicas: BTreeMap::new(),
             workers: BTreeMap::new(),
             worker_args: Vec::new(),
             net,
-        })
+            mounts: Vec::new(),
+        };
+        if let Some(mb) = cluster.opts.tmpfs_mb {
+            for id in cluster.public.keys().copied().collect::<Vec<_>>() {
+                let dir = cluster.data_dir(id);
+                std::fs::create_dir_all(&dir)?;
+                let out = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+                    .arg(&dir)
+                    .output()?;
+                anyhow::ensure!(
+                    out.status.success(),
+                    "mounting a tmpfs at {} for the disk-full nemesis (needs root): {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                cluster.mounts.push(dir);
+            }
+        }
+        Ok(cluster)
     }
 
+    /// The members now.
     pub fn ids(&self) -> Vec<u64> {
-        self.public.keys().copied().collect()
+        self.members.iter().copied().collect()
+    }
+
+    /// Planned replicas that are not members now (spares, removed members).
+    pub fn non_members(&self) -> Vec<u64> {
+        self.public
+            .keys()
+            .copied()
+            .filter(|id| !self.members.contains(id))
+            .collect()
+    }
+
+    /// Records a membership change the nemesis made.
+    pub fn set_member(&mut self, id: u64, member: bool) {
+        if member {
+            self.members.insert(id);
+        } else {
+            self.members.remove(&id);
+        }
+    }
+
+    /// From now on replica `id` starts with `--join` (its data dir is empty).
+    pub fn set_joiner(&mut self, id: u64) {
+        self.joiners.insert(id);
     }
 
     pub fn addr(&self, id: u64) -> &str {
         &self.public[&id]
     }
 
+    /// The members' public addresses.
     pub fn addrs(&self) -> Vec<String> {
-        self.public.values().cloned().collect()
+        self.members
+            .iter()
+            .map(|id| self.public[id].clone())
+            .collect()
     }
 
-    fn data_dir(&self, id: u64) -> PathBuf {
+    pub fn data_dir(&self, id: u64) -> PathBuf {
         self.base.join(format!("node-{id}"))
     }
 
@@ -118,21 +197,32 @@ impl Cluster {
     /// Starts (or restarts on the same data dir) replica `id`.
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
         self.kill(id)?;
-        let peers = self
-            .public
-            .iter()
-            .map(|(id, a)| format!("{id}={a}"))
-            .collect::<Vec<_>>()
-            .join(",");
         let (out, err) = self.log(&format!("node-{id}"))?;
         let mut cmd = Command::new(&self.opts.bin);
         cmd.arg("server")
             .args(["--id", &id.to_string()])
             .args(["--listen", &self.private[&id]])
             .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args(["--peers", &peers])
-            .args(["--cluster-name", "jepsen"])
+            .arg(self.data_dir(id));
+        if self.joiners.contains(&id) {
+            let join = self
+                .members
+                .iter()
+                .filter(|m| **m != id)
+                .map(|m| self.public[m].clone())
+                .collect::<Vec<_>>()
+                .join(",");
+            cmd.args(["--join", &join]);
+        } else {
+            let peers = self
+                .initial
+                .iter()
+                .map(|id| format!("{id}={}", self.public[id]))
+                .collect::<Vec<_>>()
+                .join(",");
+            cmd.args(["--peers", &peers]);
+        }
+        cmd.args(["--cluster-name", "jepsen"])
             // Every applied entry is checked against the state's invariants: a violation stops
             // the replica with the reason in its log, which the checkers then see.
             .arg("--check-invariants")
@@ -146,6 +236,9 @@ impl Cluster {
             .stderr(err);
         if let Some(ttl) = self.opts.worker_ttl_ms {
             cmd.args(["--worker-ttl-ms", &ttl.to_string()]);
+        }
+        if let Some(n) = self.opts.snapshot_every_entries {
+            cmd.args(["--snapshot-every-entries", &n.to_string()]);
         }
         if let Some(bug) = &self.opts.sut_bug {
             cmd.env("FLOTILLA_PLANTED_BUG", bug);
@@ -199,16 +292,32 @@ impl Cluster {
         Ok(())
     }
 
-    /// Deletes replica `id`'s data dir; the replica must be down. No nemesis uses it yet: a
-    /// wiped voter that rejoins can vote twice in a term, which Raft does not tolerate; it is
-    /// for the membership nemesis (remove, wipe, re-add) once membership changes exist.
-    #[allow(dead_code)]
+    /// Deletes replica `id`'s data dir (its contents, when it is a mount point); the replica
+    /// must be down and must not be a member (a wiped voter could vote twice in a term): the
+    /// membership nemesis wipes a removed replica before adding it back.
     pub fn wipe(&mut self, id: u64) -> std::io::Result<()> {
         assert!(!self.is_running(id), "wipe of running replica {id}");
-        match std::fs::remove_dir_all(self.data_dir(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        assert!(!self.members.contains(&id), "wipe of member {id}");
+        let dir = self.data_dir(id);
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            r => r?,
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
         }
+        Ok(())
+    }
+
+    /// How replica `id`'s process ended, if it has (None: running or never started).
+    pub fn exit_code(&mut self, id: u64) -> Option<Option<i32>> {
+        let child = self.replicas.get_mut(&id)?.child.as_mut()?;
+        child.try_wait().ok().flatten().map(|s| s.code())
     }
 
     pub fn pause(&mut self, id: u64) -> std::io::Result<()> {
@@ -357,5 +466,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.shutdown();
+        for dir in &self.mounts {
+            let _ = Command::new("umount").arg("-l").arg(dir).status();
+        }
     }
 }

@@ -67,6 +67,24 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
             sut_bug: p.sut_bug.clone(),
             // Shorter than a worker-pause (3-6 s), so a paused worker's lease expires.
             worker_ttl_ms: (p.workers > 0).then_some(2_500),
+            tmpfs_mb: faults
+                .iter()
+                .any(|f| nemesis::family_of(f) == Some("disk-full"))
+                .then_some(nemesis::DISK_FULL_TMPFS_MB),
+            // With disk faults, snapshots every few seconds: a full disk then bites (a reused
+            // WAL file needs no new space, a snapshot file does) and a damaged replica also
+            // catches up from snapshots; so does a replica the membership nemesis adds.
+            snapshot_every_entries: faults
+                .iter()
+                .any(|f| {
+                    matches!(
+                        nemesis::family_of(f),
+                        Some("disk-full" | "disk-corrupt" | "membership")
+                    )
+                })
+                .then_some(300),
+            // A replica to add fresh (membership nemesis).
+            spares: usize::from(faults.contains(&"member-add-fresh")),
         },
         &cfg.out.join("cluster"),
     )

@@ -32,6 +32,9 @@ pub enum BenchCmd {
     Scale(crate::bench_scale::ScaleBench),
     /// A steady stream through workers with a short retention: memory and disk over time.
     Steady(crate::bench_steady::SteadyBench),
+    /// Repeated leader faults (kill, pause) under steady load: time to a new leader, largest
+    /// submit gap, first dispatch by the new leader; lost, doubled, re-run.
+    Failover(crate::bench_failover::FailoverBench),
 }
 
 #[derive(Args)]
@@ -74,6 +77,9 @@ pub struct SubmitBench {
     /// Write the points as a JSON array to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Draw throughput and latency percentiles against requests in flight to this PNG.
+    #[arg(long)]
+    png: Option<PathBuf>,
 }
 
 /// How the submit bench sends its requests.
@@ -112,6 +118,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::E2e(args) => e2e(ctx, args).await,
         BenchCmd::Scale(args) => crate::bench_scale::run(args).await,
         BenchCmd::Steady(args) => crate::bench_steady::run(args).await,
+        BenchCmd::Failover(args) => crate::bench_failover::run(args).await,
     }
 }
 
@@ -131,6 +138,9 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
             "invalid --batch: at most {}",
             flotilla_core::Limits::MAX_BATCH_TASKS
         );
+    }
+    if let Some(png) = &args.png {
+        crate::bench_plot::check_writable(png)?;
     }
     // Keep the cluster (and its temp dir) alive for the whole run.
     let (client, _own) = target_cluster(ctx).await?;
@@ -176,6 +186,21 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
     let json = serde_json::to_string_pretty(&points)?;
     if let Some(out) = &args.out {
         std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
+    }
+    if let Some(png) = &args.png {
+        let plotted: Vec<crate::bench_plot::PlotPoint> = points
+            .iter()
+            .map(|p| crate::bench_plot::PlotPoint {
+                series: format!("{} batch={}", p.api.name(), p.batch),
+                in_flight: p.in_flight,
+                tasks_per_sec: p.tasks_per_sec,
+                p50_ms: p.p50_ms,
+                p99_ms: p.p99_ms,
+            })
+            .collect();
+        crate::bench_plot::submit_png(png, &plotted)
+            .with_context(|| format!("drawing {}", png.display()))?;
+        eprintln!("drew {}", png.display());
     }
     outln!("{json}");
     Ok(ExitCode::SUCCESS)
@@ -240,10 +265,12 @@ async fn run_point(
             Ok::<_, flotilla_client::ClientError>(hist)
         }));
     }
+    let bar = crate::progress::follow(max_tasks, "tasks", done.clone());
     let mut hist = Histogram::<u64>::new(3).expect("valid histogram");
     for h in handles {
         hist.add(h.await??).ok();
     }
+    drop(bar);
     let elapsed = start.elapsed().as_secs_f64();
     let tasks = done.load(Ordering::Relaxed);
     Ok(Point {
@@ -263,10 +290,26 @@ async fn run_point(
 /// (returned so that it lives as long as the run).
 async fn target_cluster(ctx: &Ctx) -> Result<(Client, Option<(LocalCluster, tempfile::TempDir)>)> {
     if ctx.cluster_given {
-        return Ok((
-            Client::new(ctx.cluster.split(',')).context("invalid --cluster")?,
-            None,
-        ));
+        let client = Client::new(ctx.cluster.split(',')).context("invalid --cluster")?;
+        // Say so within seconds when no replica answers, not after the client's retries.
+        let probes = client
+            .endpoints()
+            .iter()
+            .map(|a| tokio::time::timeout(Duration::from_secs(3), client.cluster_status_of(a)));
+        let answers = futures::future::join_all(probes).await;
+        if !answers.iter().any(|a| matches!(a, Ok(Ok(_)))) {
+            let why: Vec<String> = client
+                .endpoints()
+                .iter()
+                .zip(&answers)
+                .map(|(addr, a)| match a {
+                    Ok(Err(e)) => format!("{addr}: {e}"),
+                    _ => format!("{addr}: no answer in 3 s"),
+                })
+                .collect();
+            bail!("cannot reach the cluster: {}", why.join("; "));
+        }
+        return Ok((client, None));
     }
     let dir = tempfile::tempdir().context("temp dir")?;
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
@@ -338,6 +381,7 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
             labels: Default::default(),
             queues: vec!["e2e".into()],
             heartbeat_interval: Duration::from_secs(1),
+            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
         };
         tokio::spawn(flotilla_worker::run(
             client.clone(),

@@ -4,6 +4,7 @@
 //! then measures, in order: the memory and disk of each replica; the longest wait of a probe
 //! that submits one task at a time while every replica builds a snapshot at once; the
 //! snapshot's size; the time a whole-cluster restart (SIGKILL of all) takes to serve again;
+//! the time a fresh replica takes to join (add-replica) and catch up on the whole backlog;
 //! and the rate at which 4 workers drain the backlog under each of fifo, priority and sjf (the
 //! same number of tasks each, the backlog still large).
 //! Prints a table; `--out FILE` writes a JSON array holding one object with `scenario:
@@ -105,6 +106,10 @@ pub(crate) fn dir_mb(path: &Path) -> f64 {
     walk(path) as f64 / 1_048_576.0
 }
 
+/// Entries written before the catch-up measurement, more than the log a snapshot leaves
+/// behind (1,000 entries), so that the leader purges its log.
+const PAD_ENTRIES: u64 = 1_500;
+
 fn spec(payload: &[u8], i: u64) -> TaskSpec {
     let mut s = TaskSpec::new("scale", payload.to_vec());
     // Deterministic spread of priorities and estimates, so the policies have work to do.
@@ -161,10 +166,17 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
     let payload = vec![b'x'; args.payload_bytes];
     let t0 = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
+    let queued = Arc::new(AtomicU64::new(0));
+    let bar = crate::progress::follow(args.pending, "tasks queued", queued.clone());
     let mut fillers = Vec::new();
     for _ in 0..8 {
-        let (client, next, payload, total) =
-            (client.clone(), next.clone(), payload.clone(), args.pending);
+        let (client, next, queued, payload, total) = (
+            client.clone(),
+            next.clone(),
+            queued.clone(),
+            payload.clone(),
+            args.pending,
+        );
         fillers.push(tokio::spawn(async move {
             loop {
                 let from = next.fetch_add(1000, Ordering::Relaxed);
@@ -175,15 +187,14 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
                 client
                     .submit((from..from + n).map(|i| spec(&payload, i)).collect())
                     .await?;
-                if (from / 1000) % 100 == 0 {
-                    eprintln!("scale: {} tasks queued", from + n);
-                }
+                queued.fetch_add(n, Ordering::Relaxed);
             }
         }));
     }
     for f in fillers {
         f.await??;
     }
+    drop(bar);
     point.fill_secs = t0.elapsed().as_secs_f64();
     point.fill_tasks_per_sec = args.pending as f64 / point.fill_secs;
     eprintln!(
@@ -268,6 +279,81 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
     point.restart_s = t0.elapsed().as_secs_f64();
     eprintln!("scale: restarted and serving in {:.2} s", point.restart_s);
 
+    // A fresh replica joins (empty, --join), is added, catches up from a snapshot, and is
+    // removed again so that the drain runs on the same 3 replicas as before. First enough
+    // entries (one task each) that a snapshot lets the leader purge its log: the newcomer
+    // then cannot catch up from the log alone.
+    let mut total = total;
+    for i in 0..PAD_ENTRIES {
+        let mut s = TaskSpec::new("pad", b"p".to_vec());
+        s.idempotency_key = Some(format!("pad-{i}-{}", std::process::id()));
+        client.submit(vec![s]).await?;
+        total += 1;
+    }
+    let leader_addr = client
+        .cluster_status()
+        .await?
+        .leader_addr
+        .context("no leader known")?;
+    client
+        .take_snapshot(&leader_addr, Duration::from_secs(300))
+        .await?;
+    let t_purge = Instant::now();
+    while client.cluster_status_of(&leader_addr).await?.purged_index == 0 {
+        if t_purge.elapsed() > Duration::from_secs(30) {
+            bail!("the leader did not purge its log after a snapshot");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let joiner = cluster.plan_replica()?;
+    cluster.start(joiner)?;
+    let joiner_addr = cluster.addr(joiner).to_string();
+    let t0 = Instant::now();
+    let added = loop {
+        match client
+            .add_replica(joiner, &joiner_addr, Some(Duration::from_secs(600)))
+            .await
+        {
+            Ok(a) => break a,
+            // The joiner may not listen yet.
+            Err(e)
+                if t0.elapsed() < Duration::from_secs(20)
+                    && e.to_string().contains("cannot reach") =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => bail!("adding replica {joiner}: {e}"),
+        }
+    };
+    loop {
+        let applied = client
+            .cluster_status_of(&joiner_addr)
+            .await
+            .is_ok_and(|s| s.task_count >= total);
+        if applied {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("replica {joiner} did not catch up within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    point.catch_up_s = Some(t0.elapsed().as_secs_f64());
+    eprintln!(
+        "scale: a fresh replica joined and caught up on {total} tasks in {:.2} s (learner caught up in {:.2} s)",
+        t0.elapsed().as_secs_f64(),
+        added.catch_up.as_secs_f64()
+    );
+    client.remove_replica(joiner).await?;
+    if cluster
+        .wait_exit(joiner, Duration::from_secs(30))
+        .await?
+        .is_none()
+    {
+        bail!("removed replica {joiner} did not exit");
+    }
+    cluster.forget(joiner);
+
     // Drain under each policy.
     let done = Arc::new(AtomicU64::new(0));
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -287,6 +373,7 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
             labels: Default::default(),
             queues: vec!["scale".into()],
             heartbeat_interval: Duration::from_secs(1),
+            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
         };
         tokio::spawn(flotilla_worker::run(
             client.clone(),
@@ -317,7 +404,7 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
     shutdown.cancel();
 
     outln!(
-        "{:<8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "{:<8} {:>9} {:>10} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8}",
         "scenario",
         "pending",
         "rss_mb",
@@ -325,13 +412,14 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
         "snap_mb",
         "stall_ms",
         "restart_s",
+        "catch_up_s",
         "fifo/s",
         "prio/s",
         "sjf/s",
         "fill/s"
     );
     outln!(
-        "{:<8} {:>9} {:>10.0} {:>9.0} {:>10.0} {:>9.0} {:>9.2} {:>9.0} {:>9.0} {:>8.0} {:>8.0}",
+        "{:<8} {:>9} {:>10.0} {:>9.0} {:>10.0} {:>9.0} {:>9.2} {:>10.2} {:>9.0} {:>9.0} {:>8.0} {:>8.0}",
         point.scenario,
         point.pending,
         point.rss_mb_max,
@@ -339,6 +427,7 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
         point.snapshot_mb,
         point.snapshot_stall_ms_max,
         point.restart_s,
+        point.catch_up_s.unwrap_or(0.0),
         point.drain_tasks_per_sec["fifo"],
         point.drain_tasks_per_sec["priority"],
         point.drain_tasks_per_sec["sjf"],

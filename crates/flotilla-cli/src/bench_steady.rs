@@ -71,8 +71,10 @@ struct Summary {
 }
 
 pub async fn run(args: SteadyBench) -> Result<ExitCode> {
-    if !(args.secs.is_finite() && args.secs > 0.0)
-        || !(args.sample_secs.is_finite() && args.sample_secs > 0.0)
+    if !(args.secs.is_finite()
+        && args.secs > 0.0
+        && args.sample_secs.is_finite()
+        && args.sample_secs > 0.0)
     {
         bail!("invalid --secs/--sample-secs: must be positive");
     }
@@ -110,6 +112,7 @@ pub async fn run(args: SteadyBench) -> Result<ExitCode> {
             labels: Default::default(),
             queues: vec!["steady".into()],
             heartbeat_interval: Duration::from_secs(1),
+            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
         };
         tokio::spawn(flotilla_worker::run(
             client.clone(),
@@ -165,6 +168,7 @@ pub async fn run(args: SteadyBench) -> Result<ExitCode> {
         "rss_mb (per replica)",
         "disk_mb (per replica)"
     );
+    let bar = crate::progress::bar(args.secs.ceil() as u64, "s");
     while Instant::now() < end {
         tokio::time::sleep(
             Duration::from_secs_f64(args.sample_secs)
@@ -199,17 +203,21 @@ pub async fn run(args: SteadyBench) -> Result<ExitCode> {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        outln!(
-            "{:>7.0} {:>10} {:>10} {:>9} {:>28} {:>22}",
-            s.at_secs,
-            s.submitted,
-            s.completed,
-            s.tasks_held,
-            fmt(&s.rss_mb),
-            fmt(&s.disk_mb)
-        );
+        bar.set_position(s.at_secs as u64);
+        bar.suspend(|| {
+            outln!(
+                "{:>7.0} {:>10} {:>10} {:>9} {:>28} {:>22}",
+                s.at_secs,
+                s.submitted,
+                s.completed,
+                s.tasks_held,
+                fmt(&s.rss_mb),
+                fmt(&s.disk_mb)
+            )
+        });
         samples.push(s);
     }
+    bar.finish_and_clear();
     submitter.await?;
     shutdown.cancel();
 

@@ -253,6 +253,27 @@ pub enum ClusterCmd {
         #[arg(long, value_name = "HOST:PORT")]
         node: Option<String>,
     },
+    /// Add a replica (started with `flotilla server --join`, its data dir empty): it joins as a
+    /// learner, catches up, then votes.
+    AddReplica {
+        /// The new replica's id.
+        id: u64,
+        /// HOST:PORT it serves at.
+        addr: String,
+        /// Longest wait for it to catch up, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+    },
+    /// Remove a replica (voter or learner); it stops and exits.
+    RemoveReplica {
+        /// The replica's id.
+        id: u64,
+    },
+    /// Hand leadership to a caught-up voter.
+    TransferLeader {
+        /// The voter that should lead.
+        id: u64,
+    },
 }
 
 pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<ExitCode> {
@@ -265,6 +286,47 @@ pub async fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Result<ExitCode> {
             }
             .map_err(|e: ClientError| anyhow::anyhow!(e))?;
             ctx.print(status_json(&status), status_text(&status));
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCmd::AddReplica { id, addr, timeout } => {
+            let added = ctx
+                .client()?
+                .add_replica(id, &addr, Some(Duration::from_secs(timeout)))
+                .await?;
+            ctx.print(
+                serde_json::json!({
+                    "id": id,
+                    "addr": addr,
+                    "incarnation": added.incarnation,
+                    "catch_up_ms": added.catch_up.as_millis() as u64,
+                    "membership_index": added.membership_index,
+                }),
+                format!(
+                    "replica {id} at {addr} added as a voter (caught up in {:.1} s, data dir {})",
+                    added.catch_up.as_secs_f64(),
+                    added.incarnation
+                ),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCmd::RemoveReplica { id } => {
+            let index = ctx.client()?.remove_replica(id).await?;
+            ctx.print(
+                serde_json::json!({ "id": id, "membership_index": index }),
+                format!("replica {id} removed"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ClusterCmd::TransferLeader { id } => {
+            let t = ctx.client()?.transfer_leader(id).await?;
+            ctx.print(
+                serde_json::json!({ "leader": id, "term": t.term, "transfer_ms": t.took.as_millis() as u64 }),
+                format!(
+                    "replica {id} leads (term {}, transfer took {} ms)",
+                    t.term,
+                    t.took.as_millis()
+                ),
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -19,12 +19,16 @@ pub struct DevArgs {
     /// First port; replicas listen on this port and the next two.
     #[arg(long, default_value_t = 7401)]
     base_port: u16,
+    /// First HTTP port (/metrics, /healthz, /readyz); replicas serve it and the next two.
+    /// 0: no HTTP listeners.
+    #[arg(long, default_value_t = 9464)]
+    http_base_port: u16,
 }
 
 pub const DEV_CLUSTER_NAME: &str = "flotilla-dev";
 
 pub async fn run(args: DevArgs) -> Result<ExitCode> {
-    crate::init_tracing("warn,openraft=off");
+    crate::init_tracing("warn,openraft=off", crate::LogFormat::Text);
     let peers: BTreeMap<u64, String> = (1..=3u64)
         .map(|id| (id, format!("127.0.0.1:{}", args.base_port + id as u16 - 1)))
         .collect();
@@ -38,6 +42,12 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
             peers.clone(),
         );
         config.cluster_name = DEV_CLUSTER_NAME.into();
+        if args.http_base_port > 0 {
+            config.http_listen = Some(format!(
+                "127.0.0.1:{}",
+                args.http_base_port + *id as u16 - 1
+            ));
+        }
         let node = flotilla_server::start(config, shutdown.child_token())
             .await
             .with_context(|| format!("replica {id}"))?;
@@ -46,6 +56,12 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     let addrs: Vec<&str> = peers.values().map(String::as_str).collect();
     outln!("flotilla dev cluster: 3 replicas on {}", addrs.join(", "));
     outln!("data under {}", args.data_dir.display());
+    if args.http_base_port > 0 {
+        outln!(
+            "metrics: http://127.0.0.1:{}/metrics (and /healthz, /readyz; replicas 2 and 3 on the next ports)",
+            args.http_base_port
+        );
+    }
     // Wait for a leader so that the first `flotilla submit` does not have to.
     let mut metrics = nodes[0].raft.metrics();
     let leader = tokio::time::timeout(Duration::from_secs(10), async {
@@ -77,6 +93,8 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
             labels: Default::default(),
             queues: vec![],
             heartbeat_interval: Duration::from_secs(1),
+            // Ctrl-C should not wait long for a dev task.
+            drain_timeout: Duration::from_secs(5),
         };
         workers.push(tokio::spawn(flotilla_worker::run(
             client.clone(),

@@ -31,6 +31,8 @@ pub struct ReplicaOptions {
     pub check_invariants: bool,
     /// Further `flotilla server` flags, e.g. `--retention-ms 1000`.
     pub extra_args: Vec<String>,
+    /// Give every replica an HTTP listener (`--http-listen`) on a port of its own.
+    pub http: bool,
 }
 
 impl ReplicaOptions {
@@ -47,11 +49,20 @@ pub struct LocalCluster {
     bin: PathBuf,
     base: PathBuf,
     cluster_name: String,
+    /// Every planned replica: the initial members and those added later.
     peers: BTreeMap<u64, String>,
+    /// The initial members, bootstrapped with `--peers`.
+    initial: BTreeMap<u64, String>,
+    /// Replicas started with `--join` (planned with [`LocalCluster::plan_replica`]).
+    joiners: std::collections::BTreeSet<u64>,
+    /// Initial members expected to hold no membership (e.g. restarted on a wiped data dir).
+    unjoined: std::collections::BTreeSet<u64>,
     options: ReplicaOptions,
     children: BTreeMap<u64, Child>,
     /// Worker processes by worker id.
     workers: BTreeMap<String, Child>,
+    /// HTTP listener addresses by replica (with [`ReplicaOptions::http`]).
+    http: BTreeMap<u64, String>,
 }
 
 /// Ports the OS considers free right now.
@@ -74,15 +85,28 @@ impl LocalCluster {
         options: ReplicaOptions,
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(base)?;
-        let peers = free_ports(n)?
+        let peers: BTreeMap<u64, String> = free_ports(n)?
             .into_iter()
             .enumerate()
             .map(|(i, port)| (i as u64 + 1, format!("127.0.0.1:{port}")))
             .collect();
+        let http = if options.http {
+            free_ports(n)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, port)| (i as u64 + 1, format!("127.0.0.1:{port}")))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
         Ok(LocalCluster {
+            http,
             bin: bin.to_path_buf(),
             base: base.to_path_buf(),
             cluster_name: "flotilla-local".into(),
+            initial: peers.clone(),
+            joiners: Default::default(),
+            unjoined: Default::default(),
             peers,
             options,
             children: BTreeMap::new(),
@@ -98,6 +122,11 @@ impl LocalCluster {
         &self.peers[&id]
     }
 
+    /// Replica `id`'s HTTP listener (`/metrics`, `/healthz`, `/readyz`), if it has one.
+    pub fn http_addr(&self, id: u64) -> Option<&str> {
+        self.http.get(&id).map(String::as_str)
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.peers.values().cloned().collect()
     }
@@ -110,8 +139,74 @@ impl LocalCluster {
         self.base.join(format!("node-{id}.log"))
     }
 
+    /// Plans one more replica (the next id, a free port) that starts empty with `--join` and
+    /// waits to be added; starts nothing. Returns its id.
+    pub fn plan_replica(&mut self) -> std::io::Result<u64> {
+        let id = self.peers.keys().max().map_or(1, |m| m + 1);
+        let port = free_ports(1)?[0];
+        self.peers.insert(id, format!("127.0.0.1:{port}"));
+        if self.options.http {
+            let port = free_ports(1)?[0];
+            self.http.insert(id, format!("127.0.0.1:{port}"));
+        }
+        self.joiners.insert(id);
+        Ok(id)
+    }
+
+    /// From now on, start replica `id` with `--join` (an empty replica waiting to be added)
+    /// rather than `--peers`.
+    pub fn set_joiner(&mut self, id: u64) {
+        self.joiners.insert(id);
+    }
+
+    /// Replica `id` (an initial member) is expected to hold no membership, as an empty replica
+    /// waiting to be added does: [`Self::wait_for_leader`] does not wait for it to follow.
+    pub fn expect_unjoined(&mut self, id: u64) {
+        self.unjoined.insert(id);
+    }
+
+    /// Forgets replica `id` (after it was removed): it is no longer among [`Self::addrs`].
+    pub fn forget(&mut self, id: u64) {
+        self.peers.remove(&id);
+    }
+
+    /// Deletes replica `id`'s data dir (stop it first): a lost or wiped disk.
+    pub fn wipe(&mut self, id: u64) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.data_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Waits until replica `id`'s process exits on its own; returns its status, or None if it
+    /// still runs after `timeout`.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(child) = self.children.get_mut(&id) else {
+                return Err(std::io::Error::other(format!("replica {id} not started")));
+            };
+            if let Some(status) = child.try_wait()? {
+                self.children.remove(&id);
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster_name
+    }
+
     pub fn peers_flag(&self) -> String {
-        self.peers
+        self.initial
             .iter()
             .map(|(id, a)| format!("{id}={a}"))
             .collect::<Vec<_>>()
@@ -128,8 +223,17 @@ impl LocalCluster {
             .arg(self.addr(id))
             .arg("--data-dir")
             .arg(self.data_dir(id))
-            .arg("--peers")
-            .arg(self.peers_flag())
+            .args(if self.joiners.contains(&id) {
+                let others: Vec<&str> = self
+                    .peers
+                    .iter()
+                    .filter(|(other, _)| **other != id)
+                    .map(|(_, a)| a.as_str())
+                    .collect();
+                ["--join".to_string(), others.join(",")]
+            } else {
+                ["--peers".to_string(), self.peers_flag()]
+            })
             .arg("--cluster-name")
             .arg(&self.cluster_name);
         if let Some(h) = self.options.heartbeat_ms {
@@ -149,6 +253,9 @@ impl LocalCluster {
         }
         if self.options.check_invariants {
             cmd.arg("--check-invariants");
+        }
+        if let Some(a) = self.http.get(&id) {
+            cmd.arg("--http-listen").arg(a);
         }
         cmd.args(&self.options.extra_args);
         for (k, v) in &self.options.env {
@@ -193,6 +300,13 @@ impl LocalCluster {
         self.children
             .get_mut(&id)
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// How replica `id` exited, once it has (on its own: a fatal error, or being removed).
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        self.children
+            .get_mut(&id)
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     fn signal(&self, id: u64, sig: Signal) -> std::io::Result<()> {
@@ -260,6 +374,24 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// SIGTERM a worker (it drains) without waiting for it.
+    pub fn terminate_worker(&self, id: &str) -> std::io::Result<()> {
+        let child = self
+            .workers
+            .get(id)
+            .ok_or_else(|| std::io::Error::other(format!("worker {id} not running")))?;
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).map_err(std::io::Error::other)
+    }
+
+    /// The exit status of a worker once it has exited, `None` while it runs.
+    pub fn worker_exited(&mut self, id: &str) -> std::io::Result<Option<std::process::ExitStatus>> {
+        let child = self
+            .workers
+            .get_mut(id)
+            .ok_or_else(|| std::io::Error::other(format!("worker {id} not started")))?;
+        child.try_wait()
+    }
+
     /// SIGSTOP / SIGCONT a worker.
     pub fn pause_worker(&self, id: &str, pause: bool) -> std::io::Result<()> {
         let child = self
@@ -295,8 +427,17 @@ impl LocalCluster {
                     continue;
                 }
                 match client.cluster_status_of(self.addr(id)).await {
+                    // An empty replica waiting to be added has no membership and no leader.
+                    Ok(s)
+                        if s.members.is_empty()
+                            && (self.joiners.contains(&id) || self.unjoined.contains(&id)) => {}
                     Ok(s) => leaders.push(s.leader_id.filter(|_| s.role != "candidate")),
-                    Err(e) => last = e.to_string(),
+                    // A running replica that does not answer yet (still starting) has not
+                    // agreed on anything.
+                    Err(e) => {
+                        last = e.to_string();
+                        leaders.push(None);
+                    }
                 }
             }
             if let Some(Some(l)) = leaders.first().copied() {

@@ -11,18 +11,23 @@ macro_rules! outln {
 }
 
 mod bench;
+mod bench_failover;
+mod bench_plot;
 mod bench_scale;
 mod bench_steady;
 mod commands;
 mod dev;
+mod isolate;
 mod output;
 mod payload;
+mod progress;
 mod server;
+mod settings;
 mod worker;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Addresses of the cluster `flotilla dev` starts; the default for client commands.
 pub const DEV_CLUSTER: &str = "127.0.0.1:7401,127.0.0.1:7402,127.0.0.1:7403";
@@ -45,9 +50,12 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once at start: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one replica.
+    #[command(args_override_self = true)]
     Server(server::ServerArgs),
     /// Run a 3-replica cluster on loopback with data under ./flotilla-data.
     Dev(dev::DevArgs),
@@ -62,6 +70,7 @@ enum Cmd {
     /// List tasks.
     List(commands::ListArgs),
     /// Run a worker that executes command tasks.
+    #[command(args_override_self = true)]
     Worker(worker::WorkerArgs),
     /// List registered workers with capacity, load and lease age.
     Workers,
@@ -88,7 +97,20 @@ enum Cmd {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let argv = match settings::expand(&Cli::command(), argv, &env) {
+        Ok(argv) => argv,
+        Err(problems) => {
+            for p in problems {
+                eprintln!("error: {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,12 +173,26 @@ fn one_line(e: &anyhow::Error) -> String {
         .replace('\n', " ")
 }
 
-/// Installs the log subscriber; `RUST_LOG` overrides `default`.
-pub fn init_tracing(default: &str) {
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, message and every field, e.g.
+    /// `task`, `term`, `node_id`), for log collectors.
+    Json,
+}
+
+/// Installs the log subscriber on stderr; `RUST_LOG` overrides `default`.
+pub fn init_tracing(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

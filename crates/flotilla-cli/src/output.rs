@@ -60,11 +60,13 @@ pub fn status_json(s: &ClusterStatus) -> Value {
         "term": s.term,
         "last_log_index": s.last_log_index,
         "snapshot_index": s.snapshot_index,
+        "purged_index": s.purged_index,
         "commit_index": s.commit_index,
         "cluster_name": s.cluster_name,
         "task_count": s.task_count,
         "members": s.members.iter().map(|m| json!({
             "id": m.id, "addr": m.addr, "matched_index": m.matched_index, "voter": m.voter,
+            "incarnation": m.incarnation,
         })).collect::<Vec<_>>(),
     })
 }
@@ -89,9 +91,10 @@ pub fn status_text(s: &ClusterStatus) -> String {
         } else {
             ""
         };
+        let role = if m.voter { "" } else { " (learner)" };
         out.push_str(&format!(
-            "\n    {} {}{}  matched {}",
-            m.id, m.addr, mark, m.matched_index
+            "\n    {} {}{}{}  matched {}",
+            m.id, m.addr, mark, role, m.matched_index
         ));
     }
     out

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
@@ -10,6 +11,10 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
 pub struct ServerArgs {
+    /// Read settings from this TOML file: keys are the flags' long names (template:
+    /// deploy/flotilla.toml); flags and FLOTILLA_SERVER_<FLAG> variables override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// This replica's id (must appear in --peers).
     #[arg(long)]
     id: u64,
@@ -20,8 +25,12 @@ pub struct ServerArgs {
     #[arg(long)]
     data_dir: PathBuf,
     /// Initial members: 1=HOST:PORT,2=HOST:PORT,3=HOST:PORT.
-    #[arg(long)]
-    peers: String,
+    #[arg(long, required_unless_present = "join", conflicts_with = "join")]
+    peers: Option<String>,
+    /// Join an existing cluster (HOST:PORT of some of its replicas): start empty, never
+    /// bootstrap, and wait to be added with `flotilla cluster add-replica ID ADDR`.
+    #[arg(long, value_name = "ADDR,...")]
+    join: Option<String>,
     /// Cluster name; data dirs and peers of another cluster are refused.
     #[arg(long, default_value = "flotilla")]
     cluster_name: String,
@@ -70,11 +79,37 @@ pub struct ServerArgs {
     /// fault runs).
     #[arg(long, hide = true)]
     check_invariants: bool,
+    /// Open client, worker and peer connections, at most (capped at half the open files
+    /// limit, which the replica raises to its hard limit at start); connections past it are
+    /// refused with an error naming the limit.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Serve Prometheus /metrics, /healthz and /readyz over HTTP on this address (HOST:PORT)
+    /// [default: off].
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Log lines as `text` or `json` (one object per line), on stderr.
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
+    log_format: crate::LogFormat,
 }
 
 pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
-    let peers = parse_peers(&args.peers).map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?;
+    let peers = match &args.peers {
+        Some(p) => parse_peers(p).map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?,
+        None => Default::default(),
+    };
     let mut config = ServerConfig::new(args.id, args.listen.clone(), args.data_dir.clone(), peers);
+    if let Some(join) = &args.join {
+        config.join = join
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(str::to_string)
+            .collect();
+        if config.join.is_empty() {
+            anyhow::bail!("invalid --join: no address given");
+        }
+    }
     config.cluster_name = args.cluster_name.clone();
     if let Some(h) = args.heartbeat_ms {
         config.heartbeat_interval_ms = h;
@@ -103,7 +138,9 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     }
     if let Some(r) = args.retention_ms {
         config.retention_ms = r;
-        config.key_retention_ms = config.key_retention_ms.max(r);
+        // The key window defaults to the retention (the client library gives every task a
+        // key, so keys kept longer than their tasks would be kept for every task).
+        config.key_retention_ms = r;
     }
     if let Some(r) = args.key_retention_ms {
         config.key_retention_ms = r;
@@ -111,6 +148,8 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     config.max_pending = args.max_pending;
     config.max_pending_per_queue = args.max_pending_per_queue;
     config.check_invariants = args.check_invariants;
+    config.max_connections = args.max_connections;
+    config.http_listen = args.http_listen.clone();
     config
         .validate()
         .map_err(|p| anyhow::anyhow!("invalid configuration: {}", p.join("; ")))?;
@@ -118,16 +157,32 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
 }
 
 pub async fn run(args: ServerArgs) -> Result<ExitCode> {
-    crate::init_tracing("info,openraft=error");
+    crate::init_tracing("info,openraft=error", args.log_format);
+    if let Some(file) = &args.config {
+        tracing::info!(file = %file.display(), "settings read from the config file");
+    }
     let config = config_from(&args)?;
     let shutdown = CancellationToken::new();
     let node = flotilla_server::start(config, shutdown.clone()).await?;
+    let handover = node.handover();
     tokio::spawn(async move {
         wait_for_signal().await;
+        // A leader hands leadership over first, so the cluster does not wait out an election.
+        handover.run(Duration::from_secs(5)).await;
         shutdown.cancel();
     });
-    node.stopped().await?;
-    Ok(ExitCode::SUCCESS)
+    match node.stopped().await {
+        // Removed from the membership: say so and exit 0, so that a supervisor that restarts
+        // failed replicas leaves it stopped.
+        Err(flotilla_server::ServerError::Removed(why)) => {
+            eprintln!("{why}");
+            Ok(ExitCode::SUCCESS)
+        }
+        other => {
+            other?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -143,5 +198,57 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+
+    fn config(extra: &[&str]) -> ServerConfig {
+        let mut argv = vec![
+            "x",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7400",
+            "--data-dir",
+            "/tmp/d",
+        ];
+        argv.extend_from_slice(&["--peers", "1=127.0.0.1:7400"]);
+        argv.extend_from_slice(extra);
+        config_from(&Cli::parse_from(argv).server).unwrap()
+    }
+
+    #[test]
+    fn the_key_window_defaults_to_the_retention() {
+        let c = config(&[]);
+        assert_eq!(c.key_retention_ms, c.retention_ms);
+        let c = config(&["--retention-ms", "60000"]);
+        assert_eq!((c.retention_ms, c.key_retention_ms), (60_000, 60_000));
+        let c = config(&["--retention-ms", "60000", "--key-retention-ms", "3600000"]);
+        assert_eq!(c.key_retention_ms, 3_600_000);
+        let args = [
+            "x",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7400",
+            "--data-dir",
+            "/d",
+        ];
+        let mut argv = args.to_vec();
+        argv.extend_from_slice(&["--peers", "1=127.0.0.1:7400", "--retention-ms", "60000"]);
+        argv.extend_from_slice(&["--key-retention-ms", "1000"]);
+        let err = config_from(&Cli::parse_from(argv).server).unwrap_err();
+        assert!(err.to_string().contains("key_retention_ms"), "{err}");
     }
 }

@@ -1,4 +1,6 @@
-//! `flotilla worker`: runs command tasks for a cluster until SIGINT/SIGTERM.
+//! `flotilla worker`: runs command tasks for a cluster until SIGINT/SIGTERM, then drains:
+//! takes nothing new, lets running tasks finish up to `--drain-timeout`, hands back the rest
+//! and exits 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +16,13 @@ use crate::commands::{parse_labels, Ctx};
 
 #[derive(Args)]
 pub struct WorkerArgs {
+    /// Read settings from this TOML file: keys are the flags' long names; flags and
+    /// FLOTILLA_WORKER_<FLAG> variables override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// Log lines as `text` or `json` (one object per line), on stderr.
+    #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
+    pub log_format: crate::LogFormat,
     /// Worker id [default: HOSTNAME-PID].
     #[arg(long)]
     pub id: Option<String>,
@@ -35,6 +44,10 @@ pub struct WorkerArgs {
     /// Heartbeat period in ms (keep it well under the cluster's worker lease TTL).
     #[arg(long, default_value_t = 1000)]
     pub heartbeat_ms: u64,
+    /// On SIGTERM/SIGINT: seconds running tasks may go on (no new ones are taken) before
+    /// what is left is handed back to run elsewhere.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub drain_timeout: f64,
 }
 
 pub fn config_from(args: &WorkerArgs) -> Result<WorkerConfig> {
@@ -48,6 +61,12 @@ pub fn config_from(args: &WorkerArgs) -> Result<WorkerConfig> {
     if args.heartbeat_ms == 0 {
         anyhow::bail!("invalid --heartbeat-ms 0: must be positive");
     }
+    if !(args.drain_timeout.is_finite() && (0.0..=86_400.0).contains(&args.drain_timeout)) {
+        anyhow::bail!(
+            "invalid --drain-timeout {}: must be 0 to 86400 seconds",
+            args.drain_timeout
+        );
+    }
     Ok(WorkerConfig {
         id,
         capacity: Capacity {
@@ -58,11 +77,15 @@ pub fn config_from(args: &WorkerArgs) -> Result<WorkerConfig> {
         labels: parse_labels(&args.labels)?,
         queues: args.queues.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
+        drain_timeout: Duration::from_secs_f64(args.drain_timeout),
     })
 }
 
 pub async fn run(ctx: &Ctx, args: WorkerArgs) -> Result<ExitCode> {
-    crate::init_tracing("info");
+    crate::init_tracing("info", args.log_format);
+    if let Some(file) = &args.config {
+        tracing::info!(file = %file.display(), "settings read from the config file");
+    }
     let config = config_from(&args)?;
     let client =
         flotilla_client::Client::new(ctx.cluster.split(',')).context("invalid --cluster")?;

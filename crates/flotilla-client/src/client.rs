@@ -1,19 +1,24 @@
 //! The client: endpoints, leader tracking, retries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+use futures::future::{BoxFuture, Fuse, FusedFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
 use flotilla_proto::pb::{self, flotilla_client::FlotillaClient};
 use flotilla_proto::{spec_to_pb, state_from_pb, state_to_pb, task_from_pb, LEADER_HINT_KEY};
 use rand::Rng;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
 
-use crate::ClientError;
+use crate::routing::{unreachable, Routing, PROBE_FRESH, PROBE_TIMEOUT};
+use crate::{ClientError, SubmitPipeline};
 
 /// Largest message the client sends or accepts.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -25,9 +30,13 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Deadline of a whole call, retries included.
     pub call_timeout: Duration,
-    /// First retry delay; doubles up to `backoff_max`.
+    /// Delay before asking all replicas again once every one failed; doubles up to
+    /// `backoff_max`. (The first retry elsewhere after a failure does not wait.)
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// A call to the leader outstanding this long makes the client ask the other replicas who
+    /// leads (then at doubling intervals up to 0.5 s); a newer leader gets the call too.
+    pub hedge_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -36,7 +45,8 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(5),
             call_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(1),
+            backoff_max: Duration::from_millis(250),
+            hedge_after: Duration::from_millis(100),
         }
     }
 }
@@ -84,6 +94,8 @@ pub struct Member {
     pub addr: String,
     pub matched_index: u64,
     pub voter: bool,
+    /// The incarnation of its data dir the membership pins (empty: not pinned yet).
+    pub incarnation: String,
 }
 
 /// What one replica says about itself and the cluster.
@@ -98,6 +110,8 @@ pub struct ClusterStatus {
     pub last_log_index: u64,
     /// Last index covered by the replica's latest snapshot (0: none).
     pub snapshot_index: u64,
+    /// Last log index the replica purged (0: none); a replica behind it needs a snapshot.
+    pub purged_index: u64,
     pub commit_index: u64,
     pub members: Vec<Member>,
     pub cluster_name: String,
@@ -108,14 +122,45 @@ pub struct ClusterStatus {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// The stream that concurrent [`Client::submit`] calls share, opened on the first submit.
+    /// `None` in the client the stream task itself holds (no reference cycle).
+    submits: Option<Arc<OnceLock<SubmitPipeline>>>,
 }
 
 struct Inner {
     endpoints: Vec<String>,
     config: ClientConfig,
     channels: Mutex<HashMap<String, Channel>>,
-    /// Address of the replica that last served a leader-only call.
-    leader: Mutex<Option<String>>,
+    /// The known leader and the addresses that refused connections.
+    routing: Routing,
+}
+
+/// Where a call may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Only the leader serves it; a success names the leader.
+    Leader,
+    /// Any replica serves it (stale reads).
+    Any,
+}
+
+/// How one attempt on one replica ended.
+enum Attempt<T> {
+    Done(T),
+    Failed(Status),
+    TimedOut,
+    BadAddress(ClientError),
+}
+
+/// Longest interval between two probes of one call.
+const HEDGE_GAP_MAX: Duration = Duration::from_millis(500);
+
+/// Sleeps until `at`; never, without one.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Client {
@@ -147,8 +192,9 @@ impl Client {
                 endpoints,
                 config,
                 channels: Mutex::new(HashMap::new()),
-                leader: Mutex::new(None),
+                routing: Routing::new(),
             }),
+            submits: Some(Arc::default()),
         };
         for e in &client.inner.endpoints {
             client.channel(e)?;
@@ -156,7 +202,8 @@ impl Client {
         Ok(client)
     }
 
-    pub(crate) fn config(&self) -> &ClientConfig {
+    /// The retry and timeout settings.
+    pub fn config(&self) -> &ClientConfig {
         &self.inner.config
     }
 
@@ -192,16 +239,28 @@ impl Client {
         Ok(channel)
     }
 
+    /// The leader as last seen (unless its address refused a connection since).
     pub(crate) fn known_leader(&self) -> Option<String> {
-        self.inner
-            .leader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.routing.leader()
     }
 
+    /// Whether `addr` refused a connection recently.
+    pub(crate) fn is_dead(&self, addr: &str) -> bool {
+        self.inner.routing.is_dead(addr)
+    }
+
+    /// `Some(addr)`: `addr` leads (a hint or a success); `None`: forget the known leader.
     pub(crate) fn set_leader(&self, addr: Option<String>) {
-        *self.inner.leader.lock().unwrap_or_else(|p| p.into_inner()) = addr;
+        match addr {
+            Some(a) => self.inner.routing.learn(&a),
+            None => self.inner.routing.forget_any(),
+        }
+    }
+
+    /// The address of the replica believed to lead, and a receiver notified whenever this
+    /// client learns of another one (from any call, hint or probe).
+    pub fn leader_watch(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.inner.routing.subscribe()
     }
 
     /// Runs `op` against the leader (or the replica a hint names), retrying until it succeeds,
@@ -216,7 +275,27 @@ impl Client {
         F: Fn(FlotillaClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
-        self.call_raw(what, extra, |ch| op(flotilla(ch))).await
+        self.route(Route::Leader, what, extra, |ch| op(flotilla(ch)))
+            .await
+    }
+
+    /// A read: to the leader when linearizable, to any replica when stale.
+    pub(crate) async fn read<T, F, Fut>(
+        &self,
+        consistency: Consistency,
+        what: &str,
+        op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(FlotillaClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let route = match consistency {
+            Consistency::Linearizable => Route::Leader,
+            Consistency::Stale => Route::Any,
+        };
+        self.route(route, what, Duration::ZERO, |ch| op(flotilla(ch)))
+            .await
     }
 
     /// [`Client::call`] over a raw channel, for services other than the client API.
@@ -230,69 +309,393 @@ impl Client {
         F: Fn(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.route(Route::Leader, what, extra, op).await
+    }
+
+    /// The retry engine. Every attempt is `op` on one replica; several may be in flight at
+    /// once (at most one per replica), and the first success or final rejection ends the call:
+    ///
+    /// - first to the known leader; when none is known, to every replica at once (only the
+    ///   leader can succeed; the others answer NOT_LEADER with a hint, which is followed at
+    ///   once, even to an address not in the list);
+    /// - after a failure, at once to every other replica; only a second failure of every
+    ///   attempt waits (capped exponential backoff with jitter) before all are asked again;
+    /// - an address that refused a connection is not asked first again for [`DEAD_FOR`];
+    /// - while the attempt on the leader is outstanding past `hedge_after`, the other replicas
+    ///   are asked who leads (`ClusterStatus`); one that names another leader in a newer term,
+    ///   or a leader learned meanwhile by any call of this client, gets the call too.
+    ///
+    /// Sending the same call twice is safe: every submit carries idempotency keys, reports are
+    /// fenced by attempt and idempotent, a cancel of a cancelled task answers OK.
+    async fn route<T, F, Fut>(
+        &self,
+        route: Route,
+        what: &str,
+        extra: Duration,
+        op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let cfg = &self.inner.config;
-        let deadline = tokio::time::Instant::now() + cfg.call_timeout + extra;
-        let endpoints = &self.inner.endpoints;
-        let mut next = rand::thread_rng().gen_range(0..endpoints.len());
-        let mut target = self
-            .known_leader()
-            .unwrap_or_else(|| endpoints[next].clone());
-        let mut backoff = cfg.backoff_initial;
-        let mut last_error;
-        loop {
-            let channel = self.raw_channel(&target)?;
-            let attempt = tokio::time::timeout(cfg.request_timeout + extra, op(channel)).await;
-            let mut hinted = None;
-            match attempt {
-                Ok(Ok(resp)) => {
-                    return Ok(resp.into_inner());
-                }
-                Ok(Err(status)) if retryable(&status) => {
-                    last_error = format!("{target}: {}", status.message());
-                    hinted = leader_hint(&status);
-                }
-                Ok(Err(status)) => return Err(ClientError::Rejected(Box::new(status))),
-                Err(_) => last_error = format!("{target}: {what} timed out"),
+        let deadline = Instant::now() + cfg.call_timeout + extra;
+        let per_try = cfg.request_timeout + extra;
+        self.route_until(route, what, deadline, per_try, op).await
+    }
+
+    /// [`Client::route`] with its deadline and the timeout of one attempt given.
+    async fn route_until<T, F, Fut>(
+        &self,
+        route: Route,
+        what: &str,
+        deadline: Instant,
+        per_try: Duration,
+        op: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let cfg = &self.inner.config;
+        let routing = &self.inner.routing;
+        let leader_only = route == Route::Leader;
+        let launch = |addr: String| {
+            let call = self.raw_channel(&addr).map(&op);
+            async move {
+                let outcome = match call {
+                    Ok(fut) => match tokio::time::timeout(per_try, fut).await {
+                        Ok(Ok(resp)) => Attempt::Done(resp.into_inner()),
+                        Ok(Err(status)) => Attempt::Failed(status),
+                        Err(_) => Attempt::TimedOut,
+                    },
+                    Err(e) => Attempt::BadAddress(e),
+                };
+                (addr, outcome)
             }
-            debug!(what, target = %target, error = %last_error, "retrying");
-            match hinted {
-                Some(addr) if addr != target => {
-                    // A fresh hint: go there at once.
-                    self.set_leader(Some(addr.clone()));
-                    target = addr;
+        };
+        let mut inflight = FuturesUnordered::new();
+        // Replicas with an attempt in flight, and those that failed since the last wait.
+        let mut busy: HashSet<String> = HashSet::new();
+        let mut failed: HashSet<String> = HashSet::new();
+        let mut retry_at: Option<Instant> = None;
+        let mut asked_all = false;
+        let mut backoff = cfg.backoff_initial;
+        let mut last_error = format!("{what}: no replica answered");
+        // The attempt on the replica believed to lead, watched by the hedge.
+        let mut focus: Option<String> = None;
+        let mut hedge_at = Instant::now() + cfg.hedge_after;
+        let mut hedge_gap = cfg.hedge_after;
+        let mut probe: Fuse<BoxFuture<'_, Option<String>>> = Fuse::terminated();
+        let mut leader_rx = routing.subscribe();
+        leader_rx.mark_unchanged();
+        // A RESOURCE_EXHAUSTED answer: when to ask that replica again, and the refusal.
+        let mut exhausted_at: Option<(Instant, String)> = None;
+        let mut exhausted: Option<Status> = None;
+
+        let first = match (routing.leader(), route) {
+            (Some(l), _) => Some(l),
+            (None, Route::Leader) => None,
+            (None, Route::Any) => {
+                let live: Vec<&String> = self
+                    .inner
+                    .endpoints
+                    .iter()
+                    .filter(|e| !routing.is_dead(e))
+                    .collect();
+                live.get(rand::thread_rng().gen_range(0..live.len().max(1)))
+                    .map(|e| e.to_string())
+            }
+        };
+        match first {
+            Some(addr) => {
+                busy.insert(addr.clone());
+                focus = Some(addr.clone());
+                inflight.push(launch(addr));
+            }
+            None => {
+                asked_all = true;
+                for addr in self.everyone(&busy) {
+                    busy.insert(addr.clone());
+                    inflight.push(launch(addr));
+                }
+            }
+        }
+        loop {
+            if inflight.is_empty() && retry_at.is_none() && exhausted_at.is_none() {
+                if !asked_all {
+                    // The first failure: every other replica, now.
+                    asked_all = true;
+                    for addr in self.everyone(&busy) {
+                        busy.insert(addr.clone());
+                        inflight.push(launch(addr));
+                    }
                     continue;
                 }
-                _ => {
-                    self.set_leader(None);
-                    next = (next + 1) % endpoints.len();
-                    target = endpoints[next].clone();
+                let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+                let at = Instant::now() + backoff + Duration::from_millis(jitter);
+                if at >= deadline {
+                    return Err(match exhausted {
+                        Some(s) => ClientError::Rejected(Box::new(s)),
+                        None => ClientError::Unavailable(last_error),
+                    });
+                }
+                retry_at = Some(at);
+                backoff = (backoff * 2).min(cfg.backoff_max);
+            }
+            let hedging = leader_only
+                && probe.is_terminated()
+                && focus.as_ref().is_some_and(|f| busy.contains(f));
+            tokio::select! {
+                biased;
+                Some((addr, outcome)) = inflight.next() => {
+                    busy.remove(&addr);
+                    let status = match outcome {
+                        Attempt::Done(v) => {
+                            if leader_only {
+                                routing.learn(&addr);
+                            }
+                            return Ok(v);
+                        }
+                        Attempt::Failed(s) if s.code() == Code::ResourceExhausted => {
+                            // The leader is over an admission limit: the same call may pass
+                            // once the backlog drained. Ask it again after a backoff, until the
+                            // deadline; then the refusal (naming the limit) is the answer.
+                            let jitter =
+                                rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
+                            let at = Instant::now() + backoff + Duration::from_millis(jitter);
+                            backoff = (backoff * 2).min(cfg.backoff_max);
+                            if at >= deadline {
+                                return Err(ClientError::Rejected(Box::new(s)));
+                            }
+                            exhausted_at = Some((at, addr));
+                            exhausted = Some(s);
+                            continue;
+                        }
+                        Attempt::Failed(s) if !retryable(&s) => {
+                            return Err(ClientError::Rejected(Box::new(s)));
+                        }
+                        Attempt::Failed(s) => s,
+                        Attempt::TimedOut => {
+                            last_error = format!("{addr}: {what} timed out");
+                            routing.forget(&addr);
+                            failed.insert(addr);
+                            continue;
+                        }
+                        Attempt::BadAddress(e) => {
+                            last_error = e.to_string();
+                            failed.insert(addr);
+                            continue;
+                        }
+                    };
+                    last_error = format!("{addr}: {}", status.message());
+                    debug!(what, target = %addr, error = %last_error, "attempt failed");
+                    if unreachable(&status) {
+                        routing.mark_dead(&addr);
+                    } else {
+                        routing.forget(&addr);
+                    }
+                    failed.insert(addr.clone());
+                    match leader_hint(&status) {
+                        // A hint to somewhere new: go there at once. One back to a replica
+                        // that failed already (two replicas pointing at each other) waits.
+                        Some(hint)
+                            if hint != addr
+                                && !busy.contains(&hint)
+                                && !failed.contains(&hint)
+                                && !routing.is_dead(&hint) =>
+                        {
+                            routing.learn(&hint);
+                            busy.insert(hint.clone());
+                            focus = Some(hint.clone());
+                            hedge_at = Instant::now() + cfg.hedge_after;
+                            inflight.push(launch(hint));
+                        }
+                        _ => {}
+                    }
+                }
+                () = sleep_until_opt(exhausted_at.as_ref().map(|(at, _)| *at)) => {
+                    if let Some((_, addr)) = exhausted_at.take() {
+                        if !busy.contains(&addr) {
+                            busy.insert(addr.clone());
+                            inflight.push(launch(addr));
+                        }
+                    }
+                }
+                () = sleep_until_opt(retry_at) => {
+                    retry_at = None;
+                    failed.clear();
+                    for addr in self.everyone(&busy) {
+                        busy.insert(addr.clone());
+                        inflight.push(launch(addr));
+                    }
+                }
+                () = tokio::time::sleep_until(hedge_at), if hedging => {
+                    // The leader is slow to answer: does another replica know a newer one?
+                    hedge_gap = (hedge_gap * 2).min(HEDGE_GAP_MAX);
+                    hedge_at = Instant::now() + hedge_gap;
+                    let suspect = focus.clone().unwrap_or_default();
+                    probe = self.probe_newer_leader(suspect).boxed().fuse();
+                }
+                newer = &mut probe => {
+                    if let Some(addr) = newer {
+                        if !busy.contains(&addr) {
+                            debug!(what, leader = %addr, "a newer leader is known; sending there too");
+                            busy.insert(addr.clone());
+                            focus = Some(addr.clone());
+                            inflight.push(launch(addr));
+                        }
+                    }
+                }
+                Ok(()) = leader_rx.changed(), if leader_only => {
+                    let leader = leader_rx.borrow_and_update().clone();
+                    if let Some(addr) = leader.filter(|a| !busy.contains(a)) {
+                        // Another call learned of a new leader while this one waits elsewhere.
+                        debug!(what, leader = %addr, "leader changed; sending there too");
+                        busy.insert(addr.clone());
+                        focus = Some(addr.clone());
+                        hedge_at = Instant::now() + cfg.hedge_after;
+                        inflight.push(launch(addr));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(match exhausted {
+                        Some(s) => ClientError::Rejected(Box::new(s)),
+                        None => ClientError::Unavailable(last_error),
+                    });
                 }
             }
-            let jitter = rand::thread_rng().gen_range(0..=backoff.as_millis() as u64 / 2);
-            let sleep = backoff + Duration::from_millis(jitter);
-            if tokio::time::Instant::now() + sleep >= deadline {
-                return Err(ClientError::Unavailable(last_error));
-            }
-            tokio::time::sleep(sleep).await;
-            backoff = (backoff * 2).min(cfg.backoff_max);
         }
+    }
+
+    /// Every replica not in `busy` to ask at once: the known ones (and a learned leader not in
+    /// the list), without those that refused connections recently unless that is all of them.
+    fn everyone(&self, busy: &HashSet<String>) -> Vec<String> {
+        let routing = &self.inner.routing;
+        let mut all: Vec<String> = self.inner.endpoints.clone();
+        if let Some(l) = routing.leader() {
+            if !all.contains(&l) {
+                all.push(l);
+            }
+        }
+        all.retain(|a| !busy.contains(a));
+        let live: Vec<String> = all
+            .iter()
+            .filter(|a| !routing.is_dead(a))
+            .cloned()
+            .collect();
+        if live.is_empty() {
+            all
+        } else {
+            live
+        }
+    }
+
+    /// Asks every replica who leads (one probe at a time per client; a fresh answer is
+    /// shared). Returns the leader named in the newest term when it is not `suspect` and its
+    /// term is newer than the one `suspect` was seen leading in; that leader is then known.
+    pub(crate) async fn probe_newer_leader(&self, suspect: String) -> Option<String> {
+        let routing = &self.inner.routing;
+        let found = {
+            let mut last = routing.probe.lock().await;
+            match &*last {
+                Some((at, found)) if at.elapsed() < PROBE_FRESH => found.clone(),
+                _ => {
+                    let found = self.who_leads().await;
+                    *last = Some((Instant::now(), found.clone()));
+                    found
+                }
+            }
+        };
+        let (addr, term) = found?;
+        if addr == suspect {
+            routing.learn_in_term(&addr, term);
+            return None;
+        }
+        if term <= routing.term_of(&suspect) {
+            return None;
+        }
+        routing.learn_in_term(&addr, term);
+        Some(addr)
+    }
+
+    /// The leader (address, term) named by the replica in the newest term, from the answers of
+    /// every replica (all but one suffice: the leader being probed may not answer).
+    async fn who_leads(&self) -> Option<(String, u64)> {
+        let n = self.inner.endpoints.len();
+        let mut asks: FuturesUnordered<_> = self
+            .inner
+            .endpoints
+            .iter()
+            .map(|addr| {
+                let client = self.channel(addr);
+                async move {
+                    let mut client = client.ok()?;
+                    let resp = client
+                        .cluster_status(pb::ClusterStatusRequest {})
+                        .await
+                        .ok()?
+                        .into_inner();
+                    Some((resp.leader_addr, resp.term))
+                }
+            })
+            .collect();
+        let mut best: Option<(String, u64)> = None;
+        let mut answered = 0;
+        let until = Instant::now() + PROBE_TIMEOUT;
+        while let Ok(Some(answer)) = tokio::time::timeout_at(until, asks.next()).await {
+            answered += 1;
+            if let Some((addr, term)) = answer.filter(|(a, _)| !a.is_empty()) {
+                if best.as_ref().is_none_or(|(_, t)| term > *t) {
+                    best = Some((addr, term));
+                }
+            }
+            if answered + 1 >= n && best.is_some() {
+                break;
+            }
+        }
+        best
     }
 
     /// Submits a batch, all or nothing, and returns one id per spec. A spec without an
     /// idempotency key gets a fresh one, so retries inside this call never double a task.
+    ///
+    /// Concurrent submits of one client (and its clones) share one `SubmitStream` to the
+    /// leader: each is still its own request with its own ids or error, and one whose stream
+    /// gives no definite answer is retried as a unary `SubmitTasks` with the same keys.
     pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
-        self.submit_request(submit_request(specs)).await
+        let req = submit_request(specs);
+        match &self.submits {
+            Some(shared) => {
+                let pipeline = shared.get_or_init(|| self.plain().pipeline());
+                pipeline.submit_request(req).await
+            }
+            None => self.submit_request(req, None).await,
+        }
     }
 
-    /// [`Client::submit`] of a request whose tasks all carry idempotency keys.
+    /// This client without the shared submit stream: what a stream task holds.
+    pub(crate) fn plain(&self) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            submits: None,
+        }
+    }
+
+    /// A unary `SubmitTasks` of a request whose tasks all carry idempotency keys, retried
+    /// until `deadline` (default: the call timeout from now).
     pub(crate) async fn submit_request(
         &self,
         req: pb::SubmitTasksRequest,
+        deadline: Option<Instant>,
     ) -> Result<Vec<TaskId>, ClientError> {
         let n = req.tasks.len();
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.inner.config.call_timeout);
+        let per_try = self.inner.config.request_timeout;
         let resp = self
-            .call("submit", Duration::ZERO, |mut c| {
+            .route_until(Route::Leader, "submit", deadline, per_try, |ch| {
                 let req = req.clone();
+                let mut c = flotilla(ch);
                 async move { c.submit_tasks(req).await }
             })
             .await?;
@@ -322,9 +725,11 @@ impl Client {
             consistency: consistency.to_pb(),
         };
         let resp = self
-            .call("get", Duration::ZERO, |mut c| async move {
-                c.get_task(req).await
-            })
+            .read(
+                consistency,
+                "get",
+                |mut c| async move { c.get_task(req).await },
+            )
             .await?;
         let reason = resp
             .task
@@ -377,7 +782,7 @@ impl Client {
             omit_payload: false,
         };
         let resp = self
-            .call("list", Duration::ZERO, |mut c| {
+            .read(query.consistency, "list", |mut c| {
                 let req = req.clone();
                 async move { c.list_tasks(req).await }
             })
@@ -413,6 +818,7 @@ impl Client {
             term: resp.term,
             last_log_index: resp.last_log_index,
             snapshot_index: resp.snapshot_index,
+            purged_index: resp.purged_index,
             commit_index: resp.commit_index,
             members: resp
                 .members
@@ -422,6 +828,7 @@ impl Client {
                     addr: m.addr,
                     matched_index: m.matched_index,
                     voter: m.voter,
+                    incarnation: m.incarnation,
                 })
                 .collect(),
             cluster_name: resp.cluster_name,
@@ -496,3 +903,7 @@ pub(crate) fn leader_hint(status: &Status) -> Option<String> {
     let (_, addr) = value.split_once('=')?;
     Some(addr.to_string())
 }
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,9 +1,13 @@
 //! Rust client for Flotilla.
 //!
-//! Give it the addresses of some replicas; it finds the leader, follows leader hints, and
-//! retries on leader change, unavailability and timeouts with capped exponential backoff.
-//! Every submitted task carries an idempotency key (generated when the caller gives none), so a
-//! retried submit can never create a task twice.
+//! Give it the addresses of some replicas; it remembers the leader from every successful call,
+//! hint and probe, asks every replica at once when it knows none, retries elsewhere at once
+//! after a failure (backing off only when every replica failed), skips addresses that refused
+//! connections, and moves a call stuck on a leader that stopped answering to a newer leader as
+//! soon as another replica names one (`routing`, `client::Client::route`). Every submitted
+//! task carries an idempotency key (generated when the caller gives none), so a retried or
+//! duplicated submit can never create a task twice. Concurrent `submit` calls share one
+//! `SubmitStream` (`pipeline`), each still its own request.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), flotilla_client::ClientError> {
@@ -17,13 +21,16 @@
 
 mod client;
 mod error;
+mod membership;
 mod pipeline;
 mod queues;
+mod routing;
 mod workers;
 
 pub use client::{Client, ClientConfig, ClusterStatus, Consistency, ListPage, ListQuery, Member};
 pub use error::ClientError;
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
+pub use membership::{AddedReplica, Transferred};
 pub use pipeline::SubmitPipeline;
 pub use queues::{QueueInfo, QueueList, TaskStatus};
 pub use tonic::Code;

@@ -16,6 +16,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use futures::future::{BoxFuture, Fuse, FusedFuture, FutureExt};
+
 use flotilla_core::{TaskId, TaskSpec};
 use flotilla_proto::pb;
 use flotilla_proto::{LEADER_HINT_KEY, STREAM_MESSAGE_LIMIT};
@@ -49,6 +51,8 @@ struct Job {
 
 /// The open stream: where requests go and where replies come from.
 struct Conn {
+    /// The replica it is open to.
+    target: String,
     requests: mpsc::Sender<pb::SubmitStreamRequests>,
     replies: Streaming<pb::SubmitStreamReplies>,
 }
@@ -57,9 +61,9 @@ impl Client {
     /// A [`SubmitPipeline`] on this client's replicas (it starts a task on the current runtime).
     pub fn pipeline(&self) -> SubmitPipeline {
         let (jobs, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(self.clone(), rx));
+        tokio::spawn(run(self.plain(), rx));
         SubmitPipeline {
-            client: self.clone(),
+            client: self.plain(),
             jobs,
         }
     }
@@ -68,7 +72,16 @@ impl Client {
 impl SubmitPipeline {
     /// As [`Client::submit`]: a batch, all or nothing, one id per spec, answered once committed.
     pub async fn submit(&self, specs: Vec<TaskSpec>) -> Result<Vec<TaskId>, ClientError> {
-        let req = submit_request(specs);
+        self.submit_request(submit_request(specs)).await
+    }
+
+    /// [`SubmitPipeline::submit`] of a request whose tasks all carry idempotency keys; the
+    /// whole call, unary retries included, keeps one deadline (the client's call timeout).
+    pub(crate) async fn submit_request(
+        &self,
+        req: pb::SubmitTasksRequest,
+    ) -> Result<Vec<TaskId>, ClientError> {
+        let deadline = Instant::now() + self.client.config().call_timeout;
         let n = req.tasks.len();
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -76,20 +89,23 @@ impl SubmitPipeline {
             reply,
         };
         if self.jobs.try_send(job).is_ok() {
-            let timeout = self.client.config().request_timeout;
-            // No reply (stream broken or reply late): fall through to the unary retry.
-            if let Ok(Ok(r)) = tokio::time::timeout(timeout, answer).await {
+            let until = deadline.min(Instant::now() + self.client.config().request_timeout);
+            // No reply (stream broken, leader changed, or reply late): fall through to the
+            // unary retry.
+            if let Ok(Ok(r)) = tokio::time::timeout_at(until, answer).await {
                 if r.code == Code::Ok as i32 {
                     return submitted_ids(r.ids, n);
                 }
                 let status = reply_status(&r);
-                if !retryable(&status) {
+                // Over an admission limit: the unary path retries it with backoff until the
+                // deadline.
+                if !retryable(&status) && status.code() != Code::ResourceExhausted {
                     return Err(ClientError::Rejected(Box::new(status)));
                 }
                 debug!(error = %status.message(), "pipelined submit not answered; retrying");
             }
         }
-        self.client.submit_request(req).await
+        self.client.submit_request(req, Some(deadline)).await
     }
 }
 
@@ -112,7 +128,15 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
     let mut waiting: HashMap<u64, oneshot::Sender<pb::SubmitStreamReply>> = HashMap::new();
     let mut next_seq = 0u64;
     let mut reopen_at = Instant::now();
+    // Last time the stream answered (or started having requests to answer).
+    let mut progress_at = Instant::now();
+    let hedge_after = client.config().hedge_after;
+    let mut probe: Fuse<BoxFuture<'static, Option<String>>> = Fuse::terminated();
+    let mut leader_rx = client.leader_watch();
+    leader_rx.mark_unchanged();
     loop {
+        // Requests waiting past the hedge delay without any reply: ask who leads.
+        let stuck = conn.is_some() && !waiting.is_empty() && probe.is_terminated();
         tokio::select! {
             job = jobs.recv() => {
                 let Some(job) = job else { return };
@@ -140,11 +164,15 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                     senders.push((next_seq, job.reply));
                 }
                 if c.requests.try_send(pb::SubmitStreamRequests { requests }).is_ok() {
+                    if waiting.is_empty() {
+                        progress_at = Instant::now();
+                    }
                     waiting.extend(senders);
                 }
             }
             replies = next_replies(&mut conn) => match replies {
                 Some(replies) => {
+                    progress_at = Instant::now();
                     let mut lost_leader = false;
                     for r in replies {
                         if r.code == Code::Unavailable as i32 && !lost_leader {
@@ -166,6 +194,28 @@ async fn run(client: Client, mut jobs: mpsc::Receiver<Job>) {
                     waiting.clear();
                 }
             },
+            () = tokio::time::sleep_until(progress_at + hedge_after), if stuck => {
+                let suspect = conn.as_ref().map(|c| c.target.clone()).unwrap_or_default();
+                let client = client.clone();
+                probe = async move { client.probe_newer_leader(suspect).await }.boxed().fuse();
+            }
+            _ = &mut probe => {
+                // A newer leader, if found, is announced on the watch below; otherwise the
+                // next probe waits another hedge delay.
+                progress_at = Instant::now();
+            }
+            Ok(()) = leader_rx.changed() => {
+                let leader = leader_rx.borrow_and_update().clone();
+                if let (Some(l), Some(c)) = (leader, &conn) {
+                    if l != c.target {
+                        // Another leader is known: what waits here goes the unary way (to it),
+                        // and the next request opens a stream there.
+                        debug!(old = %c.target, new = %l, "leader changed; reopening the submit stream");
+                        conn = None;
+                        waiting.clear();
+                    }
+                }
+            }
         }
     }
 }
@@ -181,20 +231,25 @@ async fn next_replies(conn: &mut Option<Conn>) -> Option<Vec<pb::SubmitStreamRep
 /// Opens a stream to the known leader (else any replica); a refusal's leader hint is
 /// remembered for the next attempt.
 async fn open(client: &Client) -> Option<Conn> {
-    let target = client
-        .known_leader()
-        .unwrap_or_else(|| client.endpoints()[0].clone());
+    let target = client.known_leader().or_else(|| {
+        let live = client.endpoints().iter().find(|e| !client.is_dead(e));
+        live.or(client.endpoints().first()).cloned()
+    })?;
     let mut api = client.channel(&target).ok()?;
     let (requests, rx) = mpsc::channel(QUEUE);
+    // Short: while the stream opens, submits wait; a leader that does not answer this soon
+    // is left to the unary path, which finds the new one.
+    let open_timeout = (client.config().hedge_after * 3).min(client.config().request_timeout);
     let opened = tokio::time::timeout(
-        client.config().request_timeout,
+        open_timeout,
         api.submit_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
     )
     .await;
     match opened {
         Ok(Ok(resp)) => {
-            client.set_leader(Some(target));
+            client.set_leader(Some(target.clone()));
             Some(Conn {
+                target,
                 requests,
                 replies: resp.into_inner(),
             })

@@ -115,7 +115,7 @@ impl Client {
             consistency: consistency.to_pb(),
         };
         let resp = self
-            .call("list-queues", Duration::ZERO, |mut c| async move {
+            .read(consistency, "list-queues", |mut c| async move {
                 c.list_queues(req).await
             })
             .await?;
@@ -185,9 +185,11 @@ impl Client {
             consistency: consistency.to_pb(),
         };
         let resp = self
-            .call("get", Duration::ZERO, |mut c| async move {
-                c.get_task(req).await
-            })
+            .read(
+                consistency,
+                "get",
+                |mut c| async move { c.get_task(req).await },
+            )
             .await?;
         let task = resp
             .task

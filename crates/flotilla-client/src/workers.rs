@@ -44,9 +44,16 @@ pub enum WorkerEvent {
 /// The assignment stream of a registered worker.
 pub struct WorkerStream {
     inner: Streaming<pb::WorkerEvent>,
+    /// The replica that accepted the registration.
+    leader: Option<String>,
 }
 
 impl WorkerStream {
+    /// The replica (the leader then) that holds this stream, when known.
+    pub fn leader(&self) -> Option<&str> {
+        self.leader.as_deref()
+    }
+
     /// The next event; `Ok(None)` when the leader closed the stream.
     pub async fn next(&mut self) -> Result<Option<WorkerEvent>, ClientError> {
         loop {
@@ -105,7 +112,11 @@ impl Client {
                 async move { workers(ch).register(req).await }
             })
             .await?;
-        Ok(WorkerStream { inner })
+        // A success names the leader: the registration went there.
+        Ok(WorkerStream {
+            inner,
+            leader: self.known_leader(),
+        })
     }
 
     /// Renews the lease; returns the attempts to stop.
@@ -115,9 +126,22 @@ impl Client {
         session: &str,
         running: &[(TaskId, u32)],
     ) -> Result<Vec<(TaskId, u32)>, ClientError> {
+        self.heartbeat_draining(worker_id, session, running, false)
+            .await
+    }
+
+    /// [`Client::heartbeat`]; with `draining`, the leader assigns the worker nothing more.
+    pub async fn heartbeat_draining(
+        &self,
+        worker_id: &str,
+        session: &str,
+        running: &[(TaskId, u32)],
+        draining: bool,
+    ) -> Result<Vec<(TaskId, u32)>, ClientError> {
         let req = pb::HeartbeatRequest {
             worker_id: worker_id.into(),
             session: session.into(),
+            draining,
             running: running
                 .iter()
                 .map(|(id, attempt)| pb::RunningAttempt {
@@ -202,6 +226,21 @@ impl Client {
         self.call_raw("checkpoint", Duration::ZERO, |ch| {
             let req = req.clone();
             async move { workers(ch).checkpoint(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Ends a (drained) worker's registration; what the state still gives it goes back to
+    /// pending at once.
+    pub async fn leave(&self, worker_id: &str, session: &str) -> Result<(), ClientError> {
+        let req = pb::LeaveRequest {
+            worker_id: worker_id.into(),
+            session: session.into(),
+        };
+        self.call_raw("leave", Duration::ZERO, |ch| {
+            let req = req.clone();
+            async move { workers(ch).leave(req).await }
         })
         .await
         .map(|_| ())

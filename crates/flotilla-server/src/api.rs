@@ -6,7 +6,7 @@
 //! served from the local applied state of whichever replica is asked.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_core::{
     batch_bytes, validate_spec, AdmissionLimits, Command, Limits, Lookup, QueuePolicy,
@@ -29,6 +29,7 @@ use tracing::debug;
 
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
+use crate::leadership::{ensure_leader, forwarded, now_ms};
 use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 use crate::Raft;
@@ -56,26 +57,10 @@ pub struct Api {
     /// Cluster defaults of retention (reported by ListQueues; the sweeps use the same).
     pub retention_ms: u64,
     pub key_retention_ms: u64,
-}
-
-/// "Not the leader", with the leader's id and address when this replica knows them.
-pub(crate) fn leader_hint(raft: &Raft) -> ApiError {
-    let m = raft.metrics().borrow().clone();
-    let leader = m.current_leader.and_then(|id| {
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| (id, n.addr.clone()))
-    });
-    ApiError::NotLeader { leader }
-}
-
-/// Wall-clock time in ms: read here, at the edge, and carried into commands as a value.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    /// Adding, removing and handing over to replicas (leader only).
+    pub membership: Arc<crate::membership::Membership>,
+    /// This replica's metrics (submit latency).
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Api {
@@ -88,6 +73,20 @@ impl Api {
 
     /// Validates and proposes one batch of tasks: all or nothing, answered after commit.
     async fn submit(&self, tasks: Vec<pb::TaskSpec>) -> Result<pb::SubmitTasksResponse, ApiError> {
+        let received = std::time::Instant::now();
+        let answer = self.submit_batch(tasks).await;
+        if answer.is_ok() {
+            self.telemetry
+                .submit_latency
+                .record(received.elapsed().as_secs_f64());
+        }
+        answer
+    }
+
+    async fn submit_batch(
+        &self,
+        tasks: Vec<pb::TaskSpec>,
+    ) -> Result<pb::SubmitTasksResponse, ApiError> {
         if tasks.is_empty() {
             return Err(ApiError::Invalid {
                 field: "tasks".into(),
@@ -155,16 +154,16 @@ impl Api {
 
     /// Waits until a read at this point is linearizable on this replica.
     async fn linearize(&self) -> Result<(), ApiError> {
+        // Confirming leadership sends heartbeats, which would renew the lease a leadership
+        // transfer waits out.
+        if self.proposer.is_held() {
+            return Err(ApiError::Unavailable(
+                "leadership is being transferred; retry".into(),
+            ));
+        }
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(()),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(ApiError::NotLeader {
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node)
-                        .map(|(id, node)| (id, node.addr)),
-                })
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(forwarded(f)),
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => Err(
                 ApiError::Unavailable(format!("leadership not confirmed by a quorum: {e}")),
             ),
@@ -221,9 +220,7 @@ impl Flotilla for Api {
     ) -> Result<Response<Self::SubmitStreamStream>, Status> {
         // Refuse at once on a follower, so the client goes to the leader instead of sending
         // requests that would each be refused.
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            return Err(leader_hint(&self.raft).into());
-        }
+        ensure_leader(&self.raft)?;
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
         tokio::spawn(serve_submit_stream(self.clone(), request.into_inner(), tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -336,9 +333,7 @@ impl Flotilla for Api {
         _request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
         // Leases live on the leader.
-        if self.raft.metrics().borrow().state != ServerState::Leader {
-            return Err(leader_hint(&self.raft).into());
-        }
+        ensure_leader(&self.raft)?;
         let applied = self.state.read();
         let workers = applied
             .state
@@ -481,6 +476,50 @@ impl Flotilla for Api {
         }))
     }
 
+    async fn add_replica(
+        &self,
+        request: Request<pb::AddReplicaRequest>,
+    ) -> Result<Response<pb::AddReplicaResponse>, Status> {
+        let req = request.into_inner();
+        let timeout = Some(Duration::from_millis(req.timeout_ms)).filter(|t| !t.is_zero());
+        let added = self
+            .membership
+            .add_replica(req.id, &req.addr, timeout)
+            .await?;
+        Ok(Response::new(pb::AddReplicaResponse {
+            incarnation: added.incarnation,
+            catch_up_ms: added.catch_up.as_millis() as u64,
+            membership_index: added.membership_index,
+        }))
+    }
+
+    async fn remove_replica(
+        &self,
+        request: Request<pb::RemoveReplicaRequest>,
+    ) -> Result<Response<pb::RemoveReplicaResponse>, Status> {
+        let index = self
+            .membership
+            .remove_replica(request.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::RemoveReplicaResponse {
+            membership_index: index,
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let (took, term) = self
+            .membership
+            .transfer_leader(request.into_inner().id)
+            .await?;
+        Ok(Response::new(pb::TransferLeaderResponse {
+            transfer_ms: took.as_millis() as u64,
+            term,
+        }))
+    }
+
     async fn cluster_status(
         &self,
         _request: Request<pb::ClusterStatusRequest>,
@@ -511,6 +550,7 @@ impl Flotilla for Api {
                     .and_then(|r| r.get(id).copied().flatten())
                     .map_or(0, |l| l.index),
                 voter: voters.contains(id),
+                incarnation: node.incarnation.clone(),
             })
             .collect();
         let leader_addr = m
@@ -527,6 +567,7 @@ impl Flotilla for Api {
             term: m.current_term,
             last_log_index: m.last_log_index.unwrap_or(0),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
             commit_index,
             members,
             cluster_name: self.cluster_name.clone(),

@@ -16,8 +16,12 @@ pub struct ServerConfig {
     pub listen_addr: String,
     /// Directory of this replica's RocksDB; created on first start.
     pub data_dir: PathBuf,
-    /// Initial members: id -> address that the others reach it at.
+    /// Initial members: id -> address that the others reach it at. Empty with `join`.
     pub peers: BTreeMap<u64, String>,
+    /// Addresses of replicas of an existing cluster: this replica does not bootstrap and waits
+    /// to be added (`flotilla cluster add-replica`). Empty: bootstrap with `peers`.
+    #[serde(default)]
+    pub join: Vec<String>,
     /// Name of the cluster; a data dir or a peer of another cluster is refused.
     pub cluster_name: String,
     /// Leader heartbeat period.
@@ -64,6 +68,13 @@ pub struct ServerConfig {
     /// Check the state machine's invariants after every applied entry (O(tasks) each: for
     /// tests and fault runs).
     pub check_invariants: bool,
+    /// Address of the operator's HTTP listener (`/metrics`, `/healthz`, `/readyz`); none when
+    /// unset.
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// Open client, worker and peer connections, at most (kept under half the open files
+    /// limit); one past it is refused with an error naming the limit.
+    pub max_connections: usize,
 }
 
 /// Seven days, the default retention of finished tasks.
@@ -82,6 +93,7 @@ impl ServerConfig {
             listen_addr,
             data_dir,
             peers,
+            join: Vec::new(),
             cluster_name: "flotilla".into(),
             heartbeat_interval_ms: 100,
             election_timeout_min_ms: 600,
@@ -103,6 +115,8 @@ impl ServerConfig {
             max_pending_per_queue: None,
             sweep_max_removals: 10_000,
             check_invariants: false,
+            max_connections: 4096,
+            http_listen: None,
         }
     }
 
@@ -123,13 +137,34 @@ impl ServerConfig {
         if self.group_commit_linger_ms > 1000 {
             problems.push("group_commit_linger_ms must be at most 1000".to_string());
         }
+        if let Some(a) = &self.http_listen {
+            if a.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
+                    "invalid http_listen {a:?}: expected HOST:PORT, e.g. 127.0.0.1:9464"
+                ));
+            }
+        }
         if self.listen_addr.parse::<SocketAddr>().is_err() {
             problems.push(format!(
                 "listen address {:?} is not HOST:PORT with a numeric host",
                 self.listen_addr
             ));
         }
-        if self.peers.is_empty() {
+        if !self.join.is_empty() {
+            if !self.peers.is_empty() {
+                problems.push(
+                    "give either peers (a new cluster) or join (an existing one), not both".into(),
+                );
+            }
+            for addr in &self.join {
+                if addr
+                    .rsplit_once(':')
+                    .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+                {
+                    problems.push(format!("join address {addr:?} is not HOST:PORT"));
+                }
+            }
+        } else if self.peers.is_empty() {
             problems.push("peers must list at least this replica".into());
         } else if !self.peers.contains_key(&self.node_id) {
             problems.push(format!(
@@ -270,6 +305,19 @@ mod tests {
         assert!(problems
             .iter()
             .any(|p| p.contains("group_commit_linger_ms")));
+    }
+
+    #[test]
+    fn join_replaces_peers() {
+        let mut c = ServerConfig::new(4, "127.0.0.1:1".into(), "/tmp/x".into(), BTreeMap::new());
+        assert!(c.validate().unwrap_err()[0].contains("peers must list"));
+        c.join = vec!["127.0.0.1:2".into()];
+        assert_eq!(c.validate(), Ok(()));
+        c.join.push("nonsense".into());
+        assert!(c.validate().unwrap_err()[0].contains("join address \"nonsense\""));
+        c.join.pop();
+        c.peers = parse_peers("4=127.0.0.1:1").unwrap();
+        assert!(c.validate().unwrap_err()[0].contains("not both"));
     }
 
     #[test]

@@ -23,14 +23,13 @@ use flotilla_core::{plan, Command, PlanConfig, Response, Task, TaskId, WorkerSpe
 use flotilla_proto::pb;
 use flotilla_store::SharedState;
 use futures::future::join_all;
-use openraft::ServerState;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{info, warn};
 
-use crate::api::{leader_hint, now_ms};
 use crate::error::ApiError;
+use crate::leadership::{self, is_leader, now_ms};
 use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 use crate::Raft;
@@ -66,6 +65,8 @@ struct Leases {
     leader_since: Option<Instant>,
     /// Per worker: attempts the state says it runs but its last heartbeat did not list.
     unreported: BTreeMap<String, BTreeMap<TaskId, u32>>,
+    /// Workers whose heartbeats say they drain: assigned nothing more.
+    draining: BTreeSet<String>,
 }
 
 pub struct Dispatcher {
@@ -76,6 +77,8 @@ pub struct Dispatcher {
     leases: Mutex<Leases>,
     wake: Notify,
     planted: Option<PlantedBug>,
+    /// Submission to first assignment pushed (seconds).
+    dispatch_latency: metrics::Histogram,
 }
 
 /// What `ListWorkers` shows of a worker's lease.
@@ -91,8 +94,10 @@ impl Dispatcher {
         proposer: Proposer,
         config: DispatchConfig,
         planted: Option<PlantedBug>,
+        dispatch_latency: metrics::Histogram,
     ) -> Dispatcher {
         Dispatcher {
+            dispatch_latency,
             raft,
             state,
             proposer,
@@ -108,11 +113,7 @@ impl Dispatcher {
     }
 
     fn ensure_leader(&self) -> Result<(), ApiError> {
-        if self.raft.metrics().borrow().state == ServerState::Leader {
-            Ok(())
-        } else {
-            Err(leader_hint(&self.raft))
-        }
+        leadership::ensure_leader(&self.raft)
     }
 
     pub fn lease_view(&self, worker: &str) -> LeaseView {
@@ -121,6 +122,15 @@ impl Dispatcher {
             age: l.heard.get(worker).map(|t| t.elapsed()),
             connected: l.streams.get(worker).is_some_and(|s| !s.tx.is_closed()),
         }
+    }
+
+    /// Workers with an open assignment stream to this replica.
+    pub fn connected_workers(&self) -> usize {
+        self.leases()
+            .streams
+            .values()
+            .filter(|s| !s.tx.is_closed())
+            .count()
     }
 
     /// Registers a worker and opens its assignment stream.
@@ -160,6 +170,7 @@ impl Dispatcher {
         }
         let mut l = self.leases();
         l.heard.insert(spec.id.clone(), Instant::now());
+        l.draining.remove(&spec.id);
         l.streams.insert(
             spec.id.clone(),
             Stream {
@@ -183,6 +194,7 @@ impl Dispatcher {
         worker: &str,
         session: &str,
         running: &[(TaskId, u32)],
+        draining: bool,
     ) -> Result<Vec<(TaskId, u32)>, ApiError> {
         self.ensure_leader()?;
         let (cancel, unreported) = {
@@ -214,6 +226,9 @@ impl Dispatcher {
         let redeliver: Vec<(TaskId, u32)> = {
             let mut l = self.leases();
             l.heard.insert(worker.to_string(), Instant::now());
+            if draining && l.draining.insert(worker.to_string()) {
+                info!(worker, "worker draining: no more assignments");
+            }
             let now = l.unreported.entry(worker.to_string()).or_default();
             let before = std::mem::replace(now, unreported);
             let again: Vec<(TaskId, u32)> = now
@@ -234,6 +249,44 @@ impl Dispatcher {
         Ok(cancel)
     }
 
+    /// A drained worker leaves: its registration ends and whatever the state says it still
+    /// runs goes back to pending at once (one committed `ExpireWorker`, as for a lost lease).
+    pub async fn leave(&self, worker: &str, session: &str) -> Result<(), ApiError> {
+        self.ensure_leader()?;
+        let registered = {
+            let applied = self.state.read();
+            applied
+                .state
+                .worker(worker)
+                .is_some_and(|w| w.spec.session == session)
+        };
+        if !registered {
+            return Err(ApiError::NotFound(format!(
+                "worker {worker:?} is not registered with this session"
+            )));
+        }
+        let cmd = Command::ExpireWorker {
+            now_ms: now_ms(),
+            worker_id: worker.to_string(),
+            reason: "left after draining".into(),
+        };
+        match self.proposer.propose(cmd).await? {
+            Response::WorkerExpired { requeued, .. } => {
+                info!(worker, requeued = requeued.len(), "worker left")
+            }
+            Response::Rejected(e) => return Err(e.into()),
+            other => return Err(ApiError::Internal(format!("unexpected {other:?}"))),
+        }
+        let mut l = self.leases();
+        l.heard.remove(worker);
+        l.streams.remove(worker);
+        l.unreported.remove(worker);
+        l.draining.remove(worker);
+        drop(l);
+        self.wake.notify_one();
+        Ok(())
+    }
+
     /// The loop; returns when `shutdown` is cancelled.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut metrics = self.raft.metrics();
@@ -252,7 +305,7 @@ impl Dispatcher {
     }
 
     async fn round(&self) {
-        let leader = self.raft.metrics().borrow().state == ServerState::Leader;
+        let leader = is_leader(&self.raft);
         let now = Instant::now();
         {
             let mut l = self.leases();
@@ -281,10 +334,10 @@ impl Dispatcher {
                 let last = l.heard.get(&w.spec.id).copied().unwrap_or(since).max(since);
                 if now.duration_since(last) > self.config.lease_ttl {
                     expired.push(w.spec.id.clone());
-                } else if l
-                    .streams
-                    .get(&w.spec.id)
-                    .is_some_and(|s| s.session == w.spec.session)
+                } else if !l.draining.contains(&w.spec.id)
+                    && l.streams
+                        .get(&w.spec.id)
+                        .is_some_and(|s| s.session == w.spec.session)
                 {
                     live.insert(w.spec.id.clone());
                 }
@@ -352,6 +405,15 @@ impl Dispatcher {
             let applied = self.state.read();
             match applied.state.get(task_id) {
                 Some(t) => {
+                    // Submission to first push, for tasks that could run at once (a dependent
+                    // or delayed task waited on purpose).
+                    if attempt == 1
+                        && t.spec.depends_on.is_empty()
+                        && t.spec.not_before_ms.is_none()
+                    {
+                        self.dispatch_latency
+                            .record(now_ms().saturating_sub(t.submitted_at_ms) as f64 / 1000.0);
+                    }
                     let mut e = assignment_event(&t);
                     if let Some(pb::worker_event::Event::Assignment(a)) = &mut e.event {
                         a.attempt = attempt;

@@ -19,6 +19,12 @@ pub enum ServerError {
     },
     #[error("raft: {0}")]
     Raft(String),
+    /// This replica was removed from the membership; it stopped serving.
+    #[error("{0}")]
+    Removed(String),
+    /// The replica stopped on an error it cannot recover from (see `fatal`).
+    #[error("replica stopped: {0}")]
+    Fatal(String),
 }
 
 /// Why an API call did not succeed; converted to a [`Status`] in one place.

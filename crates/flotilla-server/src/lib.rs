@@ -18,18 +18,28 @@
 
 mod api;
 mod config;
+mod damage;
 mod dispatch;
 mod error;
+mod fatal;
+mod health;
+mod http;
+mod leader_watch;
+mod leadership;
+mod listener;
+mod membership;
 mod network;
 mod node;
 pub mod planted;
 pub mod proposer;
 mod raft_service;
+mod rejections;
+mod telemetry;
 mod worker_service;
 
 pub use config::{parse_peers, ServerConfig};
 pub use error::ServerError;
-pub use node::{start, RunningNode};
+pub use node::{start, Handover, RunningNode};
 
 /// The openraft instance type of a replica.
 pub type Raft = openraft::Raft<flotilla_store::TypeConfig>;

@@ -39,6 +39,9 @@ pub(crate) const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 /// Creates one connection per target replica.
 pub struct Network {
     pub cluster_name: String,
+    /// This replica's id and data-dir incarnation, carried in every message (see `membership`).
+    pub node_id: NodeId,
+    pub incarnation: String,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -61,6 +64,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         Connection {
             target,
             cluster_name: self.cluster_name.clone(),
+            to_incarnation: node.incarnation.clone(),
+            from_id: self.node_id,
+            from_incarnation: self.incarnation.clone(),
+            refusal_logged: false,
             client,
         }
     }
@@ -70,6 +77,12 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Connection {
     target: NodeId,
     cluster_name: String,
+    /// The target's incarnation as the membership records it (empty: not pinned).
+    to_incarnation: String,
+    from_id: NodeId,
+    from_incarnation: String,
+    /// Whether an incarnation refusal by the target was logged already (once per connection).
+    refusal_logged: bool,
     /// Err when the peer's address cannot form a URI; every RPC then reports it unreachable.
     client: Result<RaftClient<Channel>, String>,
 }
@@ -125,6 +138,9 @@ impl Connection {
         let msg = RaftMessage {
             cluster: self.cluster_name.clone(),
             data,
+            to_incarnation: self.to_incarnation.clone(),
+            from_id: self.from_id,
+            from_incarnation: self.from_incarnation.clone(),
         };
         let ttl = option.hard_ttl();
         let fut = async {
@@ -148,6 +164,14 @@ impl Connection {
                 }))
             }
             Ok(Err(status)) => {
+                if status.code() == tonic::Code::FailedPrecondition && !self.refusal_logged {
+                    self.refusal_logged = true;
+                    tracing::warn!(
+                        target_id = self.target,
+                        "peer refused: {}",
+                        status.message()
+                    );
+                }
                 let err = Message(format!("{}: {}", status.code(), status.message()));
                 return Err(match status.code() {
                     tonic::Code::Unavailable | tonic::Code::Unknown => {

@@ -1,7 +1,6 @@
 //! Starting and stopping a replica: open the data dir, start openraft, serve gRPC, bootstrap
 //! the cluster once, run the leader's clock ticks, and shut down on a cancellation token.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,20 +10,28 @@ use flotilla_proto::pb::flotilla_server::FlotillaServer;
 use flotilla_proto::pb::workers_server::WorkersServer;
 use flotilla_proto::raftpb::raft_server::RaftServer;
 use flotilla_store::SharedState;
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::api::{now_ms, Api};
+use crate::api::Api;
 use crate::config::ServerConfig;
+use crate::damage::Damage;
 use crate::dispatch::{DispatchConfig, Dispatcher};
+use crate::fatal::Fatal;
+use crate::leadership::{is_leader, now_ms};
+use crate::listener;
+use crate::membership::{Me, Membership};
 use crate::network::{Network, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_RAFT_MESSAGE_BYTES};
 use crate::proposer::{Proposer, ProposerLimits};
 use crate::raft_service::RaftService;
 use crate::worker_service::WorkerService;
 use crate::{Raft, ServerError};
+
+/// Most log entries a replica may hold unapplied and still call itself ready.
+const READY_MAX_APPLY_LAG: u64 = 10_000;
 
 /// How often the leader checks whether a waiting task's `not_before` has passed.
 const TICK_INTERVAL: Duration = Duration::from_millis(100);
@@ -37,21 +44,75 @@ pub struct RunningNode {
     pub local_addr: std::net::SocketAddr,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     shutdown: CancellationToken,
+    /// Set (and `shutdown` cancelled) when this replica finds it was removed from the cluster.
+    removed: Arc<std::sync::Mutex<Option<String>>>,
+    fatal: Fatal,
+    membership: Arc<Membership>,
 }
 
 impl RunningNode {
-    /// Resolves once `shutdown` is cancelled and the replica has stopped.
-    pub async fn stopped(self) -> Result<(), ServerError> {
-        self.shutdown.cancelled().await;
-        let served = self.server.await;
+    /// Resolves once the replica has stopped: after `shutdown` was cancelled, or on a fatal
+    /// error (returned, with its one-line reason).
+    pub async fn stopped(mut self) -> Result<(), ServerError> {
+        let served = tokio::select! {
+            // A stop that was asked for comes first: once `shutdown` is cancelled the server
+            // ends too, and when both are ready by the time this is polled, an unbiased select
+            // took the server's end for a failure (a SIGTERM exited 1 in 1 run of ~10).
+            biased;
+            _ = self.shutdown.cancelled() => (&mut self.server).await,
+            served = &mut self.server => {
+                if self.shutdown.is_cancelled() {
+                    // Asked to stop while the server was already winding down.
+                    return self.finish(served).await;
+                }
+                // The server ended on its own: the replica cannot be reached any more.
+                let why = match &served {
+                    Ok(Ok(())) => "the gRPC server stopped".to_string(),
+                    Ok(Err(e)) => format!("the gRPC server failed: {e}"),
+                    Err(e) => format!("the gRPC server task failed: {e}"),
+                };
+                self.fatal.fail(why);
+                served
+            }
+        };
+        self.finish(served).await
+    }
+
+    /// Shuts openraft down and says why the replica stopped.
+    async fn finish(
+        self,
+        served: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+    ) -> Result<(), ServerError> {
         if let Err(e) = self.raft.shutdown().await {
             warn!(error = %e, "raft shutdown");
+        }
+        if let Some(why) = self
+            .removed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return Err(ServerError::Removed(why));
+        }
+        if let Some(reason) = self.fatal.reason() {
+            return Err(ServerError::Fatal(reason));
         }
         match served {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(ServerError::Raft(format!("server: {e}"))),
             Err(e) => Err(ServerError::Raft(format!("server task: {e}"))),
         }
+    }
+
+    /// What a graceful stop runs first: a leader hands leadership over (see
+    /// [`Handover::run`]).
+    pub fn handover(&self) -> Handover {
+        Handover(self.membership.clone())
+    }
+
+    /// The fatal error the replica stopped on, if any.
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.fatal.reason()
     }
 }
 
@@ -64,6 +125,8 @@ pub async fn start(
         .validate()
         .map_err(|problems| ServerError::Config(problems.join("; ")))?;
 
+    let fatal = Fatal::new(shutdown.clone());
+    let fd_limit = listener::raise_fd_limit();
     let dir = config.data_dir.clone();
     let (cluster, id) = (config.cluster_name.clone(), config.node_id);
     let opened = tokio::task::spawn_blocking(move || flotilla_store::open(&dir, &cluster, id))
@@ -74,6 +137,13 @@ pub async fn start(
         .is_pristine()
         .map_err(|e| ServerError::Raft(e.to_string()))?;
     let state = opened.state_machine.shared();
+    let store_probe = opened.probe.clone();
+    let telemetry = Arc::new(crate::telemetry::Telemetry::new());
+    let me = Me {
+        node_id: config.node_id,
+        cluster_name: config.cluster_name.clone(),
+        incarnation: opened.incarnation.clone(),
+    };
     opened
         .state_machine
         .set_check_invariants(config.check_invariants);
@@ -96,12 +166,18 @@ pub async fn start(
         // are frequent, so the log does not outlive several snapshots).
         max_in_snapshot_log_to_keep: config.snapshot_every_entries.min(1000),
         install_snapshot_timeout: 5_000,
+        // A replica whose log lost acknowledged entries stands for election only once it has
+        // them again (see `damage`).
+        enable_elect: opened.damaged.is_none(),
         ..Default::default()
     }
     .validate()
     .map_err(|e| ServerError::Config(e.to_string()))?;
+    let damage = Damage::new(opened.damaged);
     let network = Network {
         cluster_name: config.cluster_name.clone(),
+        node_id: config.node_id,
+        incarnation: me.incarnation.clone(),
     };
     let raft = Raft::new(
         config.node_id,
@@ -126,21 +202,26 @@ pub async fn start(
             source,
         })?;
 
-    // Bootstrap exactly once: only a replica that has never voted nor logged anything
-    // proposes the initial membership. Every initial member may do so; they propose the same
-    // membership, and a replica that already heard from a leader is no longer pristine.
-    if pristine {
-        let members: BTreeMap<u64, flotilla_store::Node> = config
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, flotilla_store::Node::new(addr.clone())))
-            .collect();
-        match raft.initialize(members).await {
-            Ok(()) => info!(node_id = config.node_id, "cluster bootstrapped"),
-            Err(e) => info!(error = %e, "bootstrap skipped"),
+    // The operator's HTTP listener, bound before anything is served: a taken port fails the
+    // start, naming the address.
+    let http_listener = match &config.http_listen {
+        Some(addr) => {
+            Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        addr: addr.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    if let Some(l) = &http_listener {
+        if let Ok(a) = l.local_addr() {
+            info!(addr = %a, "serving /metrics, /healthz and /readyz");
         }
     }
-
     let proposer = Proposer::start(
         raft.clone(),
         ProposerLimits {
@@ -150,6 +231,7 @@ pub async fn start(
             queue_limit: config.proposal_queue_limit,
             linger: std::time::Duration::from_millis(config.group_commit_linger_ms),
         },
+        telemetry.entry_commands.clone(),
     );
     let planted = crate::planted::PlantedBug::from_env();
     let dispatcher = Arc::new(Dispatcher::new(
@@ -166,6 +248,7 @@ pub async fn start(
             stream_limit: config.worker_stream_limit,
         },
         planted,
+        telemetry.dispatch_latency.clone(),
     ));
     let worker_service = WorkerService {
         dispatcher: dispatcher.clone(),
@@ -173,6 +256,13 @@ pub async fn start(
         state: state.clone(),
         planted,
     };
+    let membership = Arc::new(Membership::new(
+        raft.clone(),
+        me.clone(),
+        proposer.clone(),
+        Duration::from_millis(config.election_timeout_max_ms),
+        Duration::from_millis(config.heartbeat_interval_ms),
+    ));
     let api = Api {
         node_id: config.node_id,
         cluster_name: config.cluster_name.clone(),
@@ -186,12 +276,54 @@ pub async fn start(
         admission: config.admission(),
         retention_ms: config.retention_ms,
         key_retention_ms: config.key_retention_ms,
+        membership: membership.clone(),
+        telemetry: telemetry.clone(),
     };
+    let api_membership = membership;
+    let contact = crate::leader_watch::Contact::default();
     let raft_service = RaftService {
         raft: raft.clone(),
         cluster_name: config.cluster_name.clone(),
+        me: me.clone(),
+        damage: damage.clone(),
+        contact: contact.clone(),
     };
+    if let Some(http_listener) = http_listener {
+        let observed = Arc::new(crate::http::Observed {
+            telemetry: telemetry.clone(),
+            raft: raft.clone(),
+            state: state.clone(),
+            store: store_probe,
+            fatal: fatal.clone(),
+            contact: contact.clone(),
+            dispatcher: dispatcher.clone(),
+            bounds: crate::health::ReadyBounds {
+                // Two leases: a follower that heard nothing for that long is cut off (an
+                // election would have replaced a dead leader by then).
+                contact: Duration::from_millis(2 * config.election_timeout_max_ms),
+                max_apply_lag: READY_MAX_APPLY_LAG,
+            },
+        });
+        tokio::spawn(crate::http::serve(
+            http_listener,
+            observed,
+            shutdown.clone(),
+        ));
+    }
+    tokio::spawn(crate::leader_watch::run(
+        raft.clone(),
+        config.node_id,
+        contact,
+        damage.clone(),
+        Duration::from_millis(config.heartbeat_interval_ms),
+        // openraft 0.9's leader lease is the largest election timeout.
+        Duration::from_millis(config.election_timeout_max_ms),
+        shutdown.clone(),
+    ));
+    tokio::spawn(damage.watch(raft.clone(), shutdown.clone()));
+    tokio::spawn(fatal.clone().watch_raft(raft.clone()));
     let router = tonic::transport::Server::builder()
+        .layer(crate::rejections::CountRejections(telemetry.clone()))
         .tcp_nodelay(true)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
@@ -211,9 +343,12 @@ pub async fn start(
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
         );
     let token = shutdown.clone();
-    // Nagle's algorithm would hold small replies back for tens of milliseconds.
-    let incoming = tonic::transport::server::TcpIncoming::from_listener(listener, true, None)
-        .map_err(|e| ServerError::Raft(format!("listener: {e}")))?;
+    let incoming = listener::incoming(
+        listener,
+        listener::connection_bound(config.max_connections, fd_limit),
+        fatal.clone(),
+        shutdown.clone(),
+    );
     let server = tokio::spawn(
         router.serve_with_incoming_shutdown(incoming, async move { token.cancelled().await }),
     );
@@ -222,6 +357,23 @@ pub async fn start(
         let token = shutdown.clone();
         tokio::spawn(async move { dispatcher.run(token).await });
     }
+    // Bootstrap exactly once, now that this replica answers its peers (see `membership`).
+    if pristine {
+        tokio::spawn(crate::membership::bootstrap(
+            raft.clone(),
+            me.clone(),
+            config.peers.clone(),
+            config.join.clone(),
+        ));
+    }
+    let removed = Arc::new(std::sync::Mutex::new(None));
+    tokio::spawn(crate::membership::watch(
+        raft.clone(),
+        me,
+        proposer.clone(),
+        removed.clone(),
+        shutdown.clone(),
+    ));
     tokio::spawn(tick_loop(
         raft.clone(),
         state.clone(),
@@ -240,7 +392,32 @@ pub async fn start(
         local_addr,
         server,
         shutdown,
+        removed,
+        fatal,
+        membership: api_membership,
     })
+}
+
+/// Hands leadership over before a graceful stop.
+#[derive(Clone)]
+pub struct Handover(Arc<Membership>);
+
+impl Handover {
+    /// If this replica leads, moves leadership to the most caught-up other voter within
+    /// `timeout`, so clients wait for a transfer instead of an election timeout; logs the
+    /// outcome. Nothing happens on a follower.
+    pub async fn run(&self, timeout: Duration) {
+        match tokio::time::timeout(timeout, self.0.hand_over()).await {
+            Ok(Ok(Some((to, took)))) => info!(
+                to,
+                took_ms = took.as_millis() as u64,
+                "leadership handed over before stopping"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not hand leadership over before stopping"),
+            Err(_) => warn!(?timeout, "leadership hand-over timed out; stopping anyway"),
+        }
+    }
 }
 
 /// The retention settings the leader's sweeps carry.
@@ -269,7 +446,7 @@ async fn tick_loop(
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {}
         }
-        if raft.metrics().borrow().state != ServerState::Leader {
+        if !is_leader(&raft) {
             continue;
         }
         let now = now_ms();

@@ -26,10 +26,11 @@ use std::time::Duration;
 
 use flotilla_core::{Command, Proposal, Response};
 use openraft::error::ClientWriteError;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tracing::warn;
 
 use crate::error::ApiError;
+use crate::leadership::forwarded;
 use crate::Raft;
 
 /// Limits of the group commit.
@@ -52,14 +53,53 @@ struct Pending {
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
+    /// True while a [`Hold`] exists: batches wait instead of going to Raft (a leadership
+    /// transfer needs the log to stand still).
+    held: Arc<watch::Sender<bool>>,
+}
+
+/// While it lives, the proposer proposes nothing (commands queue, bounded as always).
+pub struct Hold(Arc<watch::Sender<bool>>);
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 impl Proposer {
-    /// Starts the loop on the current runtime; it ends when every handle is dropped.
-    pub fn start(raft: Raft, limits: ProposerLimits) -> Proposer {
+    /// Starts the loop on the current runtime; it ends when every handle is dropped. Each
+    /// entry's number of commands is recorded in `entry_commands`.
+    pub fn start(
+        raft: Raft,
+        limits: ProposerLimits,
+        entry_commands: metrics::Histogram,
+    ) -> Proposer {
         let (tx, rx) = mpsc::channel(limits.queue_limit);
-        tokio::spawn(run(raft, rx, tx.downgrade(), limits));
-        Proposer { tx }
+        let (held, held_rx) = watch::channel(false);
+        tokio::spawn(run(
+            raft,
+            rx,
+            tx.downgrade(),
+            held_rx,
+            limits,
+            entry_commands,
+        ));
+        Proposer {
+            tx,
+            held: Arc::new(held),
+        }
+    }
+
+    /// Stops proposing until the returned [`Hold`] is dropped.
+    pub fn hold(&self) -> Hold {
+        self.held.send_replace(true);
+        Hold(self.held.clone())
+    }
+
+    /// Whether proposals are held (a leadership transfer is under way).
+    pub fn is_held(&self) -> bool {
+        *self.held.borrow()
     }
 
     /// Proposes `command` and waits until it is committed and applied.
@@ -97,7 +137,9 @@ async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
     queue: mpsc::WeakSender<Pending>,
+    mut held: watch::Receiver<bool>,
     limits: ProposerLimits,
+    entry_commands: metrics::Histogram,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_inflight_entries));
     // Commands expected for the next entry: those queued when the last entry was answered,
@@ -157,6 +199,12 @@ async fn run(
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let n_cmds = commands.len();
+        entry_commands.record(n_cmds as f64);
+        while *held.borrow_and_update() {
+            if held.changed().await.is_err() {
+                break;
+            }
+        }
         match raft.client_write_ff(Proposal { commands }).await {
             Err(fatal) => {
                 let e = ApiError::Unavailable(format!("raft stopped: {fatal}"));
@@ -208,12 +256,7 @@ async fn run(
 /// applied, but a client must treat an unavailable outcome as unknown and retry idempotently.
 pub(crate) fn write_error(e: ClientWriteError<u64, flotilla_store::Node>) -> ApiError {
     match e {
-        ClientWriteError::ForwardToLeader(f) => ApiError::NotLeader {
-            leader: f
-                .leader_id
-                .zip(f.leader_node)
-                .map(|(id, node)| (id, node.addr)),
-        },
+        ClientWriteError::ForwardToLeader(f) => forwarded(f),
         ClientWriteError::ChangeMembershipError(e) => ApiError::Internal(e.to_string()),
     }
 }

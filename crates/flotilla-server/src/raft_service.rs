@@ -6,11 +6,20 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
+use crate::damage::Damage;
+use crate::leader_watch::Contact;
+use crate::membership::{self, Me};
 use crate::Raft;
 
 pub struct RaftService {
     pub raft: Raft,
     pub cluster_name: String,
+    /// This replica's identity, for the incarnation checks of `membership`.
+    pub me: Me,
+    /// Entries this replica acknowledged and its log lost, until it has them again.
+    pub damage: Damage,
+    /// When a leader was last heard (for `leader_watch`).
+    pub contact: Contact,
 }
 
 impl RaftService {
@@ -21,6 +30,7 @@ impl RaftService {
                 msg.cluster, self.cluster_name
             )));
         }
+        membership::check_incoming(&self.raft, &self.me, msg)?;
         bincode::deserialize(&msg.data)
             .map_err(|e| Status::invalid_argument(format!("invalid data: {e}")))
     }
@@ -30,6 +40,7 @@ impl RaftService {
         Ok(Response::new(RaftMessage {
             cluster: self.cluster_name.clone(),
             data,
+            ..Default::default()
         }))
     }
 }
@@ -42,11 +53,28 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let req = self.decode(request.get_ref())?;
         let result = self.raft.append_entries(req).await;
+        if matches!(
+            result,
+            Ok(openraft::raft::AppendEntriesResponse::Success
+                | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
+                | openraft::raft::AppendEntriesResponse::Conflict)
+        ) {
+            self.contact.touch();
+        }
         self.encode(&result)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req = self.decode(request.get_ref())?;
+        let req: openraft::raft::VoteRequest<flotilla_store::NodeId> =
+            self.decode(request.get_ref())?;
+        if let Some(why) = self.damage.refuses_vote(req.last_log_id.as_ref()) {
+            tracing::warn!(candidate = %req.vote, "vote refused: {why}");
+            let vote = self.raft.metrics().borrow().vote;
+            let last = self.raft.data_metrics().borrow().last_log;
+            let refused: Result<_, openraft::error::RaftError<flotilla_store::NodeId>> =
+                Ok(openraft::raft::VoteResponse::new(vote, last, false));
+            return self.encode(&refused);
+        }
         let result = self.raft.vote(req).await;
         self.encode(&result)
     }
@@ -58,5 +86,21 @@ impl raft_server::Raft for RaftService {
         let req = self.decode(request.get_ref())?;
         let result = self.raft.install_snapshot(req).await;
         self.encode(&result)
+    }
+
+    async fn hello(
+        &self,
+        _request: Request<flotilla_proto::raftpb::HelloRequest>,
+    ) -> Result<Response<flotilla_proto::raftpb::HelloReply>, Status> {
+        membership::hello(&self.raft, &self.me)
+            .await
+            .map(Response::new)
+    }
+
+    async fn elect_now(
+        &self,
+        request: Request<flotilla_proto::raftpb::ElectNowRequest>,
+    ) -> Result<Response<flotilla_proto::raftpb::ElectNowReply>, Status> {
+        membership::elect_now(&self.raft, &self.me, request.into_inner()).map(Response::new)
     }
 }

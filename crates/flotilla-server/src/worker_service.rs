@@ -10,9 +10,9 @@ use flotilla_store::SharedState;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::api::now_ms;
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
+use crate::leadership::now_ms;
 use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 
@@ -74,9 +74,9 @@ impl Workers for WorkerService {
             .iter()
             .map(|r| (TaskId(r.task_id), r.attempt))
             .collect();
-        let cancel = self
-            .dispatcher
-            .heartbeat(&req.worker_id, &req.session, &running)?;
+        let cancel =
+            self.dispatcher
+                .heartbeat(&req.worker_id, &req.session, &running, req.draining)?;
         Ok(Response::new(pb::HeartbeatResponse {
             cancel: cancel
                 .into_iter()
@@ -135,5 +135,11 @@ impl Workers for WorkerService {
             data: req.data,
         })
         .await
+    }
+
+    async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {
+        let req = request.into_inner();
+        self.dispatcher.leave(&req.worker_id, &req.session).await?;
+        Ok(Response::new(pb::Ack {}))
     }
 }

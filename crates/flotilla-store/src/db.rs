@@ -7,6 +7,7 @@ use std::sync::Arc;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
+use crate::acked::AckFile;
 use crate::codec::{decode, decode_version, encode, FORMAT_VERSION};
 use crate::migrate;
 use crate::{LogStore, StateMachine, StoreError};
@@ -36,6 +37,11 @@ pub struct Opened {
     pub incarnation: String,
     /// Log entries converted from an older format by this open (0 when none was needed).
     pub migrated_entries: usize,
+    /// The last entry this replica acknowledged that its log lost at some point before this
+    /// open (a damaged WAL): see [`LogStore::damaged`].
+    pub damaged: Option<openraft::LogId<crate::NodeId>>,
+    /// The storage's operation counters and health check, for the replica's metrics.
+    pub probe: crate::stats::StoreProbe,
 }
 
 /// Opens (or creates) the data dir of node `node_id` of cluster `cluster_name`.
@@ -88,6 +94,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
 
     let meta = db.cf_handle(CF_META).expect("meta cf exists");
     let mut migrated_entries = 0;
+    let mut converted = false;
     if fresh {
         let identity = Identity {
             cluster_name: cluster_name.to_string(),
@@ -115,6 +122,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
                     .ok_or_else(|| corrupt("identity record missing".into()))?;
                 check_owner(&old.cluster_name, old.node_id, cluster_name, node_id)
                     .map_err(&refused)?;
+                converted = true;
                 migrated_entries = migrate::from_v1(&db, dir, &uuid::Uuid::new_v4().to_string())
                     .map_err(|e| corrupt(format!("converting format 1: {e}")))?;
                 tracing::info!(
@@ -141,14 +149,23 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
     .map_err(&refused)?;
 
     presize_wal(&db).map_err(|e| corrupt(format!("preparing the WAL: {e}")))?;
-    let log_store = LogStore::new(db.clone()).map_err(corrupt)?;
-    let state_machine = StateMachine::load(db, dir.to_path_buf()).map_err(corrupt)?;
+    let ack = AckFile::open(dir, fresh || migrated_entries > 0 || converted).map_err(&corrupt)?;
+    let stats = Arc::new(crate::stats::StoreStats::default());
+    let probe = crate::stats::StoreProbe::new(db.clone(), stats.clone());
+    let mut log_store = LogStore::new(db.clone(), ack, stats.clone()).map_err(corrupt)?;
+    let state_machine = StateMachine::load(db, dir.to_path_buf(), stats).map_err(corrupt)?;
+    log_store
+        .drop_if_unreachable(state_machine.loaded_last_applied())
+        .map_err(corrupt)?;
+    let damaged = log_store.damaged();
     Ok(Opened {
         log_store,
         state_machine,
         created: fresh,
         incarnation: identity.incarnation,
         migrated_entries,
+        damaged,
+        probe,
     })
 }
 

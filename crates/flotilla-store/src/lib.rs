@@ -13,6 +13,8 @@
 //!  sm             (empty)                 per-task records of the earlier format, removed on
 //!                                         open; kept so older data dirs still open
 //!  snapshots/NAME.snap                    the latest snapshot, streamed (see `snapshot`)
+//!  acked                                  the last entry reported durable and the vote, kept
+//!                                         apart from the WAL (see `acked`)
 //! ```
 //!
 //! Durability: a log append is reported flushed only after the WAL is fsynced (a dedicated
@@ -28,6 +30,7 @@
 // design and every caller goes through those traits.
 #![allow(clippy::result_large_err)]
 
+mod acked;
 mod codec;
 mod db;
 mod error;
@@ -36,12 +39,15 @@ mod migrate;
 mod node;
 mod snapshot;
 mod state_machine;
+mod stats;
 
+pub use acked::AckState;
 pub use db::{open, Opened};
 pub use error::StoreError;
 pub use log_store::LogStore;
 pub use node::Node;
 pub use state_machine::{SharedState, StateMachine};
+pub use stats::{StoreProbe, StoreStats, Timed};
 
 use flotilla_core::{Proposal, Response};
 

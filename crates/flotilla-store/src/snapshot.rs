@@ -228,6 +228,55 @@ pub(crate) fn read<R: Read, W: Write>(
     Ok((meta, state))
 }
 
+/// The meta of every complete snapshot file in `snapshots/` whose header and meta frame read
+/// well (the rest of each file is checked when it is loaded), by file name.
+pub(crate) fn complete_files(
+    data_dir: &Path,
+) -> std::io::Result<Vec<(String, SnapshotMeta<NodeId, Node>)>> {
+    let dir = dir_of(data_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".snap") {
+            continue;
+        }
+        if let Ok(meta) = read_meta(File::open(e.path())?) {
+            out.push((name, meta));
+        }
+    }
+    Ok(out)
+}
+
+/// Reads only the header and the meta frame of a snapshot.
+fn read_meta<R: Read>(input: R) -> std::io::Result<SnapshotMeta<NodeId, Node>> {
+    let mut input = BufReader::new(input);
+    let mut head = [0u8; 17];
+    input.read_exact(&mut head)?;
+    if &head[..8] != MAGIC || head[8] != FORMAT_VERSION {
+        return Err(corrupt("not a snapshot file of this format"));
+    }
+    let len = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(head[13..17].try_into().expect("4 bytes"));
+    if len > MAX_FRAME_BYTES {
+        return Err(corrupt(format!("frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len as usize];
+    input.read_exact(&mut buf)?;
+    if crc32fast::hash(&buf) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    match bincode::deserialize(&buf).map_err(corrupt)? {
+        Frame::Meta(meta) => Ok(meta),
+        _ => Err(corrupt("first frame is not the meta")),
+    }
+}
+
 /// Deletes every file in `snapshots/` except `keep`: older snapshots, unfinished writes and
 /// transfers.
 pub(crate) fn remove_others(data_dir: &Path, keep: Option<&str>) -> std::io::Result<()> {

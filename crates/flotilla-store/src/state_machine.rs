@@ -63,6 +63,8 @@ pub struct StateMachine {
     files: Arc<Mutex<()>>,
     /// Makes snapshot ids unique when two are built at the same log index.
     builds: Arc<AtomicU64>,
+    /// Counts and durations of snapshot builds and installs.
+    stats: Arc<crate::stats::StoreStats>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -72,8 +74,52 @@ fn io_err(e: impl std::fmt::Display) -> std::io::Error {
 impl StateMachine {
     /// Loads the latest snapshot (an empty state without one); openraft then re-applies the
     /// committed log entries after it.
-    pub(crate) fn load(db: Arc<DB>, data_dir: PathBuf) -> Result<StateMachine, String> {
-        let applied = match read_pointer(&db)? {
+    ///
+    /// The snapshot loaded is the newest complete file in `snapshots/`, which is normally the
+    /// one the meta column family points at. The pointer can be older: a WAL damaged in the
+    /// middle loses the pointer's last update (see `acked`), while the file it named replaced
+    /// the older one. Every complete file holds committed state, so the newest is loaded and
+    /// the pointer repaired.
+    pub(crate) fn load(
+        db: Arc<DB>,
+        data_dir: PathBuf,
+        stats: Arc<crate::stats::StoreStats>,
+    ) -> Result<StateMachine, String> {
+        let pointer = read_pointer(&db)?;
+        let newest = snapshot::complete_files(&data_dir)
+            .map_err(|e| format!("listing snapshot files: {e}"))?
+            .into_iter()
+            .max_by_key(|(_, meta)| meta.last_log_id);
+        let (chosen, repointed) = match (pointer, newest) {
+            (Some(p), Some((file, meta))) if meta.last_log_id > p.meta.last_log_id => {
+                tracing::warn!(
+                    pointed = %p.meta.snapshot_id,
+                    newest = %meta.snapshot_id,
+                    "the data dir points at an older snapshot than the newest complete file (its WAL lost the update); loading the newest"
+                );
+                (
+                    Some(Pointer {
+                        file,
+                        meta,
+                        bytes: 0,
+                    }),
+                    true,
+                )
+            }
+            (None, Some((file, meta))) => {
+                tracing::warn!(newest = %meta.snapshot_id, "no snapshot pointer, but a complete snapshot file; loading it");
+                (
+                    Some(Pointer {
+                        file,
+                        meta,
+                        bytes: 0,
+                    }),
+                    true,
+                )
+            }
+            (p, _) => (p, false),
+        };
+        let applied = match chosen {
             None => {
                 snapshot::remove_others(&data_dir, None).map_err(|e| e.to_string())?;
                 Applied {
@@ -82,7 +128,7 @@ impl StateMachine {
                     membership: StoredMembership::default(),
                 }
             }
-            Some(p) => {
+            Some(mut p) => {
                 let path = snapshot::dir_of(&data_dir).join(&p.file);
                 let file = std::fs::File::open(&path)
                     .map_err(|e| format!("snapshot file {}: {e}", path.display()))?;
@@ -95,6 +141,14 @@ impl StateMachine {
                         meta.snapshot_id,
                         p.meta.snapshot_id
                     ));
+                }
+                if repointed {
+                    p.bytes = std::fs::metadata(&path).map_err(|e| e.to_string())?.len();
+                    let mut wo = WriteOptions::default();
+                    wo.set_sync(true);
+                    let cf = db.cf_handle(CF_META).expect("meta cf exists");
+                    db.put_cf_opt(cf, SNAPSHOT_KEY, encode(&p), &wo)
+                        .map_err(|e| format!("repairing the snapshot pointer: {e}"))?;
                 }
                 snapshot::remove_others(&data_dir, Some(&p.file)).map_err(|e| e.to_string())?;
                 Applied {
@@ -111,6 +165,7 @@ impl StateMachine {
             check_invariants: Arc::new(AtomicBool::new(false)),
             files: Arc::new(Mutex::new(())),
             builds: Arc::new(AtomicU64::new(0)),
+            stats,
         })
     }
 
@@ -167,6 +222,16 @@ pub(crate) fn read_pointer(db: &DB) -> Result<Option<Pointer>, String> {
         .transpose()
 }
 
+impl StateMachine {
+    /// The last entry the loaded state holds (from its snapshot).
+    pub(crate) fn loaded_last_applied(&self) -> Option<LogId<NodeId>> {
+        self.applied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_applied
+    }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> SResult<Snapshot<TypeConfig>> {
         // The only work under the lock: a frozen view (copy-on-write).
@@ -175,7 +240,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             (a.state.view(), a.last_applied, a.membership.clone())
         };
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let built = tokio::task::spawn_blocking(move || {
             let n = this.builds.fetch_add(1, Ordering::Relaxed);
             let snapshot_id = match last_log_id {
                 Some(id) => format!(
@@ -210,7 +276,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             Ok(this.open_snapshot(&current).map_err(fail)?)
         })
         .await
-        .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?
+        .map_err(|e| StorageIOError::write_snapshot(None, &io_err(e)))?;
+        self.stats.snapshot_builds.record(started.elapsed());
+        built
     }
 }
 
@@ -286,6 +354,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let this = self.clone();
         let meta = meta.clone();
         let signature = meta.signature();
+        let started = std::time::Instant::now();
         let state = tokio::task::spawn_blocking(move || {
             let fail =
                 |e: std::io::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
@@ -331,6 +400,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(signature), &io_err(e)))??;
         *self.write_lock() = state;
+        self.stats.snapshot_installs.record(started.elapsed());
         Ok(())
     }
 
@@ -341,5 +411,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Some(self.open_snapshot(&p).map_err(|e| {
             StorageIOError::read_snapshot(Some(p.meta.signature()), &e)
         })?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_core::{Command, Proposal, TaskSpec};
+    use openraft::storage::RaftSnapshotBuilder;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+
+    fn submit(index: u64) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal {
+                commands: vec![Command::submit(index, vec![TaskSpec::new("q", vec![1; 8])])],
+            }),
+        }
+    }
+
+    /// A WAL damaged mid-file can roll the snapshot pointer back to a file a later snapshot
+    /// replaced; the replica loads the newest complete file instead and repairs the pointer.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_pointer_rolled_back_by_a_damaged_wal_loads_the_newest_snapshot_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        let mut opened = crate::open(&dir, "c", 1).unwrap();
+        let sm = &mut opened.state_machine;
+        sm.apply([submit(1), submit(2)]).await.unwrap();
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let older = read_pointer(&sm.db).unwrap().unwrap();
+        sm.apply([submit(3)]).await.unwrap();
+        let newer = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert_eq!(newer.meta.last_log_id.map(|l| l.index), Some(3));
+        // The damage: the pointer's last update lost.
+        let cf = sm.db.cf_handle(CF_META).unwrap();
+        sm.db.put_cf(cf, SNAPSHOT_KEY, encode(&older)).unwrap();
+        drop(opened);
+
+        let mut opened = crate::open(&dir, "c", 1).unwrap();
+        let (applied, _) = opened.state_machine.applied_state().await.unwrap();
+        assert_eq!(applied.map(|l| l.index), Some(3));
+        assert_eq!(opened.state_machine.shared().read().state.task_count(), 3);
+        let repaired = read_pointer(&opened.state_machine.db).unwrap().unwrap();
+        assert_eq!(repaired.meta, newer.meta);
+        assert!(repaired.bytes > 0);
     }
 }

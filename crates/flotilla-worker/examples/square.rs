@@ -44,6 +44,7 @@ async fn main() {
         labels: Default::default(),
         queues: vec!["square".into()],
         heartbeat_interval: Duration::from_secs(1),
+        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

@@ -103,6 +103,10 @@ impl CommandHandler {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group: a stop reaches the commands it started too (which would
+            // otherwise keep its output open), and a Ctrl-C meant for the worker (which
+            // drains) does not reach it.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(cp) = &ctx.checkpoint {
             cmd.env(
@@ -127,20 +131,34 @@ impl CommandHandler {
         let status = tokio::select! {
             s = child.wait() => s,
             _ = ctx.cancel.cancelled() => {
-                if let Some(pid) = child.id() {
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                let group = child.id().map(|pid| Pid::from_raw(-(pid as i32)));
+                if let Some(g) = group {
+                    let _ = kill(g, Signal::SIGTERM);
                 }
-                match tokio::time::timeout(grace, child.wait()).await {
+                let s = match tokio::time::timeout(grace, child.wait()).await {
                     Ok(s) => s,
                     Err(_) => {
                         let _ = child.kill().await;
                         child.wait().await
                     }
+                };
+                // Whatever of the group is left (a command the shell started) goes too.
+                if let Some(g) = group {
+                    let _ = kill(g, Signal::SIGKILL);
                 }
+                s
             }
         };
-        let stdout = out.await.unwrap_or_default();
-        let stderr = err.await.unwrap_or_default();
+        // A command that left a process holding its output open does not hold up the
+        // outcome for long.
+        let tail_of = |h: tokio::task::JoinHandle<Vec<u8>>| async move {
+            match tokio::time::timeout(grace, h).await {
+                Ok(Ok(t)) => t,
+                _ => Vec::new(),
+            }
+        };
+        let stdout = tail_of(out).await;
+        let stderr = tail_of(err).await;
         let status = match status {
             Ok(s) => s,
             Err(e) => {

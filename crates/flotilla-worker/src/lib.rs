@@ -9,6 +9,8 @@
 //!  register ─▶ stream: Assign ─▶ handler(ctx) ─▶ Complete / Fail (attempt-fenced)
 //!      ▲         heartbeat every interval: running attempts ─▶ attempts to cancel
 //!      └── stream closed / leader changed / lease lost: register again
+//!  shutdown ─▶ drain: heartbeats say `draining` (nothing new), running attempts finish until
+//!              the drain timeout, the rest is failed as retryable ─▶ Leave ─▶ return
 //! ```
 //!
 //! [`CommandHandler`] runs command tasks (`flotilla submit -- CMD ARGS`); a Rust program can
@@ -18,4 +20,6 @@ mod command;
 mod runtime;
 
 pub use command::{CommandHandler, CommandPayload};
-pub use runtime::{run, Handler, Outcome, TaskContext, WorkerConfig, WorkerError};
+pub use runtime::{
+    run, Handler, Outcome, TaskContext, WorkerConfig, WorkerError, DEFAULT_DRAIN_TIMEOUT,
+};

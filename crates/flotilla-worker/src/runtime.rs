@@ -3,11 +3,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_client::{Assignment, Client, ClientError, WorkerEvent};
 use flotilla_core::{Capacity, TaskId, WorkerSpec};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -21,7 +24,12 @@ pub struct WorkerConfig {
     pub queues: Vec<String>,
     /// Period of heartbeats; keep it well under the leader's lease TTL.
     pub heartbeat_interval: Duration,
+    /// On shutdown, how long running attempts may go on before they are handed back.
+    pub drain_timeout: Duration,
 }
+
+/// The default of [`WorkerConfig::drain_timeout`].
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -129,7 +137,29 @@ fn lock(r: &Running) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, (u32, Cancell
     r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs the worker until `shutdown` is cancelled.
+/// What the attempts of one worker process share.
+#[derive(Clone)]
+struct Shared {
+    client: Client,
+    worker_id: String,
+    session: String,
+    handler: Arc<dyn Handler>,
+    running: Running,
+    /// Set once `shutdown` fires: new assignments are handed back, heartbeats say so.
+    draining: Arc<AtomicBool>,
+    /// Notified whenever an attempt ends (and leaves `running`).
+    ended: Arc<Notify>,
+    /// Attempt tasks, each running then reporting one attempt; awaited before leaving.
+    attempts: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    /// Cancelled when outcomes that could not be delivered yet are given up.
+    give_up: CancellationToken,
+}
+
+/// Runs the worker until `shutdown` is cancelled, then drains it: no new assignments (the
+/// leader is told so by the heartbeats), running attempts get up to `drain_timeout` to finish
+/// and report, what is still running then is stopped and handed back (failed as retryable,
+/// fenced by its attempt), and the worker leaves (its registration ends, so anything the
+/// state still gives it goes back to pending at once).
 pub async fn run(
     client: Client,
     config: WorkerConfig,
@@ -145,18 +175,53 @@ pub async fn run(
     };
     spec.validate()
         .map_err(|e| WorkerError::Config(e.to_string()))?;
-    let running: Running = Arc::default();
+    let shared = Shared {
+        client: client.clone(),
+        worker_id: spec.id.clone(),
+        session: spec.session.clone(),
+        handler,
+        running: Arc::default(),
+        draining: Arc::default(),
+        ended: Arc::default(),
+        attempts: Arc::default(),
+        give_up: CancellationToken::new(),
+    };
     let started: Arc<Mutex<Started>> = Arc::default();
     let mut backoff = Duration::from_millis(100);
-    while !shutdown.is_cancelled() {
-        let mut stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = client.register_worker(&spec) => match r {
-                Ok(s) => s,
+    let mut registered = false;
+    let mut drain_until: Option<Instant> = None;
+    let beat_now = Arc::new(Notify::new());
+    let mut leader_rx = client.leader_watch();
+    'sessions: loop {
+        if shutdown.is_cancelled() && drain_until.is_none() {
+            drain_until = Some(Instant::now() + config.drain_timeout);
+            shared.draining.store(true, Ordering::SeqCst);
+            info!(worker = %spec.id, drain_timeout_ms = config.drain_timeout.as_millis() as u64, "draining");
+        }
+        if let Some(until) = drain_until {
+            if !registered || lock(&shared.running).is_empty() || Instant::now() >= until {
+                break;
+            }
+        }
+        // A draining worker does not register again: it only heartbeats and reports.
+        let mut stream = if drain_until.is_some() {
+            None
+        } else {
+            let r = tokio::select! {
+                _ = shutdown.cancelled() => continue 'sessions,
+                r = client.register_worker(&spec) => r,
+            };
+            match r {
+                Ok(s) => {
+                    backoff = Duration::from_millis(100);
+                    registered = true;
+                    info!(worker = %spec.id, leader = s.leader().unwrap_or("?"), "registered");
+                    Some(s)
+                }
                 Err(e) => {
                     warn!(worker = %spec.id, error = %e, "registration failed; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => break,
+                        _ = shutdown.cancelled() => {}
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -164,20 +229,52 @@ pub async fn run(
                 }
             }
         };
-        backoff = Duration::from_millis(100);
-        info!(worker = %spec.id, "registered");
-        let session_over = shutdown.child_token();
+        let registered_with = stream.as_ref().and_then(|s| s.leader().map(str::to_string));
+        leader_rx.mark_unchanged();
+        let session_start = Instant::now();
+        let session_over = CancellationToken::new();
         let hb = tokio::spawn(heartbeat_loop(
-            client.clone(),
-            spec.clone(),
-            running.clone(),
+            shared.clone(),
             config.heartbeat_interval,
+            beat_now.clone(),
             session_over.clone(),
         ));
+        if drain_until.is_some() {
+            beat_now.notify_one();
+        }
         loop {
+            let draining = drain_until.is_some();
             let event = tokio::select! {
                 _ = session_over.cancelled() => break,
-                e = stream.next() => e,
+                _ = shutdown.cancelled(), if !draining => {
+                    drain_until = Some(Instant::now() + config.drain_timeout);
+                    shared.draining.store(true, Ordering::SeqCst);
+                    info!(worker = %spec.id, drain_timeout_ms = config.drain_timeout.as_millis() as u64, "draining");
+                    // Tell the leader now rather than at the next beat.
+                    beat_now.notify_one();
+                    if lock(&shared.running).is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                () = sleep_until_opt(drain_until) => break,
+                _ = shared.ended.notified(), if draining => {
+                    if lock(&shared.running).is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(()) = leader_rx.changed(), if !draining => {
+                    let leader = leader_rx.borrow_and_update().clone();
+                    if leader.is_some() && leader != registered_with {
+                        // The stream is held by a replica that no longer leads (it may not
+                        // even have noticed): register with the new leader now.
+                        info!(worker = %spec.id, leader = leader.as_deref().unwrap_or("?"), "leader changed; registering again");
+                        break;
+                    }
+                    continue;
+                }
+                e = next_event(&mut stream) => e,
             };
             match event {
                 Ok(Some(WorkerEvent::Assign(a))) => {
@@ -185,27 +282,131 @@ pub async fn run(
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .first_start(a.task_id, a.attempt);
-                    if first {
-                        start_attempt(&client, &spec.id, &handler, &running, &shutdown, a);
+                    if first && (draining || shutdown.is_cancelled()) {
+                        hand_back(
+                            &shared,
+                            a.task_id,
+                            a.attempt,
+                            "worker draining: not started",
+                        );
+                    } else if first {
+                        start_attempt(&shared, a);
                     }
                 }
                 Ok(Some(WorkerEvent::Cancel { task_id, attempt })) => {
-                    cancel_attempt(&running, task_id, attempt)
+                    cancel_attempt(&shared.running, task_id, attempt)
                 }
+                // The stream ended (the leader changed or went away): a draining worker keeps
+                // waiting for its attempts; others register again.
+                Ok(None) | Err(_) if draining => stream = None,
                 Ok(None) | Err(_) => break,
             }
         }
         session_over.cancel();
         let _ = hb.await;
-        if !shutdown.is_cancelled() {
+        // Register again at once, unless sessions end as soon as they start.
+        if !shutdown.is_cancelled() && session_start.elapsed() < Duration::from_millis(100) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // Stop what runs; the leader reassigns it after the lease.
-    for (_, (_, token)) in lock(&running).iter() {
-        token.cancel();
+    if registered {
+        finish_drain(&shared, &beat_now, config.heartbeat_interval).await;
     }
     Ok(())
+}
+
+/// The end of a drain: stops and hands back what still runs, waits (bounded) for the
+/// outcomes being reported, and leaves.
+async fn finish_drain(shared: &Shared, beat_now: &Arc<Notify>, heartbeat_interval: Duration) {
+    // Heartbeats go on (draining) while the last reports are delivered.
+    let over = CancellationToken::new();
+    let hb = tokio::spawn(heartbeat_loop(
+        shared.clone(),
+        heartbeat_interval,
+        beat_now.clone(),
+        over.clone(),
+    ));
+    let left: Vec<(TaskId, (u32, CancellationToken))> = std::mem::take(&mut *lock(&shared.running))
+        .into_iter()
+        .collect();
+    for (task_id, (attempt, token)) in left {
+        token.cancel();
+        hand_back(
+            shared,
+            task_id,
+            attempt,
+            "worker drained: handed back after the drain timeout",
+        );
+    }
+    // Every outcome and hand-back is delivered before the worker leaves, so leaving never
+    // requeues an attempt whose report is on its way. Bounded by the client's call timeout.
+    let handles = std::mem::take(&mut *shared.attempts.lock().unwrap_or_else(|p| p.into_inner()));
+    let deliver = futures::future::join_all(handles);
+    if tokio::time::timeout(shared.client.config().call_timeout, deliver)
+        .await
+        .is_err()
+    {
+        warn!(worker = %shared.worker_id, "outcomes not delivered in time; leaving anyway");
+    }
+    shared.give_up.cancel();
+    over.cancel();
+    let _ = hb.await;
+    match shared
+        .client
+        .leave(&shared.worker_id, &shared.session)
+        .await
+    {
+        Ok(()) => info!(worker = %shared.worker_id, "drained and left"),
+        Err(e) => {
+            warn!(worker = %shared.worker_id, error = %e, "leave not accepted (the lease expires instead)")
+        }
+    }
+}
+
+/// Reports an attempt this worker will not finish as failed and retryable, so it runs again
+/// elsewhere; fenced by its attempt like any report.
+fn hand_back(shared: &Shared, task_id: TaskId, attempt: u32, why: &'static str) {
+    info!(task = %task_id, attempt, "handing back attempt");
+    let s = shared.clone();
+    track(
+        shared,
+        tokio::spawn(async move {
+            report(
+                &s,
+                task_id,
+                attempt,
+                &Outcome::Failure {
+                    error: why.into(),
+                    retryable: true,
+                },
+            )
+            .await
+        }),
+    );
+}
+
+fn track(shared: &Shared, handle: tokio::task::JoinHandle<()>) {
+    let mut all = shared.attempts.lock().unwrap_or_else(|p| p.into_inner());
+    if all.len() >= 1024 {
+        all.retain(|h| !h.is_finished());
+    }
+    all.push(handle);
+}
+
+async fn next_event(
+    stream: &mut Option<flotilla_client::WorkerStream>,
+) -> Result<Option<WorkerEvent>, ClientError> {
+    match stream {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn cancel_attempt(running: &Running, task_id: TaskId, attempt: u32) {
@@ -218,17 +419,10 @@ fn cancel_attempt(running: &Running, task_id: TaskId, attempt: u32) {
     }
 }
 
-fn start_attempt(
-    client: &Client,
-    worker_id: &str,
-    handler: &Arc<dyn Handler>,
-    running: &Running,
-    shutdown: &CancellationToken,
-    a: Assignment,
-) {
+fn start_attempt(shared: &Shared, a: Assignment) {
     let cancel = CancellationToken::new();
     {
-        let mut r = lock(running);
+        let mut r = lock(&shared.running);
         match r.get(&a.task_id) {
             // Redelivery of what already runs: nothing to do.
             Some((attempt, _)) if *attempt == a.attempt => return,
@@ -245,18 +439,14 @@ fn start_attempt(
         payload: a.payload,
         checkpoint: a.checkpoint,
         timeout: a.timeout,
-        worker_id: worker_id.to_string(),
+        worker_id: shared.worker_id.clone(),
         cancel: cancel.clone(),
-        client: client.clone(),
+        client: shared.client.clone(),
     };
-    let handler = handler.clone();
-    let client = client.clone();
-    let running = running.clone();
-    let worker_id = worker_id.to_string();
-    let shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    let s = shared.clone();
+    let handle = tokio::spawn(async move {
         let (task_id, attempt, timeout) = (ctx.task_id, ctx.attempt, ctx.timeout);
-        let work = handler.run(ctx);
+        let work = s.handler.run(ctx);
         let outcome = match timeout {
             Some(t) => match tokio::time::timeout(t, work).await {
                 Ok(o) => o,
@@ -271,77 +461,93 @@ fn start_attempt(
             None => work.await,
         };
         let still_ours = {
-            let mut r = lock(&running);
+            let mut r = lock(&s.running);
             let ours = r.get(&task_id).is_some_and(|(a, _)| *a == attempt);
             if ours {
                 r.remove(&task_id);
             }
             ours
         };
-        if !still_ours {
-            return; // cancelled or superseded: the leader no longer wants this outcome
+        if still_ours {
+            report(&s, task_id, attempt, &outcome).await;
         }
-        // Report until a leader accepts or refuses it: an outcome is never dropped while the
-        // cluster is merely unavailable.
-        loop {
-            let report = match &outcome {
-                Outcome::Success(result) => {
-                    client
-                        .complete_task(&worker_id, task_id, attempt, result.clone())
-                        .await
-                }
-                Outcome::Failure { error, retryable } => {
-                    client
-                        .fail_task(&worker_id, task_id, attempt, error.clone(), *retryable)
-                        .await
-                }
-            };
-            match report {
-                Ok(()) => break,
-                Err(ClientError::Unavailable(e)) if !shutdown.is_cancelled() => {
-                    warn!(task = %task_id, attempt, error = %e, "outcome not delivered yet; retrying");
-                }
-                Err(e) => {
-                    warn!(task = %task_id, attempt, error = %e, "outcome not accepted");
-                    break;
-                }
+        // Cancelled or superseded: the leader no longer wants this outcome.
+        s.ended.notify_one();
+    });
+    track(shared, handle);
+}
+
+/// Reports an outcome until a leader accepts or refuses it: an outcome is never dropped while
+/// the cluster is merely unavailable (unless the worker gives up on it at exit).
+async fn report(s: &Shared, task_id: TaskId, attempt: u32, outcome: &Outcome) {
+    loop {
+        let sent = match outcome {
+            Outcome::Success(result) => {
+                s.client
+                    .complete_task(&s.worker_id, task_id, attempt, result.clone())
+                    .await
+            }
+            Outcome::Failure { error, retryable } => {
+                s.client
+                    .fail_task(&s.worker_id, task_id, attempt, error.clone(), *retryable)
+                    .await
+            }
+        };
+        match sent {
+            Ok(()) => return,
+            Err(ClientError::Unavailable(e)) if !s.give_up.is_cancelled() => {
+                warn!(task = %task_id, attempt, error = %e, "outcome not delivered yet; retrying");
+            }
+            Err(e) => {
+                warn!(task = %task_id, attempt, error = %e, "outcome not accepted");
+                return;
             }
         }
-    });
+    }
 }
 
 async fn heartbeat_loop(
-    client: Client,
-    spec: WorkerSpec,
-    running: Running,
+    shared: Shared,
     interval: Duration,
+    beat_now: Arc<Notify>,
     session_over: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = session_over.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = beat_now.notified() => {}
         }
-        let report: Vec<(TaskId, u32)> = lock(&running)
+        let report: Vec<(TaskId, u32)> = lock(&shared.running)
             .iter()
             .map(|(id, (a, _))| (*id, *a))
             .collect();
-        match client.heartbeat(&spec.id, &spec.session, &report).await {
+        let draining = shared.draining.load(Ordering::SeqCst);
+        let beat =
+            shared
+                .client
+                .heartbeat_draining(&shared.worker_id, &shared.session, &report, draining);
+        let answer = tokio::select! {
+            _ = session_over.cancelled() => return,
+            a = beat => a,
+        };
+        match answer {
             Ok(cancel) => {
                 for (task_id, attempt) in cancel {
-                    cancel_attempt(&running, task_id, attempt);
+                    cancel_attempt(&shared.running, task_id, attempt);
                 }
             }
             Err(e) if e.code() == Some(tonic_code_not_found()) => {
                 // Our registration is gone (lease expired): everything we run was reassigned.
-                warn!(worker = %spec.id, "registration lost; stopping running attempts and re-registering");
-                for (_, (_, token)) in std::mem::take(&mut *lock(&running)) {
+                warn!(worker = %shared.worker_id, "registration lost; stopping running attempts and re-registering");
+                for (_, (_, token)) in std::mem::take(&mut *lock(&shared.running)) {
                     token.cancel();
                 }
+                shared.ended.notify_one();
                 session_over.cancel();
                 return;
             }
-            Err(e) => warn!(worker = %spec.id, error = %e, "heartbeat failed"),
+            Err(e) => warn!(worker = %shared.worker_id, error = %e, "heartbeat failed"),
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //!  history.jsonl ─┐
-//!  final.json ────┼─▶ lost, unexpected, doubled, leases, convergence, liveness, coverage
+//!  final.json ────┼─▶ lost, unexpected, doubled, leases, convergence, liveness, coverage,
+//!                 │    membership
 //!  run.json ──────┘        └─▶ Verdict: invalid if any is invalid, else unknown if any is
 //!                                       unknown, else valid
 //! ```
@@ -14,6 +15,7 @@ mod doubled;
 mod leases;
 mod liveness;
 mod lost;
+mod membership;
 mod unexpected;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -240,6 +242,7 @@ pub fn check(ops: &[Op], params: &RunParams, dump: &FinalDump) -> Results {
         convergence::check(&facts),
         liveness::check(&facts),
         coverage::check(&facts),
+        membership::check(&facts),
     ];
     let verdict = checks
         .iter()

@@ -7,7 +7,8 @@
 //! Order: queues take turns (round robin, by name), each offering its next pending task in its
 //! policy's order — kept sorted by the state as tasks arrive and leave, so a plan costs what it
 //! assigns, not what is queued; a task goes to the best-fitting live worker under the placement
-//! strategy, or is skipped (it stays pending) when none fits now. Overdue attempts come from
+//! strategy (found through an index of the workers by free slots, not a scan of them all), or
+//! is skipped (it stays pending) when none fits now. Overdue attempts come from
 //! the state's deadline index, not from a scan of the running tasks. A queue whose head tasks
 //! fit nowhere is looked at for at most `max_skipped_per_queue` tasks per plan, so planning
 //! never holds the state for long.
@@ -15,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::state::record::TaskRecord;
-use crate::{Capacity, Command, State, Task, TaskId, TaskState};
+use crate::{Capacity, Command, State, Task, TaskId, TaskState, WorkerSpec};
 
 /// How to choose among workers that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,20 +77,8 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
     }
 
     // Free capacity of each live worker, updated as the plan places tasks.
-    let mut free: BTreeMap<&str, Capacity> = BTreeMap::new();
-    for w in state.workers().filter(|w| live.contains(&w.spec.id)) {
-        let used = state.worker_usage(&w.spec.id);
-        let cap = w.spec.capacity;
-        free.insert(
-            &w.spec.id,
-            Capacity {
-                slots: cap.slots.saturating_sub(used.slots),
-                cpu_millis: cap.cpu_millis.saturating_sub(used.cpu_millis),
-                mem_mb: cap.mem_mb.saturating_sub(used.mem_mb),
-            },
-        );
-    }
-    let mut slots_left: u64 = free.values().map(|c| c.slots as u64).sum();
+    let mut free = FreeCapacity::new(state, live);
+    let mut slots_left = free.slots_left();
     if slots_left == 0 {
         return out;
     }
@@ -117,12 +106,9 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
                 return false;
             };
             let task = state.record(id).expect("pending task exists");
-            match choose_worker(state, task, &free, cfg.placement) {
-                Some(worker) => {
-                    let f = free.get_mut(worker).expect("chosen among free");
-                    f.slots -= 1;
-                    f.cpu_millis -= task.resources.cpu_millis;
-                    f.mem_mb -= task.resources.mem_mb;
+            match free.choose(task, cfg.placement) {
+                Some(i) => {
+                    let worker = free.take(i, task.resources);
                     slots_left -= 1;
                     assigned += 1;
                     out.push(Command::Assign {
@@ -143,31 +129,82 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
     out
 }
 
-fn choose_worker<'a>(
-    state: &State,
-    task: &TaskRecord,
-    free: &BTreeMap<&'a str, Capacity>,
-    placement: Placement,
-) -> Option<&'a str> {
-    let needs = task.resources;
-    let fits = free.iter().filter(|(id, f)| {
-        let w = &state
-            .worker(id)
-            .expect("free lists registered workers")
-            .spec;
-        f.slots >= 1
-            && f.cpu_millis >= needs.cpu_millis
-            && f.mem_mb >= needs.mem_mb
-            && w.serves(&task.queue)
-            && w.matches(task.labels())
-    });
-    match placement {
-        // Fewest free slots first; ties go to the smallest id (BTreeMap order, min_by_key keeps
-        // the first minimum).
-        Placement::BinPack => fits.min_by_key(|(_, f)| f.slots).map(|(id, _)| *id),
-        Placement::Spread => fits
-            .max_by_key(|(id, f)| (f.slots, std::cmp::Reverse(*id)))
-            .map(|(id, _)| *id),
+/// The live workers' free capacity during one plan, indexed by free slots, so that placing a
+/// task looks at the workers in the order the strategy prefers and stops at the first that
+/// fits: the same choice as a scan of every worker — fewest (binpack) or most (spread) free
+/// slots, ties to the smallest id — at the cost of the workers passed over, not of all of
+/// them (with 1,000 workers a scan cost ~47 µs per assignment).
+struct FreeCapacity<'a> {
+    /// Live workers by id, with what they have free.
+    workers: Vec<(&'a WorkerSpec, Capacity)>,
+    /// Free slots (at least 1) -> indexes into `workers`, ascending (so by id).
+    by_slots: BTreeMap<u32, BTreeSet<usize>>,
+}
+
+impl<'a> FreeCapacity<'a> {
+    fn new(state: &'a State, live: &BTreeSet<String>) -> FreeCapacity<'a> {
+        let mut workers: Vec<(&'a WorkerSpec, Capacity)> = state
+            .workers()
+            .filter(|w| live.contains(&w.spec.id))
+            .map(|w| {
+                let used = state.worker_usage(&w.spec.id);
+                let cap = w.spec.capacity;
+                let free = Capacity {
+                    slots: cap.slots.saturating_sub(used.slots),
+                    cpu_millis: cap.cpu_millis.saturating_sub(used.cpu_millis),
+                    mem_mb: cap.mem_mb.saturating_sub(used.mem_mb),
+                };
+                (&w.spec, free)
+            })
+            .collect();
+        workers.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let mut by_slots: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
+        for (i, (_, f)) in workers.iter().enumerate() {
+            if f.slots > 0 {
+                by_slots.entry(f.slots).or_default().insert(i);
+            }
+        }
+        FreeCapacity { workers, by_slots }
+    }
+
+    fn slots_left(&self) -> u64 {
+        self.workers.iter().map(|(_, f)| f.slots as u64).sum()
+    }
+
+    /// The worker `task` goes to under `placement`, if one fits now.
+    fn choose(&self, task: &TaskRecord, placement: Placement) -> Option<usize> {
+        let needs = task.resources;
+        let fits = |i: &&usize| {
+            let (w, f) = &self.workers[**i];
+            f.cpu_millis >= needs.cpu_millis
+                && f.mem_mb >= needs.mem_mb
+                && w.serves(&task.queue)
+                && w.matches(task.labels())
+        };
+        let found = match placement {
+            Placement::BinPack => self.by_slots.values().flatten().find(fits),
+            Placement::Spread => self.by_slots.values().rev().flatten().find(fits),
+        };
+        found.copied()
+    }
+
+    /// Places a task needing `needs` on worker `i`; returns the worker's id.
+    fn take(&mut self, i: usize, needs: crate::Resources) -> &'a str {
+        let (w, f) = &mut self.workers[i];
+        let was = f.slots;
+        f.slots -= 1;
+        f.cpu_millis -= needs.cpu_millis;
+        f.mem_mb -= needs.mem_mb;
+        if let Some(set) = self.by_slots.get_mut(&was) {
+            set.remove(&i);
+            if set.is_empty() {
+                self.by_slots.remove(&was);
+            }
+        }
+        if f.slots > 0 {
+            self.by_slots.entry(f.slots).or_default().insert(i);
+        }
+        w.id.as_str()
     }
 }
 

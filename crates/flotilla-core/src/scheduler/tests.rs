@@ -1,11 +1,60 @@
 //! Property tests of the pure scheduler: capacity, constraints, policy order, stability.
+//!
+//! Each property counts in how many runs it reached the paths it is about (plans that assign
+//! and plans that leave tasks waiting, a full worker, a completion freeing a slot that the next
+//! plan fills, a retry planned after a failure, an attempt timed out, a policy choosing other
+//! than submission order) and fails when fewer than [`FLOOR_PERCENT`] of the runs reach one:
+//! a generator that stops producing workers or conflicts would otherwise pass on empty plans.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
 use super::*;
-use crate::{QueuePolicy, QueueSetting, Response, TaskSpec, WorkerSpec};
+use crate::{Limits, QueuePolicy, QueueSetting, Response, TaskSpec, WorkerSpec};
+
+/// Runs per property.
+const RUNS: u32 = 256;
+
+/// The share of runs (%) that must reach each counted path.
+const FLOOR_PERCENT: u64 = 5;
+
+/// In how many runs each named path was reached.
+#[derive(Default)]
+struct Reached {
+    runs: u64,
+    runs_reaching: BTreeMap<&'static str, u64>,
+}
+
+impl Reached {
+    /// Notes one run that reached `paths`.
+    fn add(&mut self, paths: BTreeSet<&'static str>) {
+        self.runs += 1;
+        for p in paths {
+            *self.runs_reaching.entry(p).or_default() += 1;
+        }
+    }
+
+    /// Prints the counts; fails unless each of `required` was reached in at least
+    /// [`FLOOR_PERCENT`] of the runs.
+    fn assert_reached(&self, what: &str, required: &[&str]) {
+        eprintln!("{what}: {} runs; path: runs reaching it", self.runs);
+        for (p, n) in &self.runs_reaching {
+            eprintln!("  {p}: {n}");
+        }
+        let floor = (self.runs * FLOOR_PERCENT).div_ceil(100);
+        for p in required {
+            let n = self.runs_reaching.get(p).copied().unwrap_or(0);
+            assert!(
+                n >= floor,
+                "{what}: only {n} of {} runs reached {p:?} (floor {floor}, {FLOOR_PERCENT}%): the generator no longer reaches it",
+                self.runs
+            );
+        }
+    }
+}
 
 fn worker(id: &str, slots: u32, cpu: u32, mem: u32, gpu: bool, queues: &[&str]) -> WorkerSpec {
     let mut labels = BTreeMap::new();
@@ -25,14 +74,16 @@ fn worker(id: &str, slots: u32, cpu: u32, mem: u32, gpu: bool, queues: &[&str]) 
     }
 }
 
-fn apply_all(state: &mut State, cmds: &[Command]) {
+/// Applies a plan; every planned command must be accepted.
+fn apply_all(state: &mut State, cmds: &[Command]) -> Result<(), TestCaseError> {
     for c in cmds {
         let r = state.apply(c);
-        assert!(
+        prop_assert!(
             !matches!(r, Response::Rejected(_)),
             "plan produced a rejected command {c:?}: {r:?}"
         );
     }
+    Ok(())
 }
 
 fn arb_task() -> impl Strategy<Value = TaskSpec> {
@@ -43,13 +94,15 @@ fn arb_task() -> impl Strategy<Value = TaskSpec> {
         0u32..1500,
         0u32..600,
         any::<bool>(),
+        prop_oneof![2 => Just(None), 1 => (1u64..100).prop_map(Some)],
     )
-        .prop_map(|(q, prio, est, cpu, mem, gpu)| {
+        .prop_map(|(q, prio, est, cpu, mem, gpu, timeout)| {
             let mut t = TaskSpec::new(["a", "b", "c"][q], vec![]);
             t.priority = prio;
             t.estimate_ms = est;
             t.resources.cpu_millis = cpu;
             t.resources.mem_mb = mem;
+            t.timeout_ms = timeout;
             if gpu {
                 t.labels.insert("gpu".into(), "yes".into());
             }
@@ -70,12 +123,12 @@ fn arb_worker(i: usize) -> impl Strategy<Value = WorkerSpec> {
         })
 }
 
-/// Every planned assignment is accepted by apply, capacity is never exceeded (checked by the
-/// state's invariants), constraints hold, and planning again adds no assignment. Fails if the
-/// generator stops producing plans that assign something and plans that leave tasks waiting.
+/// Every planned command is accepted by apply, capacity is never exceeded (checked by the
+/// state's invariants), constraints hold, and planning again adds no assignment — on a fresh
+/// cluster, and again after some attempts completed, failed or overran their timeout.
 #[test]
 fn plan_respects_capacity_and_is_stable() {
-    let (assigned, left) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let reached = RefCell::new(Reached::default());
     let strategy = (
         proptest::collection::vec(arb_task(), 1..40),
         arb_worker(0),
@@ -83,9 +136,9 @@ fn plan_respects_capacity_and_is_stable() {
         arb_worker(2),
         any::<bool>(),
     );
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
-    runner
+    TestRunner::new(ProptestConfig::with_cases(RUNS))
         .run(&strategy, |(tasks, w0, w1, w2, spread)| {
+            let mut paths = BTreeSet::new();
             let mut s = State::new();
             let n = tasks.len();
             let r = s.apply(&Command::submit(1, tasks));
@@ -110,89 +163,249 @@ fn plan_respects_capacity_and_is_stable() {
                 },
                 ..Default::default()
             };
+            let check = |s: &State, now_ms: u64| -> Result<(), TestCaseError> {
+                s.check_invariants().map_err(TestCaseError::fail)?;
+                for t in s.list(None, Some(TaskState::Running), None, usize::MAX) {
+                    let w = s.worker(t.worker.as_deref().unwrap()).unwrap();
+                    prop_assert!(w.spec.serves(&t.spec.queue));
+                    prop_assert!(w.spec.matches(&t.spec.labels));
+                }
+                let again = plan(s, now_ms, &live, &cfg);
+                prop_assert!(
+                    again.iter().all(|c| !matches!(c, Command::Assign { .. })),
+                    "second plan assigned more: {again:?}"
+                );
+                // Nothing is assigned to a worker that is not live.
+                let none_live = plan(s, now_ms, &BTreeSet::new(), &cfg);
+                let assigns = none_live
+                    .iter()
+                    .filter(|c| matches!(c, Command::Assign { .. }))
+                    .count();
+                prop_assert_eq!(assigns, 0);
+                Ok(())
+            };
+
+            // Round 1: a fresh cluster.
             let first = plan(&s, 2, &live, &cfg);
-            apply_all(&mut s, &first);
-            s.check_invariants().map_err(TestCaseError::fail)?;
-            for t in s.list(None, Some(TaskState::Running), None, usize::MAX) {
-                let w = s.worker(t.worker.as_deref().unwrap()).unwrap();
-                prop_assert!(w.spec.serves(&t.spec.queue));
-                prop_assert!(w.spec.matches(&t.spec.labels));
-            }
-            let again = plan(&s, 2, &live, &cfg);
-            prop_assert!(
-                again.iter().all(|c| !matches!(c, Command::Assign { .. })),
-                "second plan assigned more: {again:?}"
-            );
-            // Nothing is assigned to a worker that is not live.
-            let none_live = plan(&s, 2, &BTreeSet::new(), &cfg);
-            prop_assert!(none_live.is_empty());
+            apply_all(&mut s, &first)?;
+            check(&s, 2)?;
             if !first.is_empty() {
-                assigned.set(assigned.get() + 1);
+                paths.insert("plan assigning");
             }
             if s.count(TaskState::Pending) > 0 {
-                left.set(left.get() + 1);
+                paths.insert("tasks left pending");
+                let full = s
+                    .workers()
+                    .any(|w| s.worker_usage(&w.spec.id).slots == w.spec.capacity.slots);
+                if full {
+                    paths.insert("a worker's slots exhausted");
+                }
             }
+
+            // Round 2: of the running attempts, one in three completes, one in three fails
+            // (retryable), the rest keep running and overrun their timeout, if any.
+            let mut finished = 0;
+            for t in s.list(None, Some(TaskState::Running), None, usize::MAX) {
+                let (worker_id, attempt) = (t.worker.clone().unwrap(), t.attempts);
+                match t.id.0 % 3 {
+                    0 => {
+                        let r = s.apply(&Command::Complete {
+                            now_ms: 3,
+                            task_id: t.id,
+                            worker_id,
+                            attempt,
+                            result: vec![],
+                        });
+                        prop_assert_eq!(r, Response::Completed { task_id: t.id });
+                        finished += 1;
+                    }
+                    1 => {
+                        let r = s.apply(&Command::Fail {
+                            now_ms: 3,
+                            task_id: t.id,
+                            worker_id,
+                            attempt,
+                            error: "exit 1".into(),
+                            retryable: true,
+                        });
+                        prop_assert!(
+                            matches!(
+                                r,
+                                Response::AttemptFailed {
+                                    retry_at_ms: Some(_),
+                                    ..
+                                }
+                            ),
+                            "{r:?}"
+                        );
+                        finished += 1;
+                    }
+                    _ => {}
+                }
+            }
+            let later = 3 + Limits::RETRY_BACKOFF_BASE_MS;
+            let r = s.apply(&Command::Tick { now_ms: later });
+            prop_assert!(matches!(r, Response::Ticked { .. }), "{r:?}");
+            // Timeouts free their slots only once applied, so the plan after one may assign
+            // more; a plan without timeouts must be the last that assigns.
+            let mut second = plan(&s, later, &live, &cfg);
+            apply_all(&mut s, &second)?;
+            if second.iter().any(|c| matches!(c, Command::Fail { .. })) {
+                let more = plan(&s, later, &live, &cfg);
+                let only_assigns = more.iter().all(|c| matches!(c, Command::Assign { .. }));
+                prop_assert!(only_assigns, "{more:?}");
+                apply_all(&mut s, &more)?;
+                second.extend(more);
+            }
+            check(&s, later)?;
+            for c in &second {
+                match c {
+                    Command::Assign { attempt: 1, .. } if finished > 0 => {
+                        paths.insert("a freed slot filled by a new task");
+                    }
+                    Command::Assign { attempt: 2.., .. } => {
+                        paths.insert("a retry planned after a failure");
+                    }
+                    Command::Fail { .. } => {
+                        paths.insert("an overrun attempt timed out");
+                    }
+                    _ => {}
+                }
+            }
+            reached.borrow_mut().add(paths);
             Ok(())
         })
         .unwrap();
-    assert!(
-        assigned.get() >= 50 && left.get() >= 20,
-        "plans assigning: {}, leaving tasks pending: {}",
-        assigned.get(),
-        left.get()
+    reached.borrow().assert_reached(
+        "plan_respects_capacity_and_is_stable",
+        &[
+            "plan assigning",
+            "tasks left pending",
+            "a worker's slots exhausted",
+            "a freed slot filled by a new task",
+            "a retry planned after a failure",
+            "an overrun attempt timed out",
+        ],
     );
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
-
-    /// With one free slot, the task chosen is the first in the queue's policy order.
-    #[test]
-    fn plan_follows_policy_order(
-        tasks in proptest::collection::vec(arb_task(), 1..20),
-        policy in 0u8..3,
-        aging in 0u64..3,
-    ) {
-        let policy = match policy {
-            0 => QueuePolicy::Fifo,
-            1 => QueuePolicy::Priority { aging_ms: aging * 50 },
-            _ => QueuePolicy::ShortestJobFirst,
-        };
-        let mut s = State::new();
-        let tasks: Vec<TaskSpec> = tasks.into_iter().map(|mut t| { t.queue = "a".into(); t.labels.clear(); t.resources = Default::default(); t }).collect();
-        // Submit one by one at increasing times so aging has something to work on.
-        for (i, t) in tasks.iter().enumerate() {
-            let r = s.apply(&Command::submit(i as u64 * 40, vec![t.clone()]));
-            prop_assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
-        }
-        let r = s.apply(&Command::SetQueue { now_ms: 1000, queue: "a".into(), setting: QueueSetting::Policy(policy), create: false });
-        prop_assert_eq!(r, Response::QueueSet);
-        let r = s.apply(&Command::RegisterWorker { now_ms: 1000, worker: worker("w", 1, 0, 0, false, &[]) });
-        prop_assert!(matches!(r, Response::WorkerRegistered { .. }), "{r:?}");
-        let live: BTreeSet<String> = ["w".to_string()].into();
-        let cmds = plan(&s, 1000, &live, &PlanConfig::default());
-        prop_assert_eq!(cmds.len(), 1);
-        let Command::Assign { task_id, .. } = &cmds[0] else { panic!("expected an assignment") };
-        let chosen = s.get(*task_id).unwrap();
-        for t in &s.list(None, Some(TaskState::Pending), None, usize::MAX) {
-            let chosen = &chosen;
-            let better = match policy {
-                QueuePolicy::Fifo => t.id < chosen.id,
-                QueuePolicy::Priority { aging_ms } => {
-                    // Effective priority p + (now - submitted) / aging, compared exactly (times
-                    // aging): continuous aging, so the order never depends on when one looks.
-                    let eff = |x: &Task| x.spec.priority as i64 * aging_ms.max(1) as i64
-                        + if aging_ms == 0 { 0 } else { 1000 - x.submitted_at_ms as i64 };
-                    eff(t) > eff(chosen) || (eff(t) == eff(chosen) && t.id < chosen.id)
-                }
-                QueuePolicy::ShortestJobFirst => {
-                    let est = |x: &Task| x.spec.estimate_ms.unwrap_or(u64::MAX);
-                    est(t) < est(chosen) || (est(t) == est(chosen) && t.id < chosen.id)
-                }
+/// With one free slot, the task chosen is the first in the queue's policy order.
+#[test]
+fn plan_follows_policy_order() {
+    let reached = RefCell::new(Reached::default());
+    // Weighted towards priority, aging most: the choices that differ from submission order.
+    let policy = prop_oneof![
+        1 => Just(QueuePolicy::Fifo),
+        2 => Just(QueuePolicy::Priority { aging_ms: 0 }),
+        3 => (1u64..3).prop_map(|a| QueuePolicy::Priority { aging_ms: a * 50 }),
+        1 => Just(QueuePolicy::ShortestJobFirst),
+    ];
+    let strategy = (proptest::collection::vec(arb_task(), 1..20), policy);
+    TestRunner::new(ProptestConfig::with_cases(RUNS))
+        .run(&strategy, |(tasks, policy)| {
+            let mut paths = BTreeSet::new();
+            let mut s = State::new();
+            let tasks: Vec<TaskSpec> = tasks
+                .into_iter()
+                .map(|mut t| {
+                    t.queue = "a".into();
+                    t.labels.clear();
+                    t.resources = Default::default();
+                    t
+                })
+                .collect();
+            // Submit one by one at increasing times so aging has something to work on.
+            for (i, t) in tasks.iter().enumerate() {
+                let r = s.apply(&Command::submit(i as u64 * 40, vec![t.clone()]));
+                prop_assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
+            }
+            let r = s.apply(&Command::SetQueue {
+                now_ms: 1000,
+                queue: "a".into(),
+                setting: QueueSetting::Policy(policy),
+                create: false,
+            });
+            prop_assert_eq!(r, Response::QueueSet);
+            let r = s.apply(&Command::RegisterWorker {
+                now_ms: 1000,
+                worker: worker("w", 1, 0, 0, false, &[]),
+            });
+            prop_assert!(matches!(r, Response::WorkerRegistered { .. }), "{r:?}");
+            let live: BTreeSet<String> = ["w".to_string()].into();
+            let cmds = plan(&s, 1000, &live, &PlanConfig::default());
+            prop_assert_eq!(cmds.len(), 1);
+            let Command::Assign { task_id, .. } = &cmds[0] else {
+                panic!("expected an assignment")
             };
-            prop_assert!(!better, "task {} should have gone before {} under {:?}", t.id, chosen.id, policy);
-        }
-    }
+            let chosen = s.get(*task_id).unwrap();
+            let pending = s.list(None, Some(TaskState::Pending), None, usize::MAX);
+            // Priority aging's effective priority p + (now - submitted) / aging, compared
+            // exactly (times aging): continuous aging, so the order never depends on when one
+            // looks.
+            let eff = |x: &Task, aging_ms: u64| {
+                x.spec.priority as i64 * aging_ms.max(1) as i64
+                    + if aging_ms == 0 {
+                        0
+                    } else {
+                        1000 - x.submitted_at_ms as i64
+                    }
+            };
+            for t in &pending {
+                let chosen = &chosen;
+                let better = match policy {
+                    QueuePolicy::Fifo => t.id < chosen.id,
+                    QueuePolicy::Priority { aging_ms } => {
+                        eff(t, aging_ms) > eff(chosen, aging_ms)
+                            || (eff(t, aging_ms) == eff(chosen, aging_ms) && t.id < chosen.id)
+                    }
+                    QueuePolicy::ShortestJobFirst => {
+                        let est = |x: &Task| x.spec.estimate_ms.unwrap_or(u64::MAX);
+                        est(t) < est(chosen) || (est(t) == est(chosen) && t.id < chosen.id)
+                    }
+                };
+                prop_assert!(
+                    !better,
+                    "task {} should have gone before {} under {:?}",
+                    t.id,
+                    chosen.id,
+                    policy
+                );
+            }
+            // Which choices the run put to the test: one other than submission order, and
+            // for aging, one other than plain priority.
+            let first_submitted = pending.iter().map(|t| t.id).min();
+            let by_priority = pending
+                .iter()
+                .max_by_key(|t| (t.spec.priority, std::cmp::Reverse(t.id)))
+                .map(|t| t.id);
+            match policy {
+                QueuePolicy::Fifo if pending.len() > 1 => {
+                    paths.insert("fifo among several");
+                }
+                QueuePolicy::Priority { aging_ms: 0 } if Some(chosen.id) != first_submitted => {
+                    paths.insert("priority over submission order");
+                }
+                QueuePolicy::Priority { .. } if Some(chosen.id) != by_priority => {
+                    paths.insert("aging over plain priority");
+                }
+                QueuePolicy::ShortestJobFirst if Some(chosen.id) != first_submitted => {
+                    paths.insert("shortest job over submission order");
+                }
+                _ => {}
+            }
+            reached.borrow_mut().add(paths);
+            Ok(())
+        })
+        .unwrap();
+    reached.borrow().assert_reached(
+        "plan_follows_policy_order",
+        &[
+            "fifo among several",
+            "priority over submission order",
+            "aging over plain priority",
+            "shortest job over submission order",
+        ],
+    );
 }
 
 #[test]
@@ -255,4 +468,117 @@ fn unplaceable_tasks_say_why() {
     assert!(why.contains("64000 mcpu"), "{why}");
     let live: BTreeSet<String> = ["w".to_string()].into();
     assert!(plan(&s, 2, &live, &PlanConfig::default()).is_empty());
+}
+
+/// Placement through the free-slot index chooses exactly what a scan of every live worker
+/// would: of the workers that fit (slot, CPU, memory, queue, labels), the fewest free slots
+/// (binpack) or the most (spread), ties to the smallest id.
+#[test]
+fn placement_matches_a_scan_of_every_worker() {
+    let reached = RefCell::new(Reached::default());
+    let strategy = (
+        proptest::collection::vec(arb_task(), 1..60),
+        (
+            arb_worker(0),
+            arb_worker(1),
+            arb_worker(2),
+            arb_worker(3),
+            arb_worker(4),
+            arb_worker(5),
+        ),
+        any::<bool>(),
+    );
+    TestRunner::new(ProptestConfig::with_cases(RUNS))
+        .run(&strategy, |(tasks, (w0, w1, w2, w3, w4, w5), spread)| {
+            let mut paths = BTreeSet::new();
+            let mut s = State::new();
+            let n = tasks.len();
+            let r = s.apply(&Command::submit(1, tasks));
+            prop_assert!(
+                matches!(&r, Response::Submitted { ids, .. } if ids.len() == n),
+                "{r:?}"
+            );
+            let mut live = BTreeSet::new();
+            for (i, w) in [w0, w1, w2, w3, w4, w5].into_iter().enumerate() {
+                // Worker 5 is registered but not live.
+                if i < 5 {
+                    live.insert(w.id.clone());
+                }
+                let r = s.apply(&Command::RegisterWorker {
+                    now_ms: 1,
+                    worker: w,
+                });
+                prop_assert!(matches!(r, Response::WorkerRegistered { .. }), "{r:?}");
+            }
+            let placement = if spread {
+                Placement::Spread
+            } else {
+                Placement::BinPack
+            };
+            let cfg = PlanConfig {
+                placement,
+                ..Default::default()
+            };
+            let planned = plan(&s, 2, &live, &cfg);
+            // The reference: every live worker's free capacity, scanned in full per task.
+            let mut free: BTreeMap<String, Capacity> = s
+                .workers()
+                .filter(|w| live.contains(&w.spec.id))
+                .map(|w| (w.spec.id.clone(), w.spec.capacity))
+                .collect();
+            for c in &planned {
+                let Command::Assign {
+                    task_id, worker_id, ..
+                } = c
+                else {
+                    continue;
+                };
+                let t = s.get(*task_id).expect("planned task exists");
+                let needs = t.spec.resources;
+                let fitting: Vec<(&String, &Capacity)> = free
+                    .iter()
+                    .filter(|(id, f)| {
+                        let w = &s.worker(id).unwrap().spec;
+                        f.slots >= 1
+                            && f.cpu_millis >= needs.cpu_millis
+                            && f.mem_mb >= needs.mem_mb
+                            && w.serves(&t.spec.queue)
+                            && w.matches(&t.spec.labels)
+                    })
+                    .collect();
+                let want = match placement {
+                    Placement::BinPack => fitting.iter().min_by_key(|(_, f)| f.slots),
+                    Placement::Spread => fitting
+                        .iter()
+                        .max_by_key(|(id, f)| (f.slots, std::cmp::Reverse(*id))),
+                }
+                .map(|(id, _)| (*id).clone());
+                prop_assert_eq!(want.as_ref(), Some(worker_id), "task {:?}", task_id);
+                if fitting.len() > 1 {
+                    paths.insert("several workers fit");
+                    if fitting[0].0 != worker_id {
+                        paths.insert("not the first fitting worker by id");
+                    }
+                }
+                let f = free.get_mut(worker_id).unwrap();
+                f.slots -= 1;
+                f.cpu_millis -= needs.cpu_millis;
+                f.mem_mb -= needs.mem_mb;
+            }
+            // Nothing left pending fits anywhere (up to the per-queue skip bound, far above
+            // these sizes).
+            apply_all(&mut s, &planned)?;
+            let again = plan(&s, 2, &live, &cfg);
+            prop_assert!(
+                again.iter().all(|c| !matches!(c, Command::Assign { .. })),
+                "a second plan assigned more: {again:?}"
+            );
+            reached.borrow_mut().add(paths);
+            Ok(())
+        })
+        .unwrap();
+    reached.borrow().assert_reached(
+        "placement_matches_a_scan_of_every_worker",
+        &["several workers fit", "not the first fitting worker by id"],
+    );
 }

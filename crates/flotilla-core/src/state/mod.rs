@@ -42,10 +42,7 @@ use queues::QueueState;
 use record::{Entry, QueueName};
 use table::TaskTable;
 
-use crate::{
-    Capacity, Command, CommandError, Proposal, QueuePolicy, Response, Task, TaskId, TaskState,
-    Worker,
-};
+use crate::{Capacity, Command, Proposal, QueuePolicy, Response, Task, TaskId, TaskState, Worker};
 
 /// The scheduler's replicated state. Mutated only by [`State::apply`].
 #[derive(Debug, Clone, Default)]
@@ -418,67 +415,6 @@ impl State {
             }
         }
         promoted
-    }
-
-    fn set_queue(
-        &mut self,
-        queue: &str,
-        setting: &QueueSetting,
-        create: bool,
-    ) -> Result<(), CommandError> {
-        crate::limits::validate_queue_name("queue", queue)?;
-        match setting {
-            QueueSetting::Policy(QueuePolicy::Priority { aging_ms })
-                if *aging_ms > crate::Limits::MAX_AGING_MS =>
-            {
-                return Err(CommandError::invalid(
-                    "aging_ms",
-                    format!("{aging_ms} exceeds limit {}", crate::Limits::MAX_AGING_MS),
-                ))
-            }
-            QueueSetting::RetentionMs(Some(0)) => {
-                return Err(CommandError::invalid(
-                    "retention_ms",
-                    "must be at least 1 ms",
-                ))
-            }
-            _ => {}
-        }
-        if !create && !self.queues.contains_key(queue) {
-            return Err(CommandError::invalid(
-                "queue",
-                format!("unknown queue {queue:?}: no task was submitted to it (create it explicitly to configure it first)"),
-            ));
-        }
-        let name = self.intern(queue);
-        let q = self.queues.get_mut(&name).expect("interned above");
-        match setting {
-            QueueSetting::Policy(p) => {
-                if q.settings.policy != *p {
-                    q.settings.policy = *p;
-                    self.reorder_pending(&name);
-                }
-            }
-            QueueSetting::RetentionMs(r) => q.settings.retention_ms = *r,
-        }
-        self.drop_queue_if_unused(&name);
-        Ok(())
-    }
-
-    /// The shared name of `queue`, creating its entry if needed.
-    fn intern(&mut self, queue: &str) -> QueueName {
-        if let Some((name, _)) = self.queues.get_key_value(queue) {
-            return name.clone();
-        }
-        let name: QueueName = queue.into();
-        self.queues.insert(name.clone(), QueueState::new());
-        name
-    }
-
-    fn drop_queue_if_unused(&mut self, queue: &str) {
-        if self.queues.get(queue).is_some_and(QueueState::is_unused) {
-            self.queues.remove(queue);
-        }
     }
 }
 

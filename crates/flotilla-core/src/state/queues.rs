@@ -1,5 +1,5 @@
-//! Queues: their replicated settings, and per queue the order of pending tasks, the finished
-//! tasks waiting for retention, and counts by state.
+//! Queues: their replicated settings and the command that changes them, and per queue the
+//! order of pending tasks, the finished tasks waiting for retention, and counts by state.
 //!
 //! Each queue keeps its pending tasks sorted by the policy's key, maintained as tasks arrive
 //! and leave, so planning reads them in order without sorting. Priority with aging uses a key
@@ -10,8 +10,9 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::TaskRecord;
-use crate::{QueuePolicy, TaskId};
+use super::record::{QueueName, TaskRecord};
+use super::State;
+use crate::{CommandError, QueuePolicy, TaskId};
 
 /// A queue's replicated settings (the defaults for a queue nobody configured).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,5 +83,84 @@ pub(crate) fn order_key(policy: QueuePolicy, t: &TaskRecord) -> i64 {
         QueuePolicy::ShortestJobFirst => t
             .estimate_ms
             .map_or(i64::MAX, |e| e.min(i64::MAX as u64 - 1) as i64),
+    }
+}
+
+impl State {
+    /// Applies [`crate::Command::SetQueue`]: checks the setting, then changes it (re-sorting
+    /// the pending tasks when the policy changes); a queue must exist unless `create`.
+    pub(super) fn set_queue(
+        &mut self,
+        queue: &str,
+        setting: &QueueSetting,
+        create: bool,
+    ) -> Result<(), CommandError> {
+        crate::limits::validate_queue_name("queue", queue)?;
+        match setting {
+            QueueSetting::Policy(QueuePolicy::Priority { aging_ms })
+                if *aging_ms > crate::Limits::MAX_AGING_MS =>
+            {
+                return Err(CommandError::invalid(
+                    "aging_ms",
+                    format!("{aging_ms} exceeds limit {}", crate::Limits::MAX_AGING_MS),
+                ))
+            }
+            QueueSetting::RetentionMs(Some(0)) => {
+                return Err(CommandError::invalid(
+                    "retention_ms",
+                    "must be at least 1 ms",
+                ))
+            }
+            _ => {}
+        }
+        if !create && !self.queues.contains_key(queue) {
+            return Err(CommandError::invalid(
+                "queue",
+                format!("unknown queue {queue:?}: no task was submitted to it (create it explicitly to configure it first)"),
+            ));
+        }
+        let name = self.intern(queue);
+        let q = self.queues.get_mut(&name).expect("interned above");
+        match setting {
+            QueueSetting::Policy(p) => {
+                if q.settings.policy != *p {
+                    q.settings.policy = *p;
+                    self.reorder_pending(&name);
+                }
+            }
+            QueueSetting::RetentionMs(r) => q.settings.retention_ms = *r,
+        }
+        self.drop_queue_if_unused(&name);
+        Ok(())
+    }
+
+    /// The shared name of `queue`, creating its entry if needed.
+    pub(super) fn intern(&mut self, queue: &str) -> QueueName {
+        if let Some((name, _)) = self.queues.get_key_value(queue) {
+            return name.clone();
+        }
+        let name: QueueName = queue.into();
+        self.queues.insert(name.clone(), QueueState::new());
+        name
+    }
+
+    pub(super) fn drop_queue_if_unused(&mut self, queue: &str) {
+        if self.queues.get(queue).is_some_and(QueueState::is_unused) {
+            self.queues.remove(queue);
+        }
+    }
+
+    /// Re-sorts a queue's pending tasks after its policy changed.
+    fn reorder_pending(&mut self, queue: &str) {
+        let Some(q) = self.queues.get(queue) else {
+            return;
+        };
+        let policy = q.settings.policy;
+        let ids: Vec<TaskId> = q.pending.iter().map(|(_, id)| *id).collect();
+        let pending = ids
+            .into_iter()
+            .filter_map(|id| self.record(id).map(|t| (order_key(policy, t), id)))
+            .collect();
+        self.queues.get_mut(queue).expect("checked above").pending = pending;
     }
 }

@@ -338,7 +338,10 @@ impl State {
             let backoff = Limits::RETRY_BACKOFF_BASE_MS
                 .saturating_mul(1u64 << (task.attempts.saturating_sub(1)).min(20))
                 .min(Limits::RETRY_BACKOFF_MAX_MS);
-            let retry_at = now_ms.saturating_add(backoff);
+            // Counted from the replicated clock, not `now_ms`: a failure stamped by a leader
+            // whose clock lags would otherwise wait for a time already past, which no timer
+            // fires (apply has already advanced `clock_ms` to at least `now_ms`).
+            let retry_at = self.clock_ms.saturating_add(backoff);
             let by = worker_id.to_string();
             self.set_state(now_ms, id, TaskState::Waiting, |t| {
                 t.edit_run(|r| {
@@ -575,19 +578,5 @@ impl State {
                 }
             }
         }
-    }
-
-    /// Re-sorts a queue's pending tasks after its policy changed.
-    pub(super) fn reorder_pending(&mut self, queue: &str) {
-        let Some(q) = self.queues.get(queue) else {
-            return;
-        };
-        let policy = q.settings.policy;
-        let ids: Vec<TaskId> = q.pending.iter().map(|(_, id)| *id).collect();
-        let pending = ids
-            .into_iter()
-            .filter_map(|id| self.record(id).map(|t| (order_key(policy, t), id)))
-            .collect();
-        self.queues.get_mut(queue).expect("checked above").pending = pending;
     }
 }

@@ -1,0 +1,129 @@
+//! Criterion micro-benchmarks of the deterministic core: `apply` of one 100-task submit (what
+//! one group commit of a busy submitter carries) and `plan` over 100,000 pending tasks and
+//! 1,000 workers, under FIFO, priority and shortest-job-first.
+//!
+//! Run with `cargo bench -p flotilla-core --bench core` (or `./scripts/bench.sh core`); CI
+//! builds it (`--all-targets`) and `cargo test` runs each once as a smoke check.
+
+use std::collections::BTreeSet;
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use flotilla_core::{
+    plan, Capacity, Command, PlanConfig, QueuePolicy, QueueSetting, Resources, Response, State,
+    TaskSpec, WorkerSpec,
+};
+
+const NOW: u64 = 1_000_000;
+
+fn spec(i: u64) -> TaskSpec {
+    let mut s = TaskSpec::new("q", vec![0u8; 64]);
+    s.priority = (i % 17) as i32;
+    s.estimate_ms = Some(1 + i % 1000);
+    s.resources = Resources {
+        cpu_millis: 100,
+        mem_mb: 64,
+    };
+    s.max_attempts = 3;
+    s
+}
+
+fn batch(from: u64, n: u64) -> Vec<TaskSpec> {
+    (from..from + n).map(spec).collect()
+}
+
+/// A state holding `pending` tasks on queue `q` (policy `policy`) and `workers` live workers.
+fn loaded(pending: u64, workers: usize, policy: QueuePolicy) -> (State, BTreeSet<String>) {
+    let mut s = State::new();
+    for start in (0..pending).step_by(1000) {
+        let r = s.apply(&Command::submit(
+            NOW,
+            batch(start, 1000.min(pending - start)),
+        ));
+        assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
+    }
+    let r = s.apply(&Command::SetQueue {
+        now_ms: NOW,
+        queue: "q".into(),
+        setting: QueueSetting::Policy(policy),
+        create: true,
+    });
+    assert_eq!(r, Response::QueueSet);
+    let mut live = BTreeSet::new();
+    for w in 0..workers {
+        let id = format!("w{w}");
+        let r = s.apply(&Command::RegisterWorker {
+            now_ms: NOW,
+            worker: WorkerSpec {
+                id: id.clone(),
+                session: format!("s{w}"),
+                capacity: Capacity {
+                    slots: 4,
+                    cpu_millis: 4000,
+                    mem_mb: 4096,
+                },
+                labels: Default::default(),
+                queues: vec!["q".to_string()],
+            },
+        });
+        assert!(matches!(r, Response::WorkerRegistered { .. }), "{r:?}");
+        live.insert(id);
+    }
+    (s, live)
+}
+
+fn apply_submit_batch(c: &mut Criterion) {
+    let mut g = c.benchmark_group("apply");
+    g.throughput(Throughput::Elements(100));
+    // On an empty state and on one already holding 100,000 tasks (indexes deeper). Each run
+    // of up to `CHUNK` applies starts from a fresh clone of the base state (not timed), so the
+    // state stays near its base size however many iterations criterion asks for.
+    const CHUNK: u64 = 1000;
+    for held in [0u64, 100_000] {
+        let (base, _) = loaded(held, 0, QueuePolicy::Fifo);
+        let cmd = Command::submit(NOW + 1, batch(held, 100));
+        g.bench_function(format!("submit_100_tasks/held_{held}"), |b| {
+            b.iter_custom(|iters| {
+                let mut timed = std::time::Duration::ZERO;
+                let mut left = iters;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    let mut s = base.clone();
+                    let started = std::time::Instant::now();
+                    for _ in 0..n {
+                        black_box(s.apply(black_box(&cmd)));
+                    }
+                    timed += started.elapsed();
+                    left -= n;
+                }
+                timed
+            })
+        });
+    }
+    g.finish();
+}
+
+fn plan_large(c: &mut Criterion) {
+    let mut g = c.benchmark_group("plan");
+    g.sample_size(10);
+    let cfg = PlanConfig::default();
+    for (name, policy) in [
+        ("fifo", QueuePolicy::Fifo),
+        ("priority", QueuePolicy::Priority { aging_ms: 60_000 }),
+        ("sjf", QueuePolicy::ShortestJobFirst),
+    ] {
+        let (s, live) = loaded(100_000, 1_000, policy);
+        let planned = plan(&s, NOW + 1, &live, &cfg);
+        assert!(
+            !planned.is_empty(),
+            "plan over 100,000 pending and 1,000 workers assigns something"
+        );
+        g.bench_function(format!("100k_pending_1k_workers/{name}"), |b| {
+            b.iter(|| plan(black_box(&s), NOW + 1, &live, &cfg))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, apply_submit_batch, plan_large);
+criterion_main!(benches);
