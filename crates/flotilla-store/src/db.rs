@@ -152,7 +152,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
     let ack = AckFile::open(dir, fresh || migrated_entries > 0 || converted).map_err(&corrupt)?;
     let stats = Arc::new(crate::stats::StoreStats::default());
     let probe = crate::stats::StoreProbe::new(db.clone(), stats.clone());
-    let mut log_store = LogStore::new(db.clone(), ack, stats.clone()).map_err(corrupt)?;
+    let mut log_store = LogStore::new(db.clone(), node_id, ack, stats.clone()).map_err(corrupt)?;
     let state_machine = StateMachine::load(db, dir.to_path_buf(), stats).map_err(corrupt)?;
     log_store
         .drop_if_unreachable(state_machine.loaded_last_applied())

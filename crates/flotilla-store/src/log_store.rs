@@ -40,6 +40,8 @@ pub struct LogStore {
     ack: Arc<Mutex<AckFile>>,
     /// The acknowledged entry the log lost at open, if it lost one.
     damaged: Option<LogId<NodeId>>,
+    /// This replica's id: a committed vote for it is read back uncommitted (see `read_vote`).
+    node_id: NodeId,
 }
 
 /// An append waiting for the WAL fsync: the last entry it wrote, and who to tell.
@@ -64,6 +66,7 @@ impl Drop for Flusher {
 impl LogStore {
     pub(crate) fn new(
         db: Arc<DB>,
+        node_id: NodeId,
         ack: AckFile,
         stats: Arc<crate::stats::StoreStats>,
     ) -> Result<LogStore, String> {
@@ -83,6 +86,7 @@ impl LogStore {
             flusher,
             ack,
             damaged: None,
+            node_id,
         };
         // Entries after a hole are unusable (openraft reads the log as one run); a WAL damaged
         // mid-file can leave one, since column families flush to table files independently.
@@ -283,6 +287,15 @@ impl LogStore {
     }
 }
 
+/// `vote` as this replica may start from: not a committed vote for itself (see `read_vote`).
+fn demote_own(vote: Vote<NodeId>, node_id: NodeId) -> Vote<NodeId> {
+    if vote.is_committed() && vote.leader_id().voted_for() == Some(node_id) {
+        Vote::new(vote.leader_id().term, node_id)
+    } else {
+        vote
+    }
+}
+
 fn run_flusher(
     db: Arc<DB>,
     ack: Arc<Mutex<AckFile>>,
@@ -379,8 +392,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
+    /// The vote openraft starts from. A committed vote for this replica is read back
+    /// uncommitted: openraft would otherwise resume as leader of that term at once, appending
+    /// after whatever its log holds now. A log that lost entries the leader had already sent
+    /// (a damaged WAL, or power lost before their fsync) would then write different entries
+    /// under the log ids the followers hold — which they take for the same entries, so the
+    /// replicas diverge. Uncommitted, the replica starts as a follower and leads again only
+    /// after winning an election, in a new term whose log ids nobody holds.
     async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
-        self.read_meta(VOTE_KEY)
+        Ok(self
+            .read_meta::<Vote<NodeId>>(VOTE_KEY)?
+            .map(|v| demote_own(v, self.node_id)))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
@@ -634,5 +656,30 @@ mod tests {
         drop(opened);
         let mut opened = crate::open(&dir, "c", 1).unwrap();
         assert_eq!(opened.log_store.read_vote().await.unwrap(), Some(vote));
+    }
+
+    /// A replica never starts as the leader it was: its committed vote for itself comes back
+    /// uncommitted (openraft would resume leading that term, reusing log ids its followers
+    /// hold), while other votes come back as they were.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_committed_vote_for_itself_is_read_back_uncommitted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("n1");
+        let mut opened = crate::open(&dir, "c", 1).unwrap();
+        opened
+            .log_store
+            .save_vote(&Vote::new_committed(7, 1))
+            .await
+            .unwrap();
+        drop(opened);
+        let mut opened = crate::open(&dir, "c", 1).unwrap();
+        let vote = opened.log_store.read_vote().await.unwrap().unwrap();
+        assert_eq!(vote, Vote::new(7, 1));
+        assert!(!vote.is_committed());
+        // A committed vote for another replica, and an uncommitted one, are kept.
+        for kept in [Vote::new_committed(8, 2), Vote::new(9, 1)] {
+            opened.log_store.save_vote(&kept).await.unwrap();
+            assert_eq!(opened.log_store.read_vote().await.unwrap(), Some(kept));
+        }
     }
 }
