@@ -60,7 +60,14 @@ DIE_WITH_US = _die_with_us()
 
 
 class LocalCluster:
-    def __init__(self, base: Path, n: int = 3, name: str = "flotilla-python", extra_args: Optional[List[str]] = None):
+    def __init__(
+        self,
+        base: Path,
+        n: int = 3,
+        name: str = "flotilla-python",
+        extra_args: Optional[List[str]] = None,
+        token: Optional[str] = None,
+    ):
         self.bin = flotilla_bin()
         if not os.access(self.bin, os.X_OK):
             raise RuntimeError(
@@ -69,6 +76,8 @@ class LocalCluster:
         self.base = base
         self.name = name
         self.extra_args = list(extra_args or [])
+        #: The token the cluster's own calls (waiting for a leader) send.
+        self.token = token
         self.peers: Dict[int, str] = {
             i + 1: f"127.0.0.1:{p}" for i, p in enumerate(free_ports(n))
         }
@@ -131,7 +140,7 @@ class LocalCluster:
         """Waits until every running replica names the same leader, which says it leads."""
         deadline = time.monotonic() + timeout
         last = "no replica answered"
-        with flotilla.Client(self.addrs, request_timeout=1.0) as c:
+        with flotilla.Client(self.addrs, request_timeout=1.0, token=self.token) as c:
             while time.monotonic() < deadline:
                 views = []
                 for i, p in self.procs.items():

@@ -18,7 +18,9 @@ def test_invalid_argument_names_the_field():
     assert str(e) == 'INVALID_ARGUMENT: invalid tasks[3].labels: label "" must have a key'
     bare = errors.rejected(grpc.StatusCode.INVALID_ARGUMENT, "something else")
     assert bare.field is None and bare.reason == "something else"
-    assert type(errors.rejected(grpc.StatusCode.PERMISSION_DENIED, "no")) is flotilla.RejectedError
+    assert type(errors.rejected(grpc.StatusCode.OUT_OF_RANGE, "no")) is flotilla.RejectedError
+    assert type(errors.rejected(grpc.StatusCode.PERMISSION_DENIED, "no")) is flotilla.PermissionDeniedError
+    assert type(errors.rejected(grpc.StatusCode.UNAUTHENTICATED, "no")) is flotilla.UnauthenticatedError
     assert isinstance(errors.rejected(grpc.StatusCode.FAILED_PRECONDITION, "stale"), flotilla.FailedPreconditionError)
 
 

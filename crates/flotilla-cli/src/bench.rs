@@ -290,7 +290,7 @@ async fn run_point(
 /// (returned so that it lives as long as the run).
 async fn target_cluster(ctx: &Ctx) -> Result<(Client, Option<(LocalCluster, tempfile::TempDir)>)> {
     if ctx.cluster_given {
-        let client = Client::new(ctx.cluster.split(',')).context("invalid --cluster")?;
+        let client = ctx.client()?;
         // Say so within seconds when no replica answers, not after the client's retries.
         let probes = client
             .endpoints()

@@ -17,11 +17,24 @@ pub struct Ctx {
     /// Whether the cluster came from --cluster or FLOTILLA_CLUSTER rather than the default.
     pub cluster_given: bool,
     pub json: bool,
+    /// The token sent with every call (from --token-file, FLOTILLA_TOKEN_FILE or
+    /// FLOTILLA_TOKEN), if any.
+    pub token: Option<String>,
 }
 
 impl Ctx {
-    fn client(&self) -> Result<Client> {
-        Client::new(self.cluster.split(',')).context("invalid --cluster")
+    /// A client of the cluster that sends the caller's token.
+    pub fn client(&self) -> Result<Client> {
+        self.client_with(flotilla_client::ClientConfig::default())
+    }
+
+    /// [`Ctx::client`] with other settings.
+    pub fn client_with(&self, config: flotilla_client::ClientConfig) -> Result<Client> {
+        let config = flotilla_client::ClientConfig {
+            token: self.token.clone(),
+            ..config
+        };
+        Client::with_config(self.cluster.split(','), config).context("invalid --cluster")
     }
 
     fn print(&self, json: Value, text: String) {

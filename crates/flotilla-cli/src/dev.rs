@@ -56,6 +56,9 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     let addrs: Vec<&str> = peers.values().map(String::as_str).collect();
     outln!("flotilla dev cluster: 3 replicas on {}", addrs.join(", "));
     outln!("data under {}", args.data_dir.display());
+    outln!(
+        "no auth and no TLS: for this machine only (loopback); see docs/operations.md for tokens"
+    );
     if args.http_base_port > 0 {
         outln!(
             "metrics: http://127.0.0.1:{}/metrics (and /healthz, /readyz; replicas 2 and 3 on the next ports)",

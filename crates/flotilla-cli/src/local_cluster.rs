@@ -33,6 +33,8 @@ pub struct ReplicaOptions {
     pub extra_args: Vec<String>,
     /// Give every replica an HTTP listener (`--http-listen`) on a port of its own.
     pub http: bool,
+    /// The token [`LocalCluster::client`] sends (for replicas given `--tokens-file`).
+    pub client_token: Option<String>,
 }
 
 impl ReplicaOptions {
@@ -410,6 +412,7 @@ impl LocalCluster {
     pub fn client(&self) -> Client {
         let config = ClientConfig {
             call_timeout: Duration::from_secs(60),
+            token: self.options.client_token.clone(),
             ..ClientConfig::default()
         };
         Client::with_config(self.addrs(), config).expect("loopback addresses are valid")

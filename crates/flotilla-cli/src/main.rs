@@ -23,6 +23,7 @@ mod payload;
 mod progress;
 mod server;
 mod settings;
+mod token;
 mod worker;
 
 use std::process::ExitCode;
@@ -46,6 +47,10 @@ struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// File holding the token sent with every call (replicas started with --tokens-file need
+    /// one) [default: FLOTILLA_TOKEN when set].
+    #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -89,6 +94,11 @@ enum Cmd {
         #[command(subcommand)]
         command: bench::BenchCmd,
     },
+    /// Tokens for replicas started with --tokens-file.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCmd,
+    },
 }
 
 /// glibc's allocator cost ~15% of a replica's CPU under load (many small, short-lived
@@ -122,10 +132,12 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        let token = read_token(cli.token_file.as_deref())?;
         let ctx = commands::Ctx {
             cluster_given: cli.cluster.is_some(),
             cluster: cli.cluster.unwrap_or_else(|| DEV_CLUSTER.to_string()),
             json: cli.json,
+            token,
         };
         match cli.command {
             Cmd::Server(args) => server::run(args).await,
@@ -140,6 +152,7 @@ fn main() -> ExitCode {
             Cmd::Workers => commands::workers(&ctx).await,
             Cmd::Queue { command } => commands::queue(&ctx, command).await,
             Cmd::Bench { command } => bench::run(&ctx, command).await,
+            Cmd::Token { command } => token::run(command),
         }
     });
     match result {
@@ -149,6 +162,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The caller's token: the first line of `file`, else FLOTILLA_TOKEN; none without either.
+fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()))?;
+            let first = text.lines().next().unwrap_or("").trim().to_string();
+            if first.is_empty() {
+                anyhow::bail!("--token-file {}: the file is empty", f.display());
+            }
+            Some(first)
+        }
+        None => std::env::var("FLOTILLA_TOKEN")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty()),
+    };
+    Ok(token)
 }
 
 /// Writes one line to stdout; see [`outln!`].

@@ -88,6 +88,10 @@ pub struct ServerArgs {
     /// [default: off].
     #[arg(long)]
     http_listen: Option<String>,
+    /// Tokens file (`flotilla token new` writes it): client and worker calls then need a
+    /// token whose role allows them [default: off — every call is allowed].
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<std::path::PathBuf>,
     /// Log lines as `text` or `json` (one object per line), on stderr.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     log_format: crate::LogFormat,
@@ -150,6 +154,7 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     config.check_invariants = args.check_invariants;
     config.max_connections = args.max_connections;
     config.http_listen = args.http_listen.clone();
+    config.tokens_file = args.tokens_file.clone();
     config
         .validate()
         .map_err(|p| anyhow::anyhow!("invalid configuration: {}", p.join("; ")))?;

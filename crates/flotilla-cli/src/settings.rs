@@ -233,11 +233,12 @@ mod tests {
     const TEMPLATE: &str = include_str!("../../../deploy/flotilla.toml");
 
     /// Settings in the template that are off by default; its values for them are examples.
-    const OFF_BY_DEFAULT: [&str; 4] = [
+    const OFF_BY_DEFAULT: [&str; 5] = [
         "join",
         "max-pending",
         "max-pending-per-queue",
         "http-listen",
+        "tokens-file",
     ];
 
     fn argv(args: &[&str]) -> Vec<OsString> {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use flotilla_core::Capacity;
 use flotilla_worker::{CommandHandler, WorkerConfig};
@@ -87,8 +87,7 @@ pub async fn run(ctx: &Ctx, args: WorkerArgs) -> Result<ExitCode> {
         tracing::info!(file = %file.display(), "settings read from the config file");
     }
     let config = config_from(&args)?;
-    let client =
-        flotilla_client::Client::new(ctx.cluster.split(',')).context("invalid --cluster")?;
+    let client = ctx.client()?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -13,6 +13,7 @@ use flotilla_proto::pb::{self, flotilla_client::FlotillaClient};
 use flotilla_proto::{spec_to_pb, state_from_pb, state_to_pb, task_from_pb, LEADER_HINT_KEY};
 use rand::Rng;
 use tokio::time::Instant;
+use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
@@ -28,6 +29,8 @@ pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub struct ClientConfig {
     /// Deadline of one RPC attempt.
     pub request_timeout: Duration,
+    /// Bearer token sent with every call (replicas started with `--tokens-file` need one).
+    pub token: Option<String>,
     /// Deadline of a whole call, retries included.
     pub call_timeout: Duration,
     /// Delay before asking all replicas again once every one failed; doubles up to
@@ -43,6 +46,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             request_timeout: Duration::from_secs(5),
+            token: None,
             call_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(250),
@@ -131,6 +135,8 @@ struct Inner {
     endpoints: Vec<String>,
     config: ClientConfig,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Adds the token to every call.
+    bearer: Bearer,
     /// The known leader and the addresses that refused connections.
     routing: Routing,
 }
@@ -187,9 +193,11 @@ impl Client {
         if endpoints.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        let bearer = Bearer::new(config.token.as_deref())?;
         let client = Client {
             inner: Arc::new(Inner {
                 endpoints,
+                bearer,
                 config,
                 channels: Mutex::new(HashMap::new()),
                 routing: Routing::new(),
@@ -211,19 +219,22 @@ impl Client {
         &self.inner.endpoints
     }
 
-    pub(crate) fn channel(&self, addr: &str) -> Result<FlotillaClient<Channel>, ClientError> {
+    pub(crate) fn channel(&self, addr: &str) -> Result<FlotillaClient<Conn>, ClientError> {
         self.raw_channel(addr).map(flotilla)
     }
 
-    /// The (lazily connected) channel to a replica.
-    pub(crate) fn raw_channel(&self, addr: &str) -> Result<Channel, ClientError> {
+    /// The (lazily connected) channel to a replica, sending the token with every call.
+    pub(crate) fn raw_channel(&self, addr: &str) -> Result<Conn, ClientError> {
         let mut channels = self
             .inner
             .channels
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
-            return Ok(c.clone());
+            return Ok(InterceptedService::new(
+                c.clone(),
+                self.inner.bearer.clone(),
+            ));
         }
         let endpoint = Channel::from_shared(format!("http://{addr}")).map_err(|e| {
             ClientError::BadAddress {
@@ -236,7 +247,7 @@ impl Client {
             .tcp_nodelay(true)
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
-        Ok(channel)
+        Ok(InterceptedService::new(channel, self.inner.bearer.clone()))
     }
 
     /// The leader as last seen (unless its address refused a connection since).
@@ -272,7 +283,7 @@ impl Client {
         op: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(FlotillaClient<Channel>) -> Fut,
+        F: Fn(FlotillaClient<Conn>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.route(Route::Leader, what, extra, |ch| op(flotilla(ch)))
@@ -287,7 +298,7 @@ impl Client {
         op: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(FlotillaClient<Channel>) -> Fut,
+        F: Fn(FlotillaClient<Conn>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let route = match consistency {
@@ -306,7 +317,7 @@ impl Client {
         op: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.route(Route::Leader, what, extra, op).await
@@ -335,7 +346,7 @@ impl Client {
         op: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let cfg = &self.inner.config;
@@ -354,7 +365,7 @@ impl Client {
         op: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let cfg = &self.inner.config;
@@ -807,7 +818,11 @@ impl Client {
         )
         .await
         .map_err(|_| ClientError::Unavailable(format!("{addr}: timed out")))?
-        .map_err(|s| ClientError::Unavailable(format!("{addr}: {}", s.message())))?
+        .map_err(|s| match s.code() {
+            // Asking another replica would be refused the same way.
+            Code::Unauthenticated | Code::PermissionDenied => ClientError::Rejected(Box::new(s)),
+            _ => ClientError::Unavailable(format!("{addr}: {}", s.message())),
+        })?
         .into_inner();
         Ok(ClusterStatus {
             node_id: resp.node_id,
@@ -842,6 +857,7 @@ impl Client {
         for addr in self.inner.endpoints.clone() {
             match self.cluster_status_of(&addr).await {
                 Ok(s) => return Ok(s),
+                Err(e @ ClientError::Rejected(_)) => return Err(e),
                 Err(e) => last = e,
             }
         }
@@ -849,7 +865,36 @@ impl Client {
     }
 }
 
-fn flotilla(channel: Channel) -> FlotillaClient<Channel> {
+/// A channel to a replica that adds the caller's token to every request.
+pub(crate) type Conn = InterceptedService<Channel, Bearer>;
+
+/// Sets `authorization: Bearer TOKEN` on every request, when there is a token.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Bearer {
+    fn new(token: Option<&str>) -> Result<Bearer, ClientError> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim()).parse().map_err(|_| {
+                    ClientError::BadToken("a token is printable ASCII without line breaks".into())
+                })
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+fn flotilla(channel: Conn) -> FlotillaClient<Conn> {
     FlotillaClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -8,6 +8,8 @@ pub enum ClientError {
     NoEndpoints,
     #[error("invalid replica address {addr:?}: {message}")]
     BadAddress { addr: String, message: String },
+    #[error("invalid token: {0}")]
+    BadToken(String),
     /// The server answered with a final error (invalid argument, not found, ...).
     #[error("{}", .0.message())]
     Rejected(Box<tonic::Status>),

@@ -6,13 +6,12 @@ use std::time::Duration;
 use flotilla_core::{TaskId, WorkerSpec};
 use flotilla_proto::pb::{self, workers_client::WorkersClient};
 use flotilla_proto::{worker_spec_from_pb, worker_spec_to_pb};
-use tonic::transport::Channel;
 use tonic::Streaming;
 
 use crate::client::MAX_MESSAGE_BYTES;
 use crate::{Client, ClientError};
 
-fn workers(channel: Channel) -> WorkersClient<Channel> {
+fn workers(channel: crate::client::Conn) -> WorkersClient<crate::client::Conn> {
     WorkersClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)

@@ -5,6 +5,7 @@
 //! waits until it has applied that far; a follower answers with a leader hint. Stale reads are
 //! served from the local applied state of whichever replica is asked.
 
+use crate::auth::Principal;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,9 +73,13 @@ impl Api {
     }
 
     /// Validates and proposes one batch of tasks: all or nothing, answered after commit.
-    async fn submit(&self, tasks: Vec<pb::TaskSpec>) -> Result<pb::SubmitTasksResponse, ApiError> {
+    async fn submit(
+        &self,
+        tasks: Vec<pb::TaskSpec>,
+        caller: Option<&Principal>,
+    ) -> Result<pb::SubmitTasksResponse, ApiError> {
         let received = std::time::Instant::now();
-        let answer = self.submit_batch(tasks).await;
+        let answer = self.submit_batch(tasks, caller).await;
         if answer.is_ok() {
             self.telemetry
                 .submit_latency
@@ -86,6 +91,7 @@ impl Api {
     async fn submit_batch(
         &self,
         tasks: Vec<pb::TaskSpec>,
+        caller: Option<&Principal>,
     ) -> Result<pb::SubmitTasksResponse, ApiError> {
         if tasks.is_empty() {
             return Err(ApiError::Invalid {
@@ -108,6 +114,9 @@ impl Api {
             let field = format!("tasks[{i}]");
             let spec = spec_from_pb(&field, t)?;
             validate_spec(&field, &spec)?;
+            if let Some(why) = caller.and_then(|c| c.refuses_queue(&spec.queue)) {
+                return Err(ApiError::PermissionDenied(format!("{field}.queue: {why}")));
+            }
             specs.push(spec);
         }
         // Refused here, before it costs a proposal; `apply` checks the same.
@@ -207,8 +216,10 @@ impl Flotilla for Api {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         Ok(Response::new(
-            self.submit(request.into_inner().tasks).await?,
+            self.submit(request.into_inner().tasks, caller.as_ref())
+                .await?,
         ))
     }
 
@@ -221,8 +232,14 @@ impl Flotilla for Api {
         // Refuse at once on a follower, so the client goes to the leader instead of sending
         // requests that would each be refused.
         ensure_leader(&self.raft)?;
+        let caller = request.extensions().get::<Principal>().cloned();
         let (tx, rx) = mpsc::channel(STREAM_WINDOW);
-        tokio::spawn(serve_submit_stream(self.clone(), request.into_inner(), tx));
+        tokio::spawn(serve_submit_stream(
+            self.clone(),
+            request.into_inner(),
+            caller,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -275,7 +292,18 @@ impl Flotilla for Api {
         &self,
         request: Request<pb::CancelTaskRequest>,
     ) -> Result<Response<pb::CancelTaskResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let req = request.into_inner();
+        if let Some(caller) = caller.filter(|c| c.queues.is_some()) {
+            // A token limited to some queues cancels only in them. The leader has applied
+            // every task it acknowledged, so it finds the task's queue.
+            ensure_leader(&self.raft)?;
+            let (task, _) = self.task(req.id)?;
+            let queue = task.spec.as_ref().map_or("", |s| s.queue.as_str());
+            if let Some(why) = caller.refuses_queue(queue) {
+                return Err(ApiError::PermissionDenied(format!("task {}: {why}", req.id)).into());
+            }
+        }
         let command = Command::Cancel {
             now_ms: now_ms(),
             task_id: TaskId(req.id),
@@ -588,6 +616,7 @@ const STREAM_WINDOW: usize = 4096;
 async fn serve_submit_stream(
     api: Api,
     mut requests: Streaming<pb::SubmitStreamRequests>,
+    caller: Option<Principal>,
     replies: mpsc::Sender<Result<pb::SubmitStreamReplies, Status>>,
 ) {
     let mut in_flight = FuturesUnordered::new();
@@ -606,9 +635,9 @@ async fn serve_submit_stream(
                     }
                     Ok(Some(msg)) => {
                         for req in msg.requests {
-                            let api = &api;
+                            let (api, caller) = (&api, caller.as_ref());
                             in_flight.push(async move {
-                                stream_reply(req.seq, api.submit(req.tasks).await)
+                                stream_reply(req.seq, api.submit(req.tasks, caller).await)
                             });
                         }
                     }

@@ -75,6 +75,10 @@ pub struct ServerConfig {
     /// Open client, worker and peer connections, at most (kept under half the open files
     /// limit); one past it is refused with an error naming the limit.
     pub max_connections: usize,
+    /// The tokens file (see `auth`): with one, every client and worker call needs a token
+    /// whose role allows it; without one, calls are not checked.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// Seven days, the default retention of finished tasks.
@@ -117,6 +121,7 @@ impl ServerConfig {
             check_invariants: false,
             max_connections: 4096,
             http_listen: None,
+            tokens_file: None,
         }
     }
 

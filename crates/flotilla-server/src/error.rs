@@ -49,6 +49,9 @@ pub enum ApiError {
     ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
+    /// The caller's token does not allow this (see `auth`).
+    #[error("{0}")]
+    PermissionDenied(String),
 }
 
 impl From<CommandError> for ApiError {
@@ -103,6 +106,7 @@ impl From<ApiError> for Status {
             ApiError::Unavailable(m) => Status::unavailable(m),
             ApiError::ResourceExhausted(m) => Status::resource_exhausted(m),
             ApiError::Internal(m) => Status::internal(m),
+            ApiError::PermissionDenied(m) => Status::permission_denied(m),
         }
     }
 }

@@ -17,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+pub mod auth;
 mod config;
 mod damage;
 mod dispatch;

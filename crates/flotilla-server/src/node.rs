@@ -124,6 +124,20 @@ pub async fn start(
     config
         .validate()
         .map_err(|problems| ServerError::Config(problems.join("; ")))?;
+    let tokens = match &config.tokens_file {
+        Some(path) => Some(Arc::new(
+            crate::auth::Tokens::load(path).map_err(ServerError::Config)?,
+        )),
+        None => None,
+    };
+    match &tokens {
+        Some(t) => tracing::info!(tokens = t.len(), "client and worker calls need a token"),
+        None if !crate::auth::is_loopback(&config.listen_addr) => tracing::warn!(
+            addr = %config.listen_addr,
+            "listening beyond loopback without auth: anyone who reaches this port may submit, cancel, read every task and act as a worker (give --tokens-file)"
+        ),
+        None => {}
+    }
 
     let fatal = Fatal::new(shutdown.clone());
     let fd_limit = listener::raise_fd_limit();
@@ -324,6 +338,7 @@ pub async fn start(
     tokio::spawn(fatal.clone().watch_raft(raft.clone()));
     let router = tonic::transport::Server::builder()
         .layer(crate::rejections::CountRejections(telemetry.clone()))
+        .layer(crate::auth::Authenticate(tokens))
         .tcp_nodelay(true)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)

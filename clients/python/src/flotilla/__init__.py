@@ -21,7 +21,9 @@ from .errors import (
     FlotillaError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     RejectedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from .types import (
@@ -50,6 +52,7 @@ __all__ = [
     "InvalidArgumentError",
     "Member",
     "NotFoundError",
+    "PermissionDeniedError",
     "RejectedError",
     "Submitted",
     "Task",
@@ -58,6 +61,7 @@ __all__ = [
     "TaskPage",
     "TaskSpec",
     "TaskState",
+    "UnauthenticatedError",
     "UnavailableError",
     "Worker",
     "WorkerInfo",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import threading
 import time
@@ -67,6 +68,46 @@ _RETRYABLE = frozenset(
 )
 
 T = TypeVar("T")
+
+
+def token_from_env() -> Optional[str]:
+    """The caller's token: the first line of $FLOTILLA_TOKEN_FILE, else $FLOTILLA_TOKEN."""
+    path = os.environ.get("FLOTILLA_TOKEN_FILE")
+    if path:
+        with open(path, encoding="utf-8") as f:
+            first = f.readline().strip()
+        if not first:
+            raise ValueError(f"FLOTILLA_TOKEN_FILE {path}: the file is empty")
+        return first
+    return os.environ.get("FLOTILLA_TOKEN", "").strip() or None
+
+
+class _Bearer(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer TOKEN`` to every call."""
+
+    def __init__(self, token: str):
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self._header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_token(details), requests)
 
 
 def retryable(code: grpc.StatusCode, message: str) -> bool:
@@ -127,8 +168,13 @@ class Client:
         call_timeout: float = 30.0,
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
+        token: Optional[str] = None,
     ):
         self.endpoints: Sequence[str] = tuple(_parse_addrs(addrs))
+        #: Sent as ``authorization: Bearer TOKEN`` with every call (replicas started with
+        #: ``--tokens-file`` need one); default: $FLOTILLA_TOKEN_FILE's first line, else
+        #: $FLOTILLA_TOKEN.
+        self._token = token if token is not None else token_from_env()
         if request_timeout <= 0 or call_timeout <= 0:
             raise ValueError("request_timeout and call_timeout must be positive")
         if not 0 < backoff_initial <= backoff_max:
@@ -165,6 +211,8 @@ class Client:
                         ("grpc.enable_retries", 0),
                     ],
                 )
+                if self._token:
+                    ch = grpc.intercept_channel(ch, _Bearer(self._token))
                 self._channels[addr] = ch
             return ch
 

@@ -7,7 +7,9 @@
     │   ├── InvalidArgumentError   .field names the offending field, e.g. "tasks[0].queue"
     │   ├── NotFoundError
     │   ├── FailedPreconditionError  e.g. a stale attempt, cancelling a finished task
-    │   └── AlreadyExistsError
+    │   ├── AlreadyExistsError
+    │   ├── UnauthenticatedError   no token, or one the replicas do not know
+    │   └── PermissionDeniedError  the token's role (or queue list) does not allow the call
     ├── UnavailableError           no replica completed the call before the deadline:
     │                              the outcome is unknown (a retry with the same keys is safe)
     └── BadResponseError           the server answered something this client cannot read
@@ -67,6 +69,14 @@ class AlreadyExistsError(RejectedError):
     pass
 
 
+class UnauthenticatedError(RejectedError):
+    pass
+
+
+class PermissionDeniedError(RejectedError):
+    pass
+
+
 class UnavailableError(FlotillaError):
     """Every try failed with a retryable error until the call's deadline passed."""
 
@@ -76,6 +86,8 @@ class BadResponseError(FlotillaError):
 
 
 _REJECTED = {
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
