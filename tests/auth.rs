@@ -243,3 +243,44 @@ async fn tokens_with_roles_allow_and_refuse_calls() {
     assert_eq!(got, want);
     tc.cluster.kill_worker("w1").unwrap();
 }
+
+/// A tokens file that is missing or has a bad line stops the replica at start, with one line
+/// naming the file (and the line), before its data dir is created.
+#[test]
+fn a_missing_or_bad_tokens_file_stops_the_replica_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("tokens");
+    std::fs::write(&bad, "ops admin sha256:00\n").unwrap();
+    for (file, want) in [
+        (
+            dir.path().join("absent"),
+            "absent: No such file".to_string(),
+        ),
+        (
+            bad.clone(),
+            format!("tokens file {}: line 1", bad.display()),
+        ),
+    ] {
+        let data = dir.path().join("data");
+        let out = Command::new(bin())
+            .args([
+                "server",
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(&data)
+            .args(["--peers", "1=127.0.0.1:1", "--tokens-file"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(lines[0].contains(&want), "{err}");
+        assert!(!data.exists(), "nothing was opened");
+    }
+}

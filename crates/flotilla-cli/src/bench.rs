@@ -237,7 +237,7 @@ async fn run_point(
     // Several connections, as several client processes would open: one HTTP/2 connection is
     // served by one task on the server.
     let clients: Vec<Client> = (0..in_flight.div_ceil(8))
-        .map(|_| Client::new(client.endpoints().to_vec()))
+        .map(|_| Client::with_config(client.endpoints().to_vec(), client.config().clone()))
         .collect::<Result<_, _>>()?;
     let submitters: Vec<Submitter> = clients
         .iter()

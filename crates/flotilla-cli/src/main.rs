@@ -164,24 +164,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// The caller's token: the first line of `file`, else FLOTILLA_TOKEN; none without either.
+/// The caller's token: the first line of `file` (--token-file or FLOTILLA_TOKEN_FILE), else
+/// FLOTILLA_TOKEN; none without either.
 fn read_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| anyhow::anyhow!("--token-file {}: {e}", f.display()))?;
-            let first = text.lines().next().unwrap_or("").trim().to_string();
-            if first.is_empty() {
-                anyhow::bail!("--token-file {}: the file is empty", f.display());
-            }
-            Some(first)
-        }
-        None => std::env::var("FLOTILLA_TOKEN")
-            .ok()
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty()),
-    };
-    Ok(token)
+    Ok(match file {
+        Some(f) => Some(
+            flotilla_client::token_from_file(f)
+                .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?,
+        ),
+        None => flotilla_client::token_from_env()?,
+    })
 }
 
 /// Writes one line to stdout; see [`outln!`].

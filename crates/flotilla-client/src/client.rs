@@ -24,8 +24,8 @@ use crate::{ClientError, SubmitPipeline};
 /// Largest message the client sends or accepts.
 pub(crate) const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// Retry and timeout settings.
-#[derive(Debug, Clone)]
+/// Retry and timeout settings, and the token.
+#[derive(Clone)]
 pub struct ClientConfig {
     /// Deadline of one RPC attempt.
     pub request_timeout: Duration,
@@ -40,6 +40,19 @@ pub struct ClientConfig {
     /// A call to the leader outstanding this long makes the client ask the other replicas who
     /// leads (then at doubling intervals up to 0.5 s); a newer leader gets the call too.
     pub hedge_after: Duration,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("call_timeout", &self.call_timeout)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("hedge_after", &self.hedge_after)
+            .finish()
+    }
 }
 
 impl Default for ClientConfig {
@@ -863,6 +876,33 @@ impl Client {
         }
         Err(last)
     }
+}
+
+/// The token in `path`: its first line, trimmed.
+pub fn token_from_file(path: &std::path::Path) -> Result<String, ClientError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ClientError::BadToken(format!("{}: {e}", path.display())))?;
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() {
+        return Err(ClientError::BadToken(format!(
+            "{}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(first.to_string())
+}
+
+/// The caller's token from the environment, as the CLI reads it: the file
+/// `FLOTILLA_TOKEN_FILE` names, else `FLOTILLA_TOKEN`; `None` without either. For
+/// [`ClientConfig::token`].
+pub fn token_from_env() -> Result<Option<String>, ClientError> {
+    if let Some(path) = std::env::var_os("FLOTILLA_TOKEN_FILE").filter(|p| !p.is_empty()) {
+        return token_from_file(std::path::Path::new(&path)).map(Some);
+    }
+    Ok(std::env::var("FLOTILLA_TOKEN")
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty()))
 }
 
 /// A channel to a replica that adds the caller's token to every request.

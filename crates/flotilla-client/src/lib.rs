@@ -27,7 +27,10 @@ mod queues;
 mod routing;
 mod workers;
 
-pub use client::{Client, ClientConfig, ClusterStatus, Consistency, ListPage, ListQuery, Member};
+pub use client::{
+    token_from_env, token_from_file, Client, ClientConfig, ClusterStatus, Consistency, ListPage,
+    ListQuery, Member,
+};
 pub use error::ClientError;
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
 pub use membership::{AddedReplica, Transferred};
