@@ -244,10 +244,274 @@ async fn tokens_with_roles_allow_and_refuse_calls() {
     tc.cluster.kill_worker("w1").unwrap();
 }
 
-/// A tokens file that is missing or has a bad line stops the replica at start, with one line
+/// Issue 14 item 4: a completion, failure, checkpoint or heartbeat is accepted only from the
+/// session the worker registered with, made with the token it registered with. Knowing the
+/// worker's id and the attempt (both visible through `GetTask`) is not enough, and each refusal
+/// changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cannot_be_impersonated_even_knowing_the_attempt() {
+    use flotilla_client::WorkerEvent;
+    use flotilla_core::{Capacity, WorkerSpec};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let admin = new_token(&file, "ops", "admin", "");
+    let submit = new_token(&file, "ci", "submit", "");
+    let runner_a = new_token(&file, "runner-a", "worker", "");
+    let runner_b = new_token(&file, "runner-b", "worker", "");
+    let options = ReplicaOptions {
+        extra_args: vec!["--tokens-file".into(), file.display().to_string()],
+        client_token: Some(admin.clone()),
+        ..ReplicaOptions::for_tests()
+    };
+    let tc = TestCluster::start_with(3, options).await;
+    let addrs = tc.cluster.addrs();
+    let as_ = |token: &str| {
+        Client::with_config(
+            addrs.clone(),
+            ClientConfig {
+                token: Some(token.to_string()),
+                call_timeout: Duration::from_secs(20),
+                ..ClientConfig::default()
+            },
+        )
+        .unwrap()
+    };
+    let (ci, a, b) = (as_(&submit), as_(&runner_a), as_(&runner_b));
+
+    let task = ci.submit(vec![spec_in("default", "t1")]).await.unwrap()[0];
+    let session = "7f3c9b1e-the-worker-process-secret".to_string();
+    let spec = WorkerSpec {
+        id: "wa".into(),
+        session: session.clone(),
+        capacity: Capacity {
+            slots: 1,
+            cpu_millis: 1000,
+            mem_mb: 1024,
+        },
+        labels: Default::default(),
+        queues: vec![],
+    };
+    let mut stream = a.register_worker(&spec).await.expect("register wa");
+    let attempt = match tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .expect("an assignment within 20 s")
+        .unwrap()
+    {
+        Some(WorkerEvent::Assign(x)) if x.task_id == task => x.attempt,
+        other => panic!("expected the assignment of {task}, got {other:?}"),
+    };
+    let t = tc.client().get(task).await.unwrap();
+    assert_eq!(
+        (t.state, t.attempts, t.worker.as_deref()),
+        (TaskState::Running, attempt, Some("wa"))
+    );
+
+    let refused = |what: &str, r: Result<(), ClientError>, want: &str| {
+        let (c, m) = code(r.expect_err(what));
+        assert_eq!(c, Code::PermissionDenied, "{what}: {m}");
+        assert!(m.contains(want), "{what}: {m}");
+    };
+    // A submit token with the worker's id, its session and the right attempt: wrong role.
+    refused(
+        "submit token",
+        ci.complete_task("wa", &session, task, attempt, b"forged".to_vec())
+            .await,
+        "\"ci\" has role submit",
+    );
+    // Another worker's token, even with the right session: bound to the registering token.
+    let another = "registered with another token";
+    refused(
+        "complete, runner-b",
+        b.complete_task("wa", &session, task, attempt, b"forged".to_vec())
+            .await,
+        another,
+    );
+    refused(
+        "fail, runner-b",
+        b.fail_task("wa", &session, task, attempt, "forged".into(), false)
+            .await,
+        another,
+    );
+    refused(
+        "checkpoint, runner-b",
+        b.checkpoint("wa", &session, task, attempt, 900, b"forged".to_vec())
+            .await,
+        another,
+    );
+    refused(
+        "heartbeat, runner-b",
+        b.heartbeat("wa", &session, &[]).await.map(|_| ()),
+        another,
+    );
+    refused(
+        "register as wa, runner-b",
+        b.register_worker(&spec).await.map(|_| ()),
+        another,
+    );
+    // The right token with a guessed session: bound to the session.
+    refused(
+        "complete, guessed session",
+        a.complete_task("wa", "guess", task, attempt, b"forged".to_vec())
+            .await,
+        "session",
+    );
+    // The session is never shown.
+    let listed = tc.client().list_workers().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].spec.id, "wa");
+    assert_eq!(listed[0].spec.session, "", "ListWorkers hides the session");
+
+    // None of that changed the task.
+    let t = tc.client().get(task).await.unwrap();
+    assert_eq!(
+        (
+            t.state,
+            t.attempts,
+            t.worker.as_deref(),
+            t.result.as_deref()
+        ),
+        (TaskState::Running, attempt, Some("wa"), None)
+    );
+    assert!(t.checkpoint.is_none(), "{t:?}");
+
+    // The worker itself: a stale attempt is still fenced, the current one is accepted.
+    let (c, m) = code(
+        a.complete_task("wa", &session, task, attempt + 1, b"x".to_vec())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(c, Code::FailedPrecondition, "{m}");
+    a.complete_task("wa", &session, task, attempt, b"ok".to_vec())
+        .await
+        .expect("the worker's own completion");
+    let t = tc.client().get(task).await.unwrap();
+    assert_eq!(
+        (t.state, t.result.as_deref()),
+        (TaskState::Succeeded, Some(&b"ok"[..]))
+    );
+}
+
+/// Issue 14 item 2: with `--peer-secret-file`, replicas form a cluster and replicate (their own
+/// peer calls carry the secret), while a peer call without it or with another one is refused
+/// with UNAUTHENTICATED before its message is decoded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_calls_need_the_cluster_secret() {
+    use flotilla_proto::raftpb::{raft_client::RaftClient, HelloRequest, RaftMessage};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("peer-secret");
+    let make = || {
+        Command::new(bin())
+            .args(["token", "peer-secret"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let out = make();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(secret.len() >= 32, "{secret}");
+    // A second run leaves the existing secret alone: one line, non-zero exit.
+    let out = make();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), secret);
+
+    let options = ReplicaOptions {
+        extra_args: vec!["--peer-secret-file".into(), file.display().to_string()],
+        ..ReplicaOptions::for_tests()
+    };
+    let mut tc = TestCluster::start_with(3, options).await;
+    let leader = tc.leader().await;
+    let ids = tc
+        .client()
+        .submit(
+            (0..20)
+                .map(|i| spec_in("default", &format!("p{i}")))
+                .collect(),
+        )
+        .await
+        .expect("replicated with the secret");
+    assert_eq!(ids.len(), 20);
+
+    for id in [leader, leader % 3 + 1] {
+        let addr = tc.cluster.addr(id).to_string();
+        let mut peer = RaftClient::connect(format!("http://{addr}")).await.unwrap();
+        let with = |secret: Option<&str>, msg: RaftMessage| {
+            let mut r = tonic::Request::new(msg);
+            if let Some(s) = secret {
+                r.metadata_mut()
+                    .insert("x-flotilla-peer", s.parse().unwrap());
+            }
+            r
+        };
+        let garbage = RaftMessage {
+            cluster: tc.cluster.cluster_name().to_string(),
+            data: vec![0xff; 64],
+            ..Default::default()
+        };
+        for (who, secret) in [
+            ("none", None),
+            ("another", Some("peer_not-this-clusters-secret-at-all")),
+        ] {
+            let refused = peer
+                .vote(with(secret, garbage.clone()))
+                .await
+                .expect_err("a vote without the secret");
+            assert_eq!(
+                refused.code(),
+                tonic::Code::Unauthenticated,
+                "{who}: {refused:?}"
+            );
+            assert!(refused.message().contains("secret"), "{refused:?}");
+            let refused = peer
+                .append_entries(with(secret, garbage.clone()))
+                .await
+                .expect_err("an append without the secret");
+            assert_eq!(
+                refused.code(),
+                tonic::Code::Unauthenticated,
+                "{who}: {refused:?}"
+            );
+        }
+        let mut hello = tonic::Request::new(HelloRequest {
+            cluster: tc.cluster.cluster_name().to_string(),
+        });
+        let refused = peer
+            .hello(hello)
+            .await
+            .expect_err("hello without the secret");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        // With the secret the call gets through to decoding (which refuses the garbage).
+        let decoded = peer
+            .vote(with(Some(&secret), garbage.clone()))
+            .await
+            .expect_err("garbage data");
+        assert_eq!(decoded.code(), tonic::Code::InvalidArgument, "{decoded:?}");
+        hello = tonic::Request::new(HelloRequest {
+            cluster: tc.cluster.cluster_name().to_string(),
+        });
+        hello
+            .metadata_mut()
+            .insert("x-flotilla-peer", secret.parse().unwrap());
+        let me = peer.hello(hello).await.expect("hello with the secret");
+        assert_eq!(me.into_inner().node_id, id);
+    }
+    // Nothing refused disturbed the cluster: the same leader, every task there.
+    assert_eq!(tc.leader().await, leader);
+    assert_eq!(all_tasks(&tc.client()).await.len(), 20);
+}
+
+/// A tokens file (or peer secret file) that is missing or bad stops the replica at start, with one line
 /// naming the file (and the line), before its data dir is created.
 #[test]
-fn a_missing_or_bad_tokens_file_stops_the_replica_at_start() {
+fn a_missing_or_bad_tokens_or_peer_secret_file_stops_the_replica_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("tokens");
     std::fs::write(&bad, "ops admin sha256:00\n").unwrap();
@@ -262,25 +526,43 @@ fn a_missing_or_bad_tokens_file_stops_the_replica_at_start() {
         ),
     ] {
         let data = dir.path().join("data");
-        let out = Command::new(bin())
-            .args([
-                "server",
-                "--id",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(&data)
-            .args(["--peers", "1=127.0.0.1:1", "--tokens-file"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
-        assert_eq!(lines.len(), 1, "{err}");
-        assert!(lines[0].contains(&want), "{err}");
-        assert!(!data.exists(), "nothing was opened");
+        starts(&data, "--tokens-file", &file, &want);
     }
+    // So does a peer secret file with a secret too short.
+    let short = dir.path().join("peer-secret");
+    std::fs::write(&short, "hunter2\n").unwrap();
+    starts(
+        &dir.path().join("data"),
+        "--peer-secret-file",
+        &short,
+        &format!(
+            "peer secret file {}: the secret must be 32 to 256",
+            short.display()
+        ),
+    );
+}
+
+/// Starts a replica with `flag file` and checks it stops at start with one error line holding
+/// `want`, before its data dir is created.
+fn starts(data: &Path, flag: &str, file: &Path, want: &str) {
+    let out = Command::new(bin())
+        .args([
+            "server",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(["--peers", "1=127.0.0.1:1", flag])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains(want), "{err}");
+    assert!(!data.exists(), "nothing was opened");
 }

@@ -11,42 +11,7 @@ use std::time::Duration;
 use flotilla_cli::local_cluster::ReplicaOptions;
 use flotilla_client::TaskSpec;
 use flotilla_proto::pb::{self, flotilla_client::FlotillaClient};
-use support::{all_tasks, eventually, TestCluster};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GET `path` from `addr` over HTTP/1.1: (status code, body).
-async fn get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::other("no answer in 10 s"))??;
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
-    let code = head
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
-    Ok((code, body.to_string()))
-}
-
-/// The value of the sample `series` (name with its labels, as rendered) in `text`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
-}
+use support::{all_tasks, eventually, get, sample, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_tell_the_truth() {

@@ -163,16 +163,18 @@ async fn workers_stale_completion_is_refused_and_dependencies_and_cancel_work() 
     );
     assert_eq!(lines(&log), vec!["a", "b"]);
 
-    // A completion with a stale attempt (or from the wrong worker) changes nothing.
+    // A completion from outside the worker's session (its secret) changes nothing, even
+    // with auth off; the attempt fence for the worker's own stale reports is in `auth.rs`.
     let err = client
-        .complete_task("w", a, 7, b"forged".to_vec())
+        .complete_task("w", "not-its-session", a, 1, b"forged".to_vec())
         .await
         .unwrap_err();
     assert_eq!(
         err.code(),
-        Some(flotilla_client::Code::FailedPrecondition),
+        Some(flotilla_client::Code::PermissionDenied),
         "{err}"
     );
+    assert!(err.to_string().contains("session"), "{err}");
     let t = client.get(a).await.unwrap();
     assert_eq!((t.state, t.attempts), (TaskState::Succeeded, 1));
     assert!(String::from_utf8_lossy(t.result.as_deref().unwrap()).contains("exit_code"));

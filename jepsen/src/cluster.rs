@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     /// Replicas planned (ports, proxy, data dir) beyond `nodes` but not members: the
     /// membership nemesis adds them as fresh replicas.
     pub spares: usize,
+    /// Tokens and peer secret (`--auth`).
+    pub auth: Option<crate::auth::Auth>,
 }
 
 struct Proc {
@@ -243,6 +245,12 @@ impl Cluster {
         if let Some(bug) = &self.opts.sut_bug {
             cmd.env("FLOTILLA_PLANTED_BUG", bug);
         }
+        if let Some(auth) = &self.opts.auth {
+            cmd.arg("--tokens-file")
+                .arg(&auth.tokens_file)
+                .arg("--peer-secret-file")
+                .arg(&auth.peer_secret_file);
+        }
         let child = cmd.spawn()?;
         self.net.register_pid(child.id(), Endpoint::Node(id));
         self.replicas.insert(
@@ -347,6 +355,10 @@ impl Cluster {
             "--cluster".to_string(),
             self.addrs().join(","),
         ];
+        if let Some(auth) = &self.opts.auth {
+            args.push("--token-file".into());
+            args.push(auth.worker_token_file.display().to_string());
+        }
         args.extend(extra);
         self.worker_args = args;
     }
@@ -406,6 +418,7 @@ impl Cluster {
     /// A client of the public (proxied) addresses.
     pub fn client(&self, call_timeout: Duration) -> Client {
         let config = ClientConfig {
+            token: crate::auth::client_token(),
             request_timeout: Duration::from_secs(1).min(call_timeout),
             call_timeout,
             ..ClientConfig::default()

@@ -12,6 +12,7 @@
 //!
 //! Exit status of `test` and `check`: 0 valid, 1 invalid, 2 unknown (3: the harness failed).
 
+mod auth;
 mod binaries;
 mod checker;
 mod cluster;
@@ -107,6 +108,10 @@ struct TestArgs {
     heartbeat_ms: u64,
     #[arg(long, default_value_t = 600)]
     election_timeout_ms: u64,
+    /// Run with tokens and a peer secret: clients send an admin token, workers a worker token,
+    /// replicas accept peers only with the cluster secret.
+    #[arg(long)]
+    auth: bool,
 }
 
 fn verdict_line(r: &Results, dir: &std::path::Path) -> String {
@@ -162,6 +167,7 @@ async fn test(a: TestArgs) -> anyhow::Result<(Results, PathBuf)> {
             seed: a.seed,
             sut_bug: a.sut_bug.clone(),
             leader_bound_ms: 15_000,
+            auth: a.auth,
         },
         bin,
         jepsen_bin: std::env::current_exe()?,

@@ -538,6 +538,7 @@ fn membership_client(c: &Cluster) -> anyhow::Result<Client> {
     Ok(Client::with_config(
         c.addrs(),
         ClientConfig {
+            token: crate::auth::client_token(),
             request_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
             ..ClientConfig::default()

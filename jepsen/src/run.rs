@@ -85,6 +85,11 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
                 .then_some(300),
             // A replica to add fresh (membership nemesis).
             spares: usize::from(faults.contains(&"member-add-fresh")),
+            auth: if p.auth {
+                Some(crate::auth::setup(&cfg.bin, &cfg.out.join("auth"))?)
+            } else {
+                None
+            },
         },
         &cfg.out.join("cluster"),
     )
@@ -138,6 +143,7 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
         let cl = Client::with_config(
             addrs.clone(),
             ClientConfig {
+                token: crate::auth::client_token(),
                 request_timeout: Duration::from_secs(1),
                 call_timeout: Duration::from_secs(5),
                 ..ClientConfig::default()
@@ -309,6 +315,7 @@ async fn drain(cl: &Client, rec: &Recorder, deadline: Duration) -> bool {
 /// reads every replica's whole task table from that replica alone and hashes it.
 async fn dump_replicas(addrs: &[String]) -> Vec<ReplicaDump> {
     let cfg = ClientConfig {
+        token: crate::auth::client_token(),
         request_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(4),
         ..ClientConfig::default()

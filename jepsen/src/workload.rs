@@ -188,6 +188,7 @@ pub async fn monitor(addrs: Vec<String>, rec: Recorder, stop: Arc<AtomicBool>) {
     let Ok(cl) = Client::with_config(
         addrs.clone(),
         flotilla_client::ClientConfig {
+            token: crate::auth::client_token(),
             request_timeout: Duration::from_millis(300),
             ..Default::default()
         },

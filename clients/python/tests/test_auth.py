@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 import flotilla
+from flotilla._proto import flotilla_pb2 as pb
 from cluster import LocalCluster, flotilla_bin
 
 
@@ -29,6 +30,8 @@ def secured(tmp_path):
         "admin": new_token(tokens, "ops", "admin"),
         "read": new_token(tokens, "viewer", "read"),
         "submit": new_token(tokens, "ci", "submit", "py-builds"),
+        "runner-a": new_token(tokens, "runner-a", "worker"),
+        "runner-b": new_token(tokens, "runner-b", "worker"),
     }
     (tmp_path / "cluster").mkdir()
     c = LocalCluster(tmp_path / "cluster", extra_args=["--tokens-file", str(tokens)], token=made["admin"])
@@ -68,3 +71,48 @@ def test_calls_need_a_token_whose_role_allows_them(secured, monkeypatch):
         ids = [s.id for s in ci.submit_batch([spec("py-builds", "s1")])]
     with flotilla.Client(cluster.addrs, call_timeout=10, token=tokens["admin"]) as admin:
         assert [t.id for t in admin.list().tasks] == ids
+
+
+def test_a_worker_cannot_be_impersonated_even_knowing_the_attempt(secured):
+    """Reports are bound to the session the worker registered with and to its token."""
+    cluster, tokens = secured
+    addrs = cluster.addrs
+    with flotilla.Client(addrs, call_timeout=10, token=tokens["admin"]) as admin, flotilla.Client(
+        addrs, call_timeout=10, token=tokens["runner-a"]
+    ) as a, flotilla.Client(addrs, call_timeout=10, token=tokens["runner-b"]) as b, flotilla.Client(
+        addrs, call_timeout=10, token=tokens["submit"]
+    ) as ci:
+        task_id = ci.submit(spec("py-builds", "imp-1"))
+        session = "py-the-worker-process-secret"
+        worker = pb.WorkerSpec(id="wa", session=session, slots=1, cpu_millis=1000, mem_mb=1024)
+        stream, _ = a.register_worker(worker)
+        try:
+            event = next(iter(stream))
+            assert event.assignment.task_id == task_id, event
+            attempt = event.assignment.attempt
+            t = admin.get(task_id)
+            assert (t.state, t.attempts, t.worker) == (flotilla.TaskState.RUNNING, attempt, "wa")
+
+            with pytest.raises(flotilla.PermissionDeniedError) as e:
+                ci.complete_task("wa", session, task_id, attempt, b"forged")
+            assert "has role submit" in e.value.message
+            for call in (
+                lambda: b.complete_task("wa", session, task_id, attempt, b"forged"),
+                lambda: b.fail_task("wa", session, task_id, attempt, "forged", False),
+                lambda: b.checkpoint("wa", session, task_id, attempt, 900, b"forged"),
+            ):
+                with pytest.raises(flotilla.PermissionDeniedError) as e:
+                    call()
+                assert "registered with another token" in e.value.message
+            with pytest.raises(flotilla.PermissionDeniedError) as e:
+                a.complete_task("wa", "guess", task_id, attempt, b"forged")
+            assert "session" in e.value.message
+            assert [w.id for w in admin.list_workers()] == ["wa"]
+
+            t = admin.get(task_id)
+            assert (t.state, t.attempts, t.result) == (flotilla.TaskState.RUNNING, attempt, None)
+            a.complete_task("wa", session, task_id, attempt, b"ok")
+            t = admin.get(task_id)
+            assert (t.state, t.result) == (flotilla.TaskState.SUCCEEDED, b"ok")
+        finally:
+            stream.cancel()

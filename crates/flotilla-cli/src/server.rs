@@ -84,6 +84,11 @@ pub struct ServerArgs {
     /// refused with an error naming the limit.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// Bytes of request messages received but not yet whole, at most, on this replica (each
+    /// connection may hold up to two of the largest requests of it); a request past it is
+    /// refused with RESOURCE_EXHAUSTED, and a message that stops arriving for 10 s is dropped.
+    #[arg(long, default_value_t = flotilla_server::default_max_request_bytes_in_flight())]
+    max_request_bytes_in_flight: usize,
     /// Serve Prometheus /metrics, /healthz and /readyz over HTTP on this address (HOST:PORT)
     /// [default: off].
     #[arg(long)]
@@ -92,6 +97,10 @@ pub struct ServerArgs {
     /// token whose role allows them [default: off — every call is allowed].
     #[arg(long, value_name = "FILE")]
     tokens_file: Option<std::path::PathBuf>,
+    /// Cluster secret file (`flotilla token peer-secret` writes one; every replica gets the
+    /// same): peer (Raft) calls then need the secret [default: off — any caller is accepted].
+    #[arg(long, value_name = "FILE")]
+    peer_secret_file: Option<std::path::PathBuf>,
     /// Log lines as `text` or `json` (one object per line), on stderr.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     log_format: crate::LogFormat,
@@ -153,8 +162,10 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     config.max_pending_per_queue = args.max_pending_per_queue;
     config.check_invariants = args.check_invariants;
     config.max_connections = args.max_connections;
+    config.max_request_bytes_in_flight = args.max_request_bytes_in_flight;
     config.http_listen = args.http_listen.clone();
     config.tokens_file = args.tokens_file.clone();
+    config.peer_secret_file = args.peer_secret_file.clone();
     config
         .validate()
         .map_err(|p| anyhow::anyhow!("invalid configuration: {}", p.join("; ")))?;

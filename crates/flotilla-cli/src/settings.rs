@@ -233,12 +233,13 @@ mod tests {
     const TEMPLATE: &str = include_str!("../../../deploy/flotilla.toml");
 
     /// Settings in the template that are off by default; its values for them are examples.
-    const OFF_BY_DEFAULT: [&str; 5] = [
+    const OFF_BY_DEFAULT: [&str; 6] = [
         "join",
         "max-pending",
         "max-pending-per-queue",
         "http-listen",
         "tokens-file",
+        "peer-secret-file",
     ];
 
     fn argv(args: &[&str]) -> Vec<OsString> {

@@ -1,4 +1,5 @@
 //! `flotilla token new`: makes a token, appends its hashed line to a tokens file, prints it once.
+//! `flotilla token peer-secret FILE`: writes a new cluster secret for `--peer-secret-file`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -6,7 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use std::os::unix::fs::OpenOptionsExt;
+
 use flotilla_server::auth::{new_token, token_line, Role, Tokens};
+use flotilla_server::peer_auth::new_secret;
 
 #[derive(Subcommand)]
 pub enum TokenCmd {
@@ -25,6 +29,12 @@ pub enum TokenCmd {
         /// Queues a submit token may submit to and cancel in (comma-separated) [default: any].
         #[arg(long, value_delimiter = ',')]
         queues: Vec<String>,
+    },
+    /// Write a new random cluster secret to FILE (readable by its owner only; an existing
+    /// file is left alone): give every replica the same file with --peer-secret-file.
+    PeerSecret {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -66,12 +76,23 @@ pub fn run(cmd: TokenCmd) -> Result<ExitCode> {
             outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
+        TokenCmd::PeerSecret { file } => {
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("{}", file.display()))?;
+            writeln!(out, "{}", new_secret())
+                .and_then(|()| out.sync_all())
+                .with_context(|| format!("{}", file.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 /// Opens `path` for appending, creating it readable by its owner only.
 fn open_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)

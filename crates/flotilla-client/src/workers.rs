@@ -162,10 +162,13 @@ impl Client {
             .collect())
     }
 
-    /// Reports an attempt's success. Rejected with FAILED_PRECONDITION when stale.
+    /// Reports an attempt's success, from the worker's own `session` (the one it registered
+    /// with). Refused with FAILED_PRECONDITION when the attempt is stale, and with
+    /// PERMISSION_DENIED from another session or, with tokens on, another token.
     pub async fn complete_task(
         &self,
         worker_id: &str,
+        session: &str,
         task_id: TaskId,
         attempt: u32,
         result: Vec<u8>,
@@ -175,6 +178,7 @@ impl Client {
             task_id: task_id.0,
             attempt,
             result,
+            session: session.into(),
         };
         self.call_raw("complete", Duration::ZERO, |ch| {
             let req = req.clone();
@@ -184,9 +188,11 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Reports an attempt's failure; refused as [`Client::complete_task`] is.
     pub async fn fail_task(
         &self,
         worker_id: &str,
+        session: &str,
         task_id: TaskId,
         attempt: u32,
         error: String,
@@ -198,6 +204,7 @@ impl Client {
             attempt,
             error,
             retryable,
+            session: session.into(),
         };
         self.call_raw("fail", Duration::ZERO, |ch| {
             let req = req.clone();
@@ -207,9 +214,11 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Saves an attempt's checkpoint; refused as [`Client::complete_task`] is.
     pub async fn checkpoint(
         &self,
         worker_id: &str,
+        session: &str,
         task_id: TaskId,
         attempt: u32,
         progress_permille: u32,
@@ -221,6 +230,7 @@ impl Client {
             attempt,
             progress_permille,
             data,
+            session: session.into(),
         };
         self.call_raw("checkpoint", Duration::ZERO, |ch| {
             let req = req.clone();

@@ -370,7 +370,11 @@ impl Flotilla for Api {
                 let used = applied.state.worker_usage(&w.spec.id);
                 let lease = self.dispatcher.lease_view(&w.spec.id);
                 pb::WorkerInfo {
-                    spec: Some(flotilla_proto::worker_spec_to_pb(&w.spec)),
+                    // The session is the worker process's secret (its reports carry it).
+                    spec: Some(pb::WorkerSpec {
+                        session: String::new(),
+                        ..flotilla_proto::worker_spec_to_pb(&w.spec)
+                    }),
                     running: used.slots,
                     used_cpu_millis: used.cpu_millis,
                     used_mem_mb: used.mem_mb,

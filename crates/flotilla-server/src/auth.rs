@@ -4,7 +4,8 @@
 //! service only when it carries `authorization: Bearer <token>` for a token of the file whose
 //! role allows the method; otherwise `UNAUTHENTICATED` (no token, or one the file does not
 //! hold) or `PERMISSION_DENIED` (the role does not allow it). Without a tokens file every call
-//! is allowed. Raft traffic between replicas is not a client call and is not checked here.
+//! is allowed. Raft traffic between replicas is not a client call: the same layer checks it
+//! against the cluster secret instead (see `peer_auth`).
 //!
 //! The file holds one token per line, hashed (SHA-256), never the token itself:
 //!
@@ -28,6 +29,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use sha2::{Digest, Sha256};
+
+use crate::peer_auth::{PeerSecret, HEADER};
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,11 +257,7 @@ pub fn is_loopback(listen: &str) -> bool {
 
 /// A new random token: `flt_` and 64 hex digits (256 bits from the OS).
 pub fn new_token() -> String {
-    use rand::RngCore;
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("flt_{hex}")
+    format!("flt_{}", crate::peer_auth::random_hex())
 }
 
 /// The tokens file line for `token`.
@@ -283,10 +282,16 @@ pub fn token_line(
     Ok(line)
 }
 
-/// A tower layer that checks every client and worker call against [`Tokens`], answering
-/// refused calls itself and handing the [`Principal`] of allowed ones to the handlers.
+const RAFT: &str = "flotilla.raft.v1.Raft";
+
+/// A tower layer that checks every client and worker call against [`Tokens`] and every peer
+/// call against the [`PeerSecret`], answering refused calls itself and handing the
+/// [`Principal`] of allowed client calls to the handlers.
 #[derive(Clone)]
-pub struct Authenticate(pub Option<Arc<Tokens>>);
+pub struct Authenticate {
+    pub tokens: Option<Arc<Tokens>>,
+    pub peers: Option<Arc<PeerSecret>>,
+}
 
 impl<S> tower_layer::Layer<S> for Authenticate {
     type Service = Authenticated<S>;
@@ -294,7 +299,8 @@ impl<S> tower_layer::Layer<S> for Authenticate {
     fn layer(&self, inner: S) -> Authenticated<S> {
         Authenticated {
             inner,
-            tokens: self.0.clone(),
+            tokens: self.tokens.clone(),
+            peers: self.peers.clone(),
         }
     }
 }
@@ -303,6 +309,7 @@ impl<S> tower_layer::Layer<S> for Authenticate {
 pub struct Authenticated<S> {
     inner: S,
     tokens: Option<Arc<Tokens>>,
+    peers: Option<Arc<PeerSecret>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -322,10 +329,22 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path();
+        if path.starts_with(&format!("/{RAFT}/")) {
+            let admitted = self.peers.as_ref().is_none_or(|secret| {
+                secret.admits(request.headers().get(HEADER).map(|v| v.as_bytes()))
+            });
+            if !admitted {
+                let status = tonic::Status::unauthenticated(
+                    "peer call without this cluster's secret (--peer-secret-file)",
+                );
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
+            return Box::pin(self.inner.call(request));
+        }
         let Some(tokens) = &self.tokens else {
             return Box::pin(self.inner.call(request));
         };
-        let path = request.uri().path();
         let client_call =
             path.starts_with(&format!("/{FLOTILLA}/")) || path.starts_with(&format!("/{WORKERS}/"));
         if !client_call {

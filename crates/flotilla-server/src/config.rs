@@ -44,6 +44,10 @@ pub struct ServerConfig {
     pub wait_max_ms: u64,
     /// Largest client API message accepted.
     pub max_request_bytes: usize,
+    /// Bytes of request messages received but not yet whole, at most, on this replica (see
+    /// `inflight`); each connection may hold up to twice `max_request_bytes` of it.
+    #[serde(default = "default_max_request_bytes_in_flight")]
+    pub max_request_bytes_in_flight: usize,
     /// Raft log entries since the last snapshot that trigger a new one.
     pub snapshot_every_entries: u64,
     /// A worker not heard from for this long is expired and its tasks reassigned.
@@ -79,6 +83,15 @@ pub struct ServerConfig {
     /// whose role allows it; without one, calls are not checked.
     #[serde(default)]
     pub tokens_file: Option<PathBuf>,
+    /// The cluster secret file (see `peer_auth`): with one, peer (Raft) calls are accepted
+    /// only with the same secret, and this replica's own carry it.
+    #[serde(default)]
+    pub peer_secret_file: Option<PathBuf>,
+}
+
+/// 256 MiB: four of the largest requests at once.
+pub fn default_max_request_bytes_in_flight() -> usize {
+    256 * 1024 * 1024
 }
 
 /// Seven days, the default retention of finished tasks.
@@ -109,6 +122,7 @@ impl ServerConfig {
             group_commit_linger_ms: 1,
             wait_max_ms: 60_000,
             max_request_bytes: 64 * 1024 * 1024,
+            max_request_bytes_in_flight: default_max_request_bytes_in_flight(),
             snapshot_every_entries: 20_000,
             worker_lease_ttl_ms: 10_000,
             placement: "binpack".into(),
@@ -122,6 +136,7 @@ impl ServerConfig {
             max_connections: 4096,
             http_listen: None,
             tokens_file: None,
+            peer_secret_file: None,
         }
     }
 
@@ -229,6 +244,12 @@ impl ServerConfig {
         }
         if self.retention_ms == 0 {
             problems.push("retention_ms must be at least 1".into());
+        }
+        if self.max_request_bytes_in_flight < self.max_request_bytes {
+            problems.push(format!(
+                "max_request_bytes_in_flight ({}) must be at least max_request_bytes ({})",
+                self.max_request_bytes_in_flight, self.max_request_bytes
+            ));
         }
         if self.key_retention_ms < self.retention_ms {
             problems.push(format!(

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{info, warn};
 
+use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::leadership::{self, is_leader, now_ms};
 use crate::planted::PlantedBug;
@@ -67,6 +68,9 @@ struct Leases {
     unreported: BTreeMap<String, BTreeMap<TaskId, u32>>,
     /// Workers whose heartbeats say they drain: assigned nothing more.
     draining: BTreeSet<String>,
+    /// With tokens on: the token (its name) each worker registered with on this leader. Its
+    /// reports must be made with the same token.
+    owners: BTreeMap<String, String>,
 }
 
 pub struct Dispatcher {
@@ -133,13 +137,28 @@ impl Dispatcher {
             .count()
     }
 
-    /// Registers a worker and opens its assignment stream.
+    /// Registers a worker and opens its assignment stream. `caller` is the token it registers
+    /// with (None when auth is off); its reports are bound to that token and to `spec.session`.
     pub async fn connect(
         &self,
         spec: WorkerSpec,
+        caller: Option<&Principal>,
     ) -> Result<mpsc::Receiver<Result<pb::WorkerEvent, Status>>, ApiError> {
         self.ensure_leader()?;
         spec.validate()?;
+        if let Some(p) = caller {
+            if self
+                .leases()
+                .owners
+                .get(&spec.id)
+                .is_some_and(|o| *o != p.name)
+            {
+                return Err(ApiError::PermissionDenied(format!(
+                    "worker {:?} is registered with another token",
+                    spec.id
+                )));
+            }
+        }
         match self
             .proposer
             .propose(Command::RegisterWorker {
@@ -171,6 +190,9 @@ impl Dispatcher {
         let mut l = self.leases();
         l.heard.insert(spec.id.clone(), Instant::now());
         l.draining.remove(&spec.id);
+        if let Some(p) = caller {
+            l.owners.insert(spec.id.clone(), p.name.clone());
+        }
         l.streams.insert(
             spec.id.clone(),
             Stream {
@@ -181,6 +203,42 @@ impl Dispatcher {
         drop(l);
         self.wake.notify_one();
         Ok(rx)
+    }
+
+    /// Whether a report about `worker` (a completion, failure, checkpoint, heartbeat or leave)
+    /// may come from this caller. It must carry the session the worker registered with — a
+    /// secret of the worker process, never shown by the API — and, with tokens on, be made with
+    /// the token the worker registered with on this leader. A worker the state does not know
+    /// passes: nothing runs on it, so the attempt fence in `apply` refuses whatever it reports.
+    ///
+    /// Refusals are PERMISSION_DENIED, except for a registered worker that has not (yet)
+    /// registered with this leader while tokens are on: UNAVAILABLE, retried until it has (a
+    /// worker re-registers with a new leader within a fraction of a second).
+    pub fn check_reporter(
+        &self,
+        worker: &str,
+        session: &str,
+        caller: Option<&Principal>,
+    ) -> Result<(), ApiError> {
+        let registered = match self.state.read().state.worker(worker) {
+            None => return Ok(()),
+            Some(w) => w.spec.session == session,
+        };
+        if !registered {
+            return Err(ApiError::PermissionDenied(format!(
+                "session: not the session worker {worker:?} registered with"
+            )));
+        }
+        let Some(p) = caller else { return Ok(()) };
+        match self.leases().owners.get(worker) {
+            Some(owner) if *owner == p.name => Ok(()),
+            Some(_) => Err(ApiError::PermissionDenied(format!(
+                "worker {worker:?} is registered with another token"
+            ))),
+            None => Err(ApiError::Unavailable(format!(
+                "worker {worker:?} has not registered with this leader yet"
+            ))),
+        }
     }
 
     /// Renews a lease; returns the reported attempts the worker must stop.
@@ -195,8 +253,10 @@ impl Dispatcher {
         session: &str,
         running: &[(TaskId, u32)],
         draining: bool,
+        caller: Option<&Principal>,
     ) -> Result<Vec<(TaskId, u32)>, ApiError> {
         self.ensure_leader()?;
+        self.check_owner(worker, caller)?;
         let (cancel, unreported) = {
             let applied = self.state.read();
             match applied.state.worker(worker) {
@@ -251,8 +311,14 @@ impl Dispatcher {
 
     /// A drained worker leaves: its registration ends and whatever the state says it still
     /// runs goes back to pending at once (one committed `ExpireWorker`, as for a lost lease).
-    pub async fn leave(&self, worker: &str, session: &str) -> Result<(), ApiError> {
+    pub async fn leave(
+        &self,
+        worker: &str,
+        session: &str,
+        caller: Option<&Principal>,
+    ) -> Result<(), ApiError> {
         self.ensure_leader()?;
+        self.check_owner(worker, caller)?;
         let registered = {
             let applied = self.state.read();
             applied
@@ -282,9 +348,22 @@ impl Dispatcher {
         l.streams.remove(worker);
         l.unreported.remove(worker);
         l.draining.remove(worker);
+        l.owners.remove(worker);
         drop(l);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// With tokens on, a heartbeat or leave for a worker registered with another token on this
+    /// leader is refused. (The session itself is checked by the caller against the state.)
+    fn check_owner(&self, worker: &str, caller: Option<&Principal>) -> Result<(), ApiError> {
+        let Some(p) = caller else { return Ok(()) };
+        match self.leases().owners.get(worker) {
+            Some(owner) if *owner != p.name => Err(ApiError::PermissionDenied(format!(
+                "worker {worker:?} is registered with another token"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The loop; returns when `shutdown` is cancelled.
@@ -357,6 +436,7 @@ impl Dispatcher {
                 l.heard.remove(&worker_id);
                 l.streams.remove(&worker_id);
                 l.unreported.remove(&worker_id);
+                l.owners.remove(&worker_id);
             }
         }
 

@@ -32,6 +32,7 @@ pub struct Observed {
     pub contact: Contact,
     pub dispatcher: Arc<Dispatcher>,
     pub bounds: ReadyBounds,
+    pub requests: Arc<crate::inflight::Budget>,
 }
 
 /// Serves until `shutdown`.
@@ -55,6 +56,7 @@ async fn metrics(State(o): State<Arc<Observed>>) -> impl IntoResponse {
         state: &o.state,
         store: &o.store,
         workers_connected: o.dispatcher.connected_workers(),
+        request_bytes_in_flight: o.requests.held(),
         now_ms: now_ms(),
     });
     (

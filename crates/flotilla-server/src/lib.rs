@@ -25,12 +25,14 @@ mod error;
 mod fatal;
 mod health;
 mod http;
+mod inflight;
 mod leader_watch;
 mod leadership;
 mod listener;
 mod membership;
 mod network;
 mod node;
+pub mod peer_auth;
 pub mod planted;
 pub mod proposer;
 mod raft_service;
@@ -38,7 +40,7 @@ mod rejections;
 mod telemetry;
 mod worker_service;
 
-pub use config::{parse_peers, ServerConfig};
+pub use config::{default_max_request_bytes_in_flight, parse_peers, ServerConfig};
 pub use error::ServerError;
 pub use node::{start, Handover, RunningNode};
 

@@ -27,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_proto::raftpb::{self, raft_client::RaftClient};
+
+use crate::peer_auth::{stamped, PeerSecret};
 use flotilla_store::Node;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
@@ -47,6 +49,8 @@ pub struct Me {
     pub cluster_name: String,
     /// The incarnation of this replica's data dir.
     pub incarnation: String,
+    /// The cluster secret this replica's peer calls carry (see `peer_auth`).
+    pub peer_secret: Option<PeerSecret>,
 }
 
 /// How long a Hello may take (connect included).
@@ -175,16 +179,19 @@ pub(crate) async fn hello(raft: &Raft, me: &Me) -> Result<raftpb::HelloReply, St
 }
 
 /// Asks the replica at `addr` who it is.
-pub(crate) async fn hello_at(addr: &str, cluster: &str) -> Result<raftpb::HelloReply, String> {
+pub(crate) async fn hello_at(addr: &str, me: &Me) -> Result<raftpb::HelloReply, String> {
     let call = async {
         let endpoint = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("not an address: {e}"))?
             .connect_timeout(HELLO_TIMEOUT);
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         RaftClient::new(channel)
-            .hello(raftpb::HelloRequest {
-                cluster: cluster.to_string(),
-            })
+            .hello(stamped(
+                me.peer_secret.as_ref(),
+                raftpb::HelloRequest {
+                    cluster: me.cluster_name.clone(),
+                },
+            ))
             .await
             .map(|r| r.into_inner())
             .map_err(|s| s.message().to_string())
@@ -201,7 +208,7 @@ pub(crate) async fn should_bootstrap(me: &Me, peers: &BTreeMap<u64, String>) -> 
         if *id == me.node_id {
             continue;
         }
-        if let Ok(reply) = hello_at(addr, &me.cluster_name).await {
+        if let Ok(reply) = hello_at(addr, me).await {
             if reply.cluster == me.cluster_name && reply.initialized {
                 info!(
                     peer = id,
@@ -387,7 +394,7 @@ impl Membership {
                 format!("{addr} is already the address of replica {other}"),
             ));
         }
-        let reply = hello_at(addr, &self.me.cluster_name)
+        let reply = hello_at(addr, &self.me)
             .await
             .map_err(|e| invalid("addr", format!("cannot reach a replica at {addr}: {e}")))?;
         if reply.cluster != self.me.cluster_name {
@@ -527,7 +534,7 @@ impl Membership {
                 if *v == self.me.node_id {
                     reachable += 1;
                 } else if let Some(n) = membership.get_node(v) {
-                    if hello_at(&n.addr, &self.me.cluster_name)
+                    if hello_at(&n.addr, &self.me)
                         .await
                         .is_ok_and(|r| r.node_id == *v)
                     {
@@ -663,7 +670,7 @@ impl Membership {
                 .await
                 .map_err(|e| e.to_string())?;
             RaftClient::new(channel)
-                .elect_now(request)
+                .elect_now(stamped(self.me.peer_secret.as_ref(), request))
                 .await
                 .map_err(|s| s.message().to_string())
         };
@@ -831,7 +838,7 @@ pub(crate) async fn watch(
                 .collect();
         }
         for (_, addr) in ask {
-            let Ok(reply) = hello_at(&addr, &me.cluster_name).await else {
+            let Ok(reply) = hello_at(&addr, &me).await else {
                 continue;
             };
             if reply.cluster != me.cluster_name || reply.membership_index <= own_index {
@@ -863,7 +870,7 @@ async fn pin_members(raft: &Raft, me: &Me, m: &Metrics) {
         let incarnation = if *id == me.node_id {
             me.incarnation.clone()
         } else {
-            match hello_at(&node.addr, &me.cluster_name).await {
+            match hello_at(&node.addr, me).await {
                 Ok(r) if r.cluster == me.cluster_name && r.node_id == *id => r.incarnation,
                 Ok(r) => {
                     warn!(
@@ -915,6 +922,7 @@ mod tests {
             node_id: 3,
             cluster_name: "c".into(),
             incarnation: "new".into(),
+            peer_secret: None,
         };
         let pinned = |inc: &str| {
             let inc = inc.to_string();

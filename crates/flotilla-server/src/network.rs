@@ -18,6 +18,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::Channel;
 
+use crate::peer_auth::{stamped, PeerSecret};
+
 /// Largest peer message, in either direction.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
@@ -42,6 +44,8 @@ pub struct Network {
     /// This replica's id and data-dir incarnation, carried in every message (see `membership`).
     pub node_id: NodeId,
     pub incarnation: String,
+    /// The cluster secret every peer call carries (see `peer_auth`).
+    pub peer_secret: Option<PeerSecret>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -68,6 +72,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             from_id: self.node_id,
             from_incarnation: self.incarnation.clone(),
             refusal_logged: false,
+            peer_secret: self.peer_secret.clone(),
             client,
         }
     }
@@ -83,6 +88,7 @@ pub struct Connection {
     from_incarnation: String,
     /// Whether an incarnation refusal by the target was logged already (once per connection).
     refusal_logged: bool,
+    peer_secret: Option<PeerSecret>,
     /// Err when the peer's address cannot form a URI; every RPC then reports it unreachable.
     client: Result<RaftClient<Channel>, String>,
 }
@@ -142,6 +148,7 @@ impl Connection {
             from_id: self.from_id,
             from_incarnation: self.from_incarnation.clone(),
         };
+        let msg = stamped(self.peer_secret.as_ref(), msg);
         let ttl = option.hard_ttl();
         let fut = async {
             match &rpc {
@@ -164,7 +171,11 @@ impl Connection {
                 }))
             }
             Ok(Err(status)) => {
-                if status.code() == tonic::Code::FailedPrecondition && !self.refusal_logged {
+                let refused = matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated
+                );
+                if refused && !self.refusal_logged {
                     self.refusal_logged = true;
                     tracing::warn!(
                         target_id = self.target,

@@ -130,6 +130,18 @@ pub async fn start(
         )),
         None => None,
     };
+    let peer_secret = match &config.peer_secret_file {
+        Some(path) => Some(crate::peer_auth::PeerSecret::load(path).map_err(ServerError::Config)?),
+        None => None,
+    };
+    match &peer_secret {
+        Some(_) => tracing::info!("peer calls need this cluster's secret"),
+        None if !crate::auth::is_loopback(&config.listen_addr) => tracing::warn!(
+            addr = %config.listen_addr,
+            "listening beyond loopback without a peer secret: anyone who reaches this port may send Raft messages (give --peer-secret-file)"
+        ),
+        None => {}
+    }
     match &tokens {
         Some(t) => tracing::info!(tokens = t.len(), "client and worker calls need a token"),
         None if !crate::auth::is_loopback(&config.listen_addr) => tracing::warn!(
@@ -139,6 +151,10 @@ pub async fn start(
         None => {}
     }
 
+    let requests = crate::inflight::Budget::new(
+        config.max_request_bytes_in_flight,
+        config.max_request_bytes.saturating_mul(2),
+    );
     let fatal = Fatal::new(shutdown.clone());
     let fd_limit = listener::raise_fd_limit();
     let dir = config.data_dir.clone();
@@ -157,6 +173,7 @@ pub async fn start(
         node_id: config.node_id,
         cluster_name: config.cluster_name.clone(),
         incarnation: opened.incarnation.clone(),
+        peer_secret: peer_secret.clone(),
     };
     opened
         .state_machine
@@ -192,6 +209,7 @@ pub async fn start(
         cluster_name: config.cluster_name.clone(),
         node_id: config.node_id,
         incarnation: me.incarnation.clone(),
+        peer_secret: peer_secret.clone(),
     };
     let raft = Raft::new(
         config.node_id,
@@ -311,6 +329,7 @@ pub async fn start(
             fatal: fatal.clone(),
             contact: contact.clone(),
             dispatcher: dispatcher.clone(),
+            requests: requests.clone(),
             bounds: crate::health::ReadyBounds {
                 // Two leases: a follower that heard nothing for that long is cut off (an
                 // election would have replaced a dead leader by then).
@@ -338,7 +357,11 @@ pub async fn start(
     tokio::spawn(fatal.clone().watch_raft(raft.clone()));
     let router = tonic::transport::Server::builder()
         .layer(crate::rejections::CountRejections(telemetry.clone()))
-        .layer(crate::auth::Authenticate(tokens))
+        .layer(crate::auth::Authenticate {
+            tokens,
+            peers: peer_secret.map(Arc::new),
+        })
+        .layer(crate::inflight::BoundRequests(requests))
         .tcp_nodelay(true)
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)

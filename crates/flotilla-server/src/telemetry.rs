@@ -172,6 +172,7 @@ impl Telemetry {
             gauge!("flotilla_workers_registered").set(st.workers().count() as f64);
         }
         gauge!("flotilla_workers_connected").set(s.workers_connected as f64);
+        gauge!("flotilla_request_bytes_in_flight").set(s.request_bytes_in_flight as f64);
 
         let stats = &s.store.stats;
         timed("flotilla_wal_fsync", &stats.fsyncs);
@@ -194,6 +195,8 @@ pub struct Scrape<'a> {
     pub store: &'a StoreProbe,
     /// Workers with an open assignment stream to this replica (the leader).
     pub workers_connected: usize,
+    /// Bytes of unfinished request messages held (see `inflight`).
+    pub request_bytes_in_flight: usize,
     /// Wall-clock now, for the age of the oldest pending task.
     pub now_ms: u64,
 }

@@ -1,5 +1,10 @@
 //! The worker protocol service (`flotilla.v1.Workers`): registration and the assignment stream
 //! (through the [`Dispatcher`]), heartbeats, and fenced completions, failures and checkpoints.
+//!
+//! Every report is checked twice: at this edge it must come from the worker's own session (and,
+//! with tokens on, its own token: [`Dispatcher::check_reporter`]) — so no one else can complete,
+//! fail or checkpoint a worker's task even knowing the attempt — and in `apply` the attempt
+//! fence refuses a stale attempt.
 
 use std::sync::Arc;
 
@@ -10,6 +15,7 @@ use flotilla_store::SharedState;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Principal;
 use crate::dispatch::Dispatcher;
 use crate::error::ApiError;
 use crate::leadership::now_ms;
@@ -56,11 +62,15 @@ impl Workers for WorkerService {
         &self,
         request: Request<pb::ConnectRequest>,
     ) -> Result<Response<Self::RegisterStream>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let spec = request
             .into_inner()
             .worker
             .ok_or_else(|| Status::invalid_argument("invalid worker: missing"))?;
-        let rx = self.dispatcher.connect(worker_spec_from_pb(spec)).await?;
+        let rx = self
+            .dispatcher
+            .connect(worker_spec_from_pb(spec), caller.as_ref())
+            .await?;
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -68,15 +78,20 @@ impl Workers for WorkerService {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let req = request.into_inner();
         let running: Vec<(TaskId, u32)> = req
             .running
             .iter()
             .map(|r| (TaskId(r.task_id), r.attempt))
             .collect();
-        let cancel =
-            self.dispatcher
-                .heartbeat(&req.worker_id, &req.session, &running, req.draining)?;
+        let cancel = self.dispatcher.heartbeat(
+            &req.worker_id,
+            &req.session,
+            &running,
+            req.draining,
+            caller.as_ref(),
+        )?;
         Ok(Response::new(pb::HeartbeatResponse {
             cancel: cancel
                 .into_iter()
@@ -92,7 +107,10 @@ impl Workers for WorkerService {
         &self,
         request: Request<pb::CompleteTaskRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let mut req = request.into_inner();
+        self.dispatcher
+            .check_reporter(&req.worker_id, &req.session, caller.as_ref())?;
         let task_id = TaskId(req.task_id);
         self.forge_current(task_id, &mut req.worker_id, &mut req.attempt);
         self.fenced(Command::Complete {
@@ -109,7 +127,10 @@ impl Workers for WorkerService {
         &self,
         request: Request<pb::FailTaskRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let req = request.into_inner();
+        self.dispatcher
+            .check_reporter(&req.worker_id, &req.session, caller.as_ref())?;
         self.fenced(Command::Fail {
             now_ms: now_ms(),
             task_id: TaskId(req.task_id),
@@ -125,7 +146,10 @@ impl Workers for WorkerService {
         &self,
         request: Request<pb::CheckpointRequest>,
     ) -> Result<Response<pb::Ack>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let req = request.into_inner();
+        self.dispatcher
+            .check_reporter(&req.worker_id, &req.session, caller.as_ref())?;
         self.fenced(Command::SaveCheckpoint {
             now_ms: now_ms(),
             task_id: TaskId(req.task_id),
@@ -138,8 +162,11 @@ impl Workers for WorkerService {
     }
 
     async fn leave(&self, request: Request<pb::LeaveRequest>) -> Result<Response<pb::Ack>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
         let req = request.into_inner();
-        self.dispatcher.leave(&req.worker_id, &req.session).await?;
+        self.dispatcher
+            .leave(&req.worker_id, &req.session, caller.as_ref())
+            .await?;
         Ok(Response::new(pb::Ack {}))
     }
 }

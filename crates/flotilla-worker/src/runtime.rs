@@ -57,6 +57,8 @@ pub struct TaskContext {
     pub worker_id: String,
     /// Cancelled when the task is cancelled, reassigned or timed out: stop promptly.
     pub cancel: CancellationToken,
+    /// The worker process's session: its reports carry it (see `check_reporter` on the leader).
+    session: String,
     client: Client,
 }
 
@@ -70,6 +72,7 @@ impl TaskContext {
         self.client
             .checkpoint(
                 &self.worker_id,
+                &self.session,
                 self.task_id,
                 self.attempt,
                 progress_permille,
@@ -441,6 +444,7 @@ fn start_attempt(shared: &Shared, a: Assignment) {
         timeout: a.timeout,
         worker_id: shared.worker_id.clone(),
         cancel: cancel.clone(),
+        session: shared.session.clone(),
         client: shared.client.clone(),
     };
     let s = shared.clone();
@@ -484,12 +488,19 @@ async fn report(s: &Shared, task_id: TaskId, attempt: u32, outcome: &Outcome) {
         let sent = match outcome {
             Outcome::Success(result) => {
                 s.client
-                    .complete_task(&s.worker_id, task_id, attempt, result.clone())
+                    .complete_task(&s.worker_id, &s.session, task_id, attempt, result.clone())
                     .await
             }
             Outcome::Failure { error, retryable } => {
                 s.client
-                    .fail_task(&s.worker_id, task_id, attempt, error.clone(), *retryable)
+                    .fail_task(
+                        &s.worker_id,
+                        &s.session,
+                        task_id,
+                        attempt,
+                        error.clone(),
+                        *retryable,
+                    )
                     .await
             }
         };

@@ -64,6 +64,9 @@ pub struct RunParams {
     pub sut_bug: Option<String>,
     /// Longest acceptable time from the final heal to an elected leader.
     pub leader_bound_ms: u64,
+    /// Whether replicas ran with tokens and a peer secret (`--auth`).
+    #[serde(default)]
+    pub auth: bool,
 }
 
 /// One replica as the final dump saw it (stale reads of that replica only).
@@ -392,6 +395,7 @@ pub(crate) mod fixture {
             seed: 1,
             sut_bug: None,
             leader_bound_ms: 10_000,
+            auth: false,
         }
     }
 

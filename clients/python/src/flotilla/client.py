@@ -510,21 +510,25 @@ class Client:
     def complete_task(
         self,
         worker_id: str,
+        session: str,
         task_id: int,
         attempt: int,
         result: bytes,
         *,
         abort: Optional[threading.Event] = None,
     ) -> None:
-        """Reports an attempt's success; FailedPreconditionError when the attempt is stale."""
+        """Reports an attempt's success from the worker's own ``session`` (the one it registered
+        with); FailedPreconditionError when the attempt is stale, PermissionDeniedError from
+        another session or (with tokens on) another token than the worker registered with."""
         request = pb.CompleteTaskRequest(
-            worker_id=worker_id, task_id=task_id, attempt=attempt, result=result
+            worker_id=worker_id, session=session, task_id=task_id, attempt=attempt, result=result
         )
         self._workers("complete", "CompleteTask", request, abort=abort)
 
     def fail_task(
         self,
         worker_id: str,
+        session: str,
         task_id: int,
         attempt: int,
         error: str,
@@ -533,18 +537,31 @@ class Client:
         abort: Optional[threading.Event] = None,
     ) -> None:
         """Reports an attempt's failure; the task runs again if ``retryable`` and attempts
-        remain. FailedPreconditionError when the attempt is stale."""
+        remain. Refused as :meth:`complete_task` is."""
         request = pb.FailTaskRequest(
-            worker_id=worker_id, task_id=task_id, attempt=attempt, error=error, retryable=retryable
+            worker_id=worker_id,
+            session=session,
+            task_id=task_id,
+            attempt=attempt,
+            error=error,
+            retryable=retryable,
         )
         self._workers("fail", "FailTask", request, abort=abort)
 
     def checkpoint(
-        self, worker_id: str, task_id: int, attempt: int, progress_permille: int, data: bytes
+        self,
+        worker_id: str,
+        session: str,
+        task_id: int,
+        attempt: int,
+        progress_permille: int,
+        data: bytes,
     ) -> None:
-        """Saves progress for a later attempt, fenced by ``attempt``."""
+        """Saves progress for a later attempt, fenced by ``attempt``; refused as
+        :meth:`complete_task` is."""
         request = pb.CheckpointRequest(
             worker_id=worker_id,
+            session=session,
             task_id=task_id,
             attempt=attempt,
             progress_permille=progress_permille,

@@ -85,12 +85,16 @@ class TaskContext:
     #: Set when the attempt must stop: cancelled, reassigned, timed out, worker stopping.
     cancelled: threading.Event = field(default_factory=threading.Event)
     _client: Optional[Client] = field(default=None, repr=False)
+    #: The worker process's session, which its reports carry (a secret of the process).
+    _session: str = field(default="", repr=False)
 
     def save_checkpoint(self, progress_permille: int, data: bytes = b"") -> None:
         """Saves progress (0..=1000) and data for a later attempt of this task, fenced by this
         attempt: FailedPreconditionError once the attempt is no longer current."""
         assert self._client is not None
-        self._client.checkpoint(self.worker_id, self.task_id, self.attempt, progress_permille, data)
+        self._client.checkpoint(
+            self.worker_id, self._session, self.task_id, self.attempt, progress_permille, data
+        )
 
 
 Handler = Callable[[TaskContext], Union[bytes, str, None]]
@@ -329,6 +333,7 @@ class Worker:
             timeout=a.timeout_ms / 1000 if a.timeout_ms else None,
             worker_id=self.id,
             _client=self.client,
+            _session=self.session,
         )
         with self._lock:
             if self._stopping.is_set():
@@ -410,13 +415,13 @@ class Worker:
                 if failure is None:
                     assert success is not None
                     self.client.complete_task(
-                        self.id, ctx.task_id, ctx.attempt, success, abort=self._abandon
+                        self.id, self.session, ctx.task_id, ctx.attempt, success, abort=self._abandon
                     )
                     kind = "completed"
                 else:
                     message, retryable = failure
                     self.client.fail_task(
-                        self.id, ctx.task_id, ctx.attempt, _truncate_utf8(message, MAX_ERROR_BYTES), retryable,
+                        self.id, self.session, ctx.task_id, ctx.attempt, _truncate_utf8(message, MAX_ERROR_BYTES), retryable,
                         abort=self._abandon,
                     )
                     kind = "failed"
