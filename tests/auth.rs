@@ -392,6 +392,111 @@ async fn a_worker_cannot_be_impersonated_even_knowing_the_attempt() {
     );
 }
 
+/// SIGHUP re-reads the tokens file: a token added after start is accepted, a removed one is
+/// refused, and a broken file leaves the tokens in force (saying why in the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_file_is_reloaded_on_sighup() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tokens");
+    let admin = new_token(&file, "ops", "admin", "");
+    let options = ReplicaOptions {
+        extra_args: vec!["--tokens-file".into(), file.display().to_string()],
+        client_token: Some(admin.clone()),
+        ..ReplicaOptions::for_tests()
+    };
+    let tc = TestCluster::start_with(3, options).await;
+    let ids = tc.cluster.ids();
+    let hangup = || {
+        for id in &ids {
+            let pid = tc.cluster.pid(*id).expect("running") as i32;
+            kill(Pid::from_raw(pid), Signal::SIGHUP).expect("SIGHUP");
+        }
+    };
+    // Each replica on its own: every one must have reloaded.
+    let status_everywhere = |token: String| {
+        let addrs = tc.cluster.addrs();
+        async move {
+            let mut codes = Vec::new();
+            for a in addrs {
+                let c = Client::with_config(
+                    vec![a],
+                    ClientConfig {
+                        token: Some(token.clone()),
+                        call_timeout: Duration::from_secs(5),
+                        ..ClientConfig::default()
+                    },
+                )
+                .unwrap();
+                codes.push(match c.cluster_status().await {
+                    Ok(_) => Code::Ok,
+                    Err(e) => code(e).0,
+                });
+            }
+            codes
+        }
+    };
+
+    let late = new_token(&file, "late", "read", "");
+    assert_eq!(
+        status_everywhere(late.clone()).await,
+        vec![Code::Unauthenticated; 3],
+        "a token added after start is unknown until SIGHUP"
+    );
+    hangup();
+    support::eventually(
+        "every replica to accept the new token",
+        Duration::from_secs(10),
+        || {
+            let s = status_everywhere(late.clone());
+            async move { (s.await == vec![Code::Ok; 3]).then_some(()) }
+        },
+    )
+    .await;
+
+    // A broken file: the tokens in force stay, and each replica says why.
+    let good = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{good}late admin sha256:00\n")).unwrap();
+    hangup();
+    for id in &ids {
+        let log = tc.cluster.log_path(*id);
+        support::eventually(
+            "the refused reload in the log",
+            Duration::from_secs(10),
+            || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                async move { text.contains("was not reloaded").then_some(()) }
+            },
+        )
+        .await;
+    }
+    assert_eq!(status_everywhere(late.clone()).await, vec![Code::Ok; 3]);
+
+    // Removing the line revokes the token.
+    let without: String = good
+        .lines()
+        .filter(|l| !l.starts_with("late "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&file, without).unwrap();
+    hangup();
+    support::eventually(
+        "every replica to refuse the removed token",
+        Duration::from_secs(10),
+        || {
+            let s = status_everywhere(late.clone());
+            async move { (s.await == vec![Code::Unauthenticated; 3]).then_some(()) }
+        },
+    )
+    .await;
+    tc.client()
+        .cluster_status()
+        .await
+        .expect("the admin token still works");
+}
+
 /// Issue 14 item 2: with `--peer-secret-file`, replicas form a cluster and replicate (their own
 /// peer calls carry the secret), while a peer call without it or with another one is refused
 /// with UNAUTHENTICATED before its message is decoded.

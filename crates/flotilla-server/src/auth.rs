@@ -245,6 +245,66 @@ impl Tokens {
     }
 }
 
+/// The tokens file a replica was started with. SIGHUP re-reads it: a file that parses replaces
+/// the tokens at once (calls in flight keep the ones they were checked with); a broken one is
+/// reported in the log and the tokens in force stay.
+#[derive(Debug)]
+pub struct TokensFile {
+    path: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<Tokens>>,
+}
+
+impl TokensFile {
+    pub fn load(path: &Path) -> Result<Arc<TokensFile>, String> {
+        Ok(Arc::new(TokensFile {
+            path: path.to_path_buf(),
+            current: std::sync::RwLock::new(Arc::new(Tokens::load(path)?)),
+        }))
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> Arc<Tokens> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the file; returns how many tokens are now in force, or why the old ones stay.
+    pub fn reload(&self) -> Result<usize, String> {
+        let tokens = Tokens::load(&self.path)?;
+        let n = tokens.len();
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
+        Ok(n)
+    }
+
+    /// Reloads on every SIGHUP until `shutdown`.
+    pub async fn reload_on_hangup(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGHUP: the tokens file is read only at start");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            match self.reload() {
+                Ok(n) => {
+                    tracing::info!(tokens = n, file = %self.path.display(), "SIGHUP: tokens file reloaded")
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP: the tokens file was not reloaded, the tokens in force stay: {e}"
+                ),
+            }
+        }
+    }
+}
+
 /// Whether `listen` (HOST:PORT) is reachable only from this machine.
 pub fn is_loopback(listen: &str) -> bool {
     let host = listen.rsplit_once(':').map_or(listen, |(h, _)| h);
@@ -289,7 +349,7 @@ const RAFT: &str = "flotilla.raft.v1.Raft";
 /// [`Principal`] of allowed client calls to the handlers.
 #[derive(Clone)]
 pub struct Authenticate {
-    pub tokens: Option<Arc<Tokens>>,
+    pub tokens: Option<Arc<TokensFile>>,
     pub peers: Option<Arc<PeerSecret>>,
 }
 
@@ -308,7 +368,7 @@ impl<S> tower_layer::Layer<S> for Authenticate {
 #[derive(Clone)]
 pub struct Authenticated<S> {
     inner: S,
-    tokens: Option<Arc<Tokens>>,
+    tokens: Option<Arc<TokensFile>>,
     peers: Option<Arc<PeerSecret>>,
 }
 
@@ -342,9 +402,10 @@ where
             }
             return Box::pin(self.inner.call(request));
         }
-        let Some(tokens) = &self.tokens else {
+        let Some(file) = &self.tokens else {
             return Box::pin(self.inner.call(request));
         };
+        let tokens = file.current();
         let client_call =
             path.starts_with(&format!("/{FLOTILLA}/")) || path.starts_with(&format!("/{WORKERS}/"));
         if !client_call {

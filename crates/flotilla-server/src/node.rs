@@ -125,9 +125,7 @@ pub async fn start(
         .validate()
         .map_err(|problems| ServerError::Config(problems.join("; ")))?;
     let tokens = match &config.tokens_file {
-        Some(path) => Some(Arc::new(
-            crate::auth::Tokens::load(path).map_err(ServerError::Config)?,
-        )),
+        Some(path) => Some(crate::auth::TokensFile::load(path).map_err(ServerError::Config)?),
         None => None,
     };
     let peer_secret = match &config.peer_secret_file {
@@ -143,7 +141,13 @@ pub async fn start(
         None => {}
     }
     match &tokens {
-        Some(t) => tracing::info!(tokens = t.len(), "client and worker calls need a token"),
+        Some(t) => {
+            tracing::info!(
+                tokens = t.current().len(),
+                "client and worker calls need a token (SIGHUP reloads the tokens file)"
+            );
+            tokio::spawn(t.clone().reload_on_hangup(shutdown.clone()));
+        }
         None if !crate::auth::is_loopback(&config.listen_addr) => tracing::warn!(
             addr = %config.listen_addr,
             "listening beyond loopback without auth: anyone who reaches this port may submit, cancel, read every task and act as a worker (give --tokens-file)"
