@@ -50,7 +50,7 @@ run 0 membership    --nemesis membership,kill-one   --time-limit 60 --seed 11 --
 run 0 workers       --nemesis worker-kill,worker-pause,kill --time-limit 45 --seed 7 --workers 3
 # Tokens and a peer secret on: clients with an admin token, workers bound to their session and
 # token (reports to a new leader before the worker re-registered there are retried).
-run 0 auth          --nemesis kill,worker-kill      --time-limit 30 --seed 12 --workers 3 --auth
+run 0 auth          --nemesis kill,worker-kill      --time-limit 30 --seed 12 --workers 3 --auth --tls
 # Planted bugs: short runs with the nemesis that exposes each.
 run 1 bug-ack-before-commit --caught-by lost --nemesis kill-leader --time-limit 20 --seed 5 --sut-bug ack-before-commit
 run 1 bug-no-idempotency    --caught-by doubled --nemesis none        --time-limit 15 --seed 6 --sut-bug no-idempotency

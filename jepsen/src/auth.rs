@@ -6,6 +6,11 @@
 //! `--tokens-file` and `--peer-secret-file`. The checkers are the same: a run with auth must be
 //! as valid as one without, which exercises the token layer, the workers' binding to their
 //! session and token across leader changes, and the peer secret under every fault.
+//!
+//! `--tls`: `flotilla cert ca` makes a CA for the run and `flotilla cert issue --peer` a replica
+//! certificate; replicas get `--tls-cert/--tls-key/--tls-client-ca`, every client and worker
+//! `--ca` (checking the name `localhost`, which the certificate carries, whatever proxy address
+//! it dials). Peers then authenticate each other by certificate, through the proxies.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +28,67 @@ pub struct Auth {
 }
 
 static CLIENT_TOKEN: OnceLock<String> = OnceLock::new();
+static CLIENT_TLS: OnceLock<flotilla_client::ClientTls> = OnceLock::new();
+
+/// The TLS files of a run with `--tls`.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The TLS the suite's clients use (None: plain TCP).
+pub fn client_tls() -> Option<flotilla_client::ClientTls> {
+    CLIENT_TLS.get().cloned()
+}
+
+/// The name clients expect in the replicas' certificate.
+pub const SERVER_NAME: &str = "localhost";
+
+/// Makes the run's CA and replica certificate under `dir` with `bin`; every client the suite
+/// makes then uses TLS.
+pub fn setup_tls(bin: &Path, dir: &Path) -> Result<Tls> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new(bin)
+            .arg("cert")
+            .args(args)
+            .output()
+            .with_context(|| format!("run flotilla cert {}", args.join(" ")))?;
+        if !out.status.success() {
+            bail!(
+                "flotilla cert {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    };
+    let d = dir.to_str().context("the output dir is not UTF-8")?;
+    run(&["ca", "--out", d])?;
+    run(&[
+        "issue",
+        "--ca-dir",
+        d,
+        "--name",
+        "replica",
+        "--peer",
+        "--host",
+        SERVER_NAME,
+        "--host",
+        "127.0.0.1",
+    ])?;
+    let tls = Tls {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("replica.pem"),
+        key: dir.join("replica.key"),
+    };
+    let client = flotilla_client::tls_from_files(&tls.ca, None, None, Some(SERVER_NAME))?;
+    if CLIENT_TLS.set(client).is_err() {
+        bail!("tls was set up twice in one process");
+    }
+    Ok(tls)
+}
 
 /// The token the suite's clients send (None: a run without auth).
 pub fn client_token() -> Option<String> {

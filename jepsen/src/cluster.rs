@@ -42,6 +42,8 @@ pub struct ClusterOptions {
     pub spares: usize,
     /// Tokens and peer secret (`--auth`).
     pub auth: Option<crate::auth::Auth>,
+    /// Certificates (`--tls`).
+    pub tls: Option<crate::auth::Tls>,
 }
 
 struct Proc {
@@ -251,6 +253,14 @@ impl Cluster {
                 .arg("--peer-secret-file")
                 .arg(&auth.peer_secret_file);
         }
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--tls-cert")
+                .arg(&tls.cert)
+                .arg("--tls-key")
+                .arg(&tls.key)
+                .arg("--tls-client-ca")
+                .arg(&tls.ca);
+        }
         let child = cmd.spawn()?;
         self.net.register_pid(child.id(), Endpoint::Node(id));
         self.replicas.insert(
@@ -359,6 +369,12 @@ impl Cluster {
             args.push("--token-file".into());
             args.push(auth.worker_token_file.display().to_string());
         }
+        if let Some(tls) = &self.opts.tls {
+            args.push("--ca".into());
+            args.push(tls.ca.display().to_string());
+            args.push("--tls-server-name".into());
+            args.push(crate::auth::SERVER_NAME.into());
+        }
         args.extend(extra);
         self.worker_args = args;
     }
@@ -419,6 +435,7 @@ impl Cluster {
     pub fn client(&self, call_timeout: Duration) -> Client {
         let config = ClientConfig {
             token: crate::auth::client_token(),
+            tls: crate::auth::client_tls(),
             request_timeout: Duration::from_secs(1).min(call_timeout),
             call_timeout,
             ..ClientConfig::default()

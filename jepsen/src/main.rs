@@ -112,6 +112,10 @@ struct TestArgs {
     /// replicas accept peers only with the cluster secret.
     #[arg(long)]
     auth: bool,
+    /// Run with TLS: a CA made for the run, replicas with certificates (peers authenticate
+    /// each other by certificate), clients and workers trusting the CA.
+    #[arg(long)]
+    tls: bool,
 }
 
 fn verdict_line(r: &Results, dir: &std::path::Path) -> String {
@@ -168,6 +172,7 @@ async fn test(a: TestArgs) -> anyhow::Result<(Results, PathBuf)> {
             sut_bug: a.sut_bug.clone(),
             leader_bound_ms: 15_000,
             auth: a.auth,
+            tls: a.tls,
         },
         bin,
         jepsen_bin: std::env::current_exe()?,

@@ -539,6 +539,7 @@ fn membership_client(c: &Cluster) -> anyhow::Result<Client> {
         c.addrs(),
         ClientConfig {
             token: crate::auth::client_token(),
+            tls: crate::auth::client_tls(),
             request_timeout: Duration::from_secs(30),
             call_timeout: Duration::from_secs(60),
             ..ClientConfig::default()

@@ -90,6 +90,11 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
             } else {
                 None
             },
+            tls: if p.tls {
+                Some(crate::auth::setup_tls(&cfg.bin, &cfg.out.join("tls"))?)
+            } else {
+                None
+            },
         },
         &cfg.out.join("cluster"),
     )
@@ -144,6 +149,7 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
             addrs.clone(),
             ClientConfig {
                 token: crate::auth::client_token(),
+                tls: crate::auth::client_tls(),
                 request_timeout: Duration::from_secs(1),
                 call_timeout: Duration::from_secs(5),
                 ..ClientConfig::default()
@@ -316,6 +322,7 @@ async fn drain(cl: &Client, rec: &Recorder, deadline: Duration) -> bool {
 async fn dump_replicas(addrs: &[String]) -> Vec<ReplicaDump> {
     let cfg = ClientConfig {
         token: crate::auth::client_token(),
+        tls: crate::auth::client_tls(),
         request_timeout: Duration::from_secs(2),
         call_timeout: Duration::from_secs(4),
         ..ClientConfig::default()

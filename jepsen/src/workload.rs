@@ -189,6 +189,7 @@ pub async fn monitor(addrs: Vec<String>, rec: Recorder, stop: Arc<AtomicBool>) {
         addrs.clone(),
         flotilla_client::ClientConfig {
             token: crate::auth::client_token(),
+            tls: crate::auth::client_tls(),
             request_timeout: Duration::from_millis(300),
             ..Default::default()
         },

@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
@@ -165,4 +166,36 @@ pub fn sample(text: &str, series: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// `flotilla token new`; returns the token it printed.
+pub fn new_token(file: &Path, name: &str, role: &str, queues: &str) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "token",
+        "new",
+        "--name",
+        name,
+        "--role",
+        role,
+        "--tokens-file",
+    ])
+    .arg(file);
+    if !queues.is_empty() {
+        cmd.args(["--queues", queues]);
+    }
+    let out = cmd.output().expect("run flotilla token new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("flt_"), "{token}");
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(
+        !text.contains(&token),
+        "the file holds only the token's hash"
+    );
+    token
 }

@@ -67,6 +67,7 @@ class LocalCluster:
         name: str = "flotilla-python",
         extra_args: Optional[List[str]] = None,
         token: Optional[str] = None,
+        tls: Optional["flotilla.Tls"] = None,
     ):
         self.bin = flotilla_bin()
         if not os.access(self.bin, os.X_OK):
@@ -78,6 +79,8 @@ class LocalCluster:
         self.extra_args = list(extra_args or [])
         #: The token the cluster's own calls (waiting for a leader) send.
         self.token = token
+        #: The TLS the cluster's own calls use (replicas given --tls-cert).
+        self.tls = tls
         self.peers: Dict[int, str] = {
             i + 1: f"127.0.0.1:{p}" for i, p in enumerate(free_ports(n))
         }
@@ -140,7 +143,7 @@ class LocalCluster:
         """Waits until every running replica names the same leader, which says it leads."""
         deadline = time.monotonic() + timeout
         last = "no replica answered"
-        with flotilla.Client(self.addrs, request_timeout=1.0, token=self.token) as c:
+        with flotilla.Client(self.addrs, request_timeout=1.0, token=self.token, tls=self.tls) as c:
             while time.monotonic() < deadline:
                 views = []
                 for i, p in self.procs.items():

@@ -51,6 +51,9 @@ pub struct E2eBench {
     /// Submits per second of the latency run (default: half the end-to-end rate measured).
     #[arg(long)]
     latency_rate: Option<f64>,
+    /// Start the cluster with TLS (a CA made for the run); with --cluster, give --ca instead.
+    #[arg(long)]
+    tls: bool,
     /// Write the points as a JSON array to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -74,6 +77,9 @@ pub struct SubmitBench {
     /// `Client::submit`) and `stream` (requests pipelined on SubmitStream, `SubmitPipeline`).
     #[arg(long, default_value = "unary,stream", value_delimiter = ',')]
     api: Vec<Api>,
+    /// Start the cluster with TLS (a CA made for the run); with --cluster, give --ca instead.
+    #[arg(long)]
+    tls: bool,
     /// Write the points as a JSON array to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -143,7 +149,7 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
         crate::bench_plot::check_writable(png)?;
     }
     // Keep the cluster (and its temp dir) alive for the whole run.
-    let (client, _own) = target_cluster(ctx).await?;
+    let (client, _own) = target_cluster(ctx, args.tls).await?;
     let mut points = Vec::new();
     for &api in &args.api {
         for &batch in &args.batch {
@@ -288,8 +294,14 @@ async fn run_point(
 
 /// The cluster to measure: --cluster if given, else a fresh 3-replica cluster on loopback
 /// (returned so that it lives as long as the run).
-async fn target_cluster(ctx: &Ctx) -> Result<(Client, Option<(LocalCluster, tempfile::TempDir)>)> {
+async fn target_cluster(
+    ctx: &Ctx,
+    tls: bool,
+) -> Result<(Client, Option<(LocalCluster, tempfile::TempDir)>)> {
     if ctx.cluster_given {
+        if tls {
+            bail!("--tls starts a cluster with TLS; with --cluster, give --ca instead");
+        }
         let client = ctx.client()?;
         // Say so within seconds when no replica answers, not after the client's retries.
         let probes = client
@@ -313,15 +325,22 @@ async fn target_cluster(ctx: &Ctx) -> Result<(Client, Option<(LocalCluster, temp
     }
     let dir = tempfile::tempdir().context("temp dir")?;
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
-    let mut cluster = LocalCluster::new(&bin, 3, dir.path(), ReplicaOptions::default())?;
+    let options = match tls {
+        true => ReplicaOptions::default()
+            .with_tls(&dir.path().join("tls"))
+            .map_err(anyhow::Error::msg)?,
+        false => ReplicaOptions::default(),
+    };
+    let mut cluster = LocalCluster::new(&bin, 3, dir.path(), options)?;
     cluster.start_all()?;
     cluster
         .wait_for_leader(Duration::from_secs(20))
         .await
         .map_err(anyhow::Error::msg)?;
     eprintln!(
-        "started a 3-replica cluster on {}",
-        cluster.addrs().join(",")
+        "started a 3-replica cluster on {}{}",
+        cluster.addrs().join(","),
+        if tls { " with TLS" } else { "" }
     );
     let client = cluster.client();
     Ok((client, Some((cluster, dir))))
@@ -358,7 +377,7 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
             bail!("invalid --latency-rate {r}: must be positive");
         }
     }
-    let (client, _own) = target_cluster(ctx).await?;
+    let (client, _own) = target_cluster(ctx, args.tls).await?;
     // Start times of tasks on workers, to measure dispatch latency.
     let started: Arc<Mutex<HashMap<TaskId, Instant>>> = Arc::default();
     let shutdown = tokio_util::sync::CancellationToken::new();

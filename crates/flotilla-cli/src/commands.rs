@@ -20,6 +20,8 @@ pub struct Ctx {
     /// The token sent with every call (from --token-file, FLOTILLA_TOKEN_FILE or
     /// FLOTILLA_TOKEN), if any.
     pub token: Option<String>,
+    /// TLS to the replicas (from --ca, --client-cert, --client-key), if any.
+    pub tls: Option<flotilla_client::ClientTls>,
 }
 
 impl Ctx {
@@ -32,6 +34,7 @@ impl Ctx {
     pub fn client_with(&self, config: flotilla_client::ClientConfig) -> Result<Client> {
         let config = flotilla_client::ClientConfig {
             token: self.token.clone(),
+            tls: self.tls.clone(),
             ..config
         };
         Client::with_config(self.cluster.split(','), config).context("invalid --cluster")

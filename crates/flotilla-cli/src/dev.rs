@@ -57,7 +57,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     outln!("flotilla dev cluster: 3 replicas on {}", addrs.join(", "));
     outln!("data under {}", args.data_dir.display());
     outln!(
-        "no auth and no TLS: for this machine only (loopback); see docs/operations.md for tokens"
+        "no auth and no TLS: for this machine only (loopback); see docs/operations.md for tokens and TLS"
     );
     if args.http_base_port > 0 {
         outln!(

@@ -35,9 +35,54 @@ pub struct ReplicaOptions {
     pub http: bool,
     /// The token [`LocalCluster::client`] sends (for replicas given `--tokens-file`).
     pub client_token: Option<String>,
+    /// The TLS [`LocalCluster::client`] uses (for replicas given `--tls-cert`).
+    pub client_tls: Option<flotilla_client::ClientTls>,
 }
 
 impl ReplicaOptions {
+    /// These options with TLS: makes a cluster CA and a replica certificate (for 127.0.0.1
+    /// and localhost) under `dir` (`ca.pem`, `ca.key`, `replica.pem`, `replica.key`), starts every
+    /// replica with them and gives [`LocalCluster::client`] the CA.
+    pub fn with_tls(mut self, dir: &Path) -> Result<ReplicaOptions, String> {
+        use flotilla_tls::issue::{issue, new_ca, Spec};
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let year = Duration::from_secs(365 * 86_400);
+        let ca = new_ca("flotilla test CA", year).map_err(|e| e.0)?;
+        let replica = issue(
+            &ca,
+            &Spec {
+                name: "replica".into(),
+                hosts: vec!["127.0.0.1".into(), "localhost".into()],
+                peer: true,
+                valid_for: year,
+            },
+        )
+        .map_err(|e| e.0)?;
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map(|()| path.display().to_string())
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let ca_path = write("ca.pem", &ca.cert)?;
+        write("ca.key", &ca.key)?;
+        let cert = write("replica.pem", &replica.cert)?;
+        let key = write("replica.key", &replica.key)?;
+        self.extra_args.extend([
+            "--tls-cert".into(),
+            cert,
+            "--tls-key".into(),
+            key,
+            "--tls-client-ca".into(),
+            ca_path.clone(),
+        ]);
+        self.client_tls = Some(
+            flotilla_client::tls_from_files(Path::new(&ca_path), None, None, None)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(self)
+    }
+
     /// What the black-box tests run with: invariant checks on.
     pub fn for_tests() -> ReplicaOptions {
         ReplicaOptions {
@@ -413,6 +458,7 @@ impl LocalCluster {
         let config = ClientConfig {
             call_timeout: Duration::from_secs(60),
             token: self.options.client_token.clone(),
+            tls: self.options.client_tls.clone(),
             ..ClientConfig::default()
         };
         Client::with_config(self.addrs(), config).expect("loopback addresses are valid")

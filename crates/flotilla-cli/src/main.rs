@@ -15,6 +15,7 @@ mod bench_failover;
 mod bench_plot;
 mod bench_scale;
 mod bench_steady;
+mod cert;
 mod commands;
 mod dev;
 mod isolate;
@@ -51,6 +52,37 @@ struct Cli {
     /// one) [default: FLOTILLA_TOKEN when set].
     #[arg(long, global = true, env = "FLOTILLA_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// CA certificate (PEM) that signed the replicas' certificates: connect over TLS, trusting
+    /// it (replicas started with --tls-cert need it).
+    #[arg(long, global = true, env = "FLOTILLA_CA", value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present over TLS, with --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "ca"
+    )]
+    client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<std::path::PathBuf>,
+    /// Name to expect in the replicas' certificates [default: the host dialled].
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_TLS_SERVER_NAME",
+        value_name = "NAME",
+        requires = "ca"
+    )]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -94,6 +126,11 @@ enum Cmd {
         #[command(subcommand)]
         command: bench::BenchCmd,
     },
+    /// A cluster CA and certificates for TLS (--tls-cert, --client-cert).
+    Cert {
+        #[command(subcommand)]
+        command: cert::CertCmd,
+    },
     /// Tokens for replicas started with --tokens-file.
     Token {
         #[command(subcommand)]
@@ -133,7 +170,17 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let token = read_token(cli.token_file.as_deref())?;
+        let tls = match &cli.ca {
+            Some(ca) => Some(flotilla_client::tls_from_files(
+                ca,
+                cli.client_cert.as_deref(),
+                cli.client_key.as_deref(),
+                cli.tls_server_name.as_deref(),
+            )?),
+            None => None,
+        };
         let ctx = commands::Ctx {
+            tls,
             cluster_given: cli.cluster.is_some(),
             cluster: cli.cluster.unwrap_or_else(|| DEV_CLUSTER.to_string()),
             json: cli.json,
@@ -153,6 +200,7 @@ fn main() -> ExitCode {
             Cmd::Queue { command } => commands::queue(&ctx, command).await,
             Cmd::Bench { command } => bench::run(&ctx, command).await,
             Cmd::Token { command } => token::run(command),
+            Cmd::Cert { command } => cert::run(command),
         }
     });
     match result {

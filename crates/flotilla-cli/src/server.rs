@@ -101,6 +101,18 @@ pub struct ServerArgs {
     /// same): peer (Raft) calls then need the secret [default: off — any caller is accepted].
     #[arg(long, value_name = "FILE")]
     peer_secret_file: Option<std::path::PathBuf>,
+    /// This replica's TLS certificate (PEM; `flotilla cert issue --peer` makes one): every
+    /// connection is then TLS, and peers authenticate each other by certificate. Needs
+    /// --tls-key and --tls-client-ca; SIGHUP re-reads all three [default: off — plain TCP].
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The TLS certificate's private key (PEM).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// The cluster CA certificate (PEM): it signed every replica's certificate and any client
+    /// certificate this replica accepts.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<std::path::PathBuf>,
     /// Log lines as `text` or `json` (one object per line), on stderr.
     #[arg(long, value_enum, default_value_t = crate::LogFormat::Text)]
     log_format: crate::LogFormat,
@@ -166,6 +178,9 @@ pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     config.http_listen = args.http_listen.clone();
     config.tokens_file = args.tokens_file.clone();
     config.peer_secret_file = args.peer_secret_file.clone();
+    config.tls_cert = args.tls_cert.clone();
+    config.tls_key = args.tls_key.clone();
+    config.tls_client_ca = args.tls_client_ca.clone();
     config
         .validate()
         .map_err(|p| anyhow::anyhow!("invalid configuration: {}", p.join("; ")))?;

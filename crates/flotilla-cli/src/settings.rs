@@ -28,7 +28,12 @@ pub fn expand(
     argv: Vec<OsString>,
     env: &[(String, String)],
 ) -> Result<Vec<OsString>, Vec<String>> {
-    let Some((at, sub, prefix)) = subcommand(&argv) else {
+    let valued_globals: Vec<String> = cli
+        .get_arguments()
+        .filter(|a| a.is_global_set() && a.get_action().takes_values())
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let Some((at, sub, prefix)) = subcommand(&argv, &valued_globals) else {
         return Ok(argv);
     };
     let cmd = cli
@@ -97,16 +102,17 @@ pub fn expand(
 }
 
 /// The subcommand, when it takes settings: the first argument that is not a global option
-/// (`--cluster ADDR`, `--cluster=ADDR`, `--json`). A "server" further on (`flotilla submit --
-/// echo server`) is an argument of another subcommand, never this.
-fn subcommand(argv: &[OsString]) -> Option<(usize, &'static str, &'static str)> {
+/// (`--cluster ADDR`, `--ca=FILE`, `--json`; `valued` lists those that take a value). A
+/// "server" further on (`flotilla submit -- echo server`) is an argument of another
+/// subcommand, never this.
+fn subcommand(argv: &[OsString], valued: &[String]) -> Option<(usize, &'static str, &'static str)> {
     let mut i = 1;
     while let Some(a) = argv.get(i) {
         let a = a.to_str()?;
         match a {
-            "--cluster" => i += 2,
+            _ if valued.iter().any(|v| v == a) => i += 2,
             "--json" => i += 1,
-            _ if a.starts_with("--cluster=") => i += 1,
+            _ if a.starts_with("--") && a.contains('=') => i += 1,
             _ => {
                 return WITH_SETTINGS
                     .iter()
@@ -233,13 +239,16 @@ mod tests {
     const TEMPLATE: &str = include_str!("../../../deploy/flotilla.toml");
 
     /// Settings in the template that are off by default; its values for them are examples.
-    const OFF_BY_DEFAULT: [&str; 6] = [
+    const OFF_BY_DEFAULT: [&str; 9] = [
         "join",
         "max-pending",
         "max-pending-per-queue",
         "http-listen",
         "tokens-file",
         "peer-secret-file",
+        "tls-cert",
+        "tls-key",
+        "tls-client-ca",
     ];
 
     fn argv(args: &[&str]) -> Vec<OsString> {

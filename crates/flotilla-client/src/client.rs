@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
 
-use crate::routing::{unreachable, Routing, PROBE_FRESH, PROBE_TIMEOUT};
+use crate::routing::{describe, unreachable, Routing, PROBE_FRESH, PROBE_TIMEOUT};
 use crate::{ClientError, SubmitPipeline};
 
 /// Largest message the client sends or accepts.
@@ -31,6 +31,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Bearer token sent with every call (replicas started with `--tokens-file` need one).
     pub token: Option<String>,
+    /// TLS to the replicas (those started with `--tls-cert` need it): the CA trusted and an
+    /// optional client certificate. `None`: plain connections.
+    pub tls: Option<flotilla_tls::ClientTls>,
     /// Deadline of a whole call, retries included.
     pub call_timeout: Duration,
     /// Delay before asking all replicas again once every one failed; doubles up to
@@ -47,6 +50,7 @@ impl std::fmt::Debug for ClientConfig {
         f.debug_struct("ClientConfig")
             .field("request_timeout", &self.request_timeout)
             .field("token", &self.token.as_ref().map(|_| "(set)"))
+            .field("tls", &self.tls)
             .field("call_timeout", &self.call_timeout)
             .field("backoff_initial", &self.backoff_initial)
             .field("backoff_max", &self.backoff_max)
@@ -60,6 +64,7 @@ impl Default for ClientConfig {
         ClientConfig {
             request_timeout: Duration::from_secs(5),
             token: None,
+            tls: None,
             call_timeout: Duration::from_secs(30),
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(250),
@@ -255,10 +260,11 @@ impl Client {
                 message: e.to_string(),
             }
         })?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let endpoint = endpoint.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+        let channel = match &self.inner.config.tls {
+            Some(tls) => tls.connector(CONNECT_TIMEOUT).lazy_channel(endpoint),
+            None => endpoint.connect_lazy(),
+        };
         channels.insert(addr.to_string(), channel.clone());
         Ok(InterceptedService::new(channel, self.inner.bearer.clone()))
     }
@@ -512,7 +518,7 @@ impl Client {
                             continue;
                         }
                     };
-                    last_error = format!("{addr}: {}", status.message());
+                    last_error = format!("{addr}: {}", describe(&status));
                     debug!(what, target = %addr, error = %last_error, "attempt failed");
                     if unreachable(&status) {
                         routing.mark_dead(&addr);
@@ -834,7 +840,7 @@ impl Client {
         .map_err(|s| match s.code() {
             // Asking another replica would be refused the same way.
             Code::Unauthenticated | Code::PermissionDenied => ClientError::Rejected(Box::new(s)),
-            _ => ClientError::Unavailable(format!("{addr}: {}", s.message())),
+            _ => ClientError::Unavailable(format!("{addr}: {}", describe(&s))),
         })?
         .into_inner();
         Ok(ClusterStatus {
@@ -904,6 +910,56 @@ pub fn token_from_env() -> Result<Option<String>, ClientError> {
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty()))
 }
+
+/// TLS settings from the environment, as the CLI reads them: `FLOTILLA_CA` (the CA file that
+/// signed the replicas' certificates; TLS is on when it is set), `FLOTILLA_CLIENT_CERT` and
+/// `FLOTILLA_CLIENT_KEY` (an optional client certificate), `FLOTILLA_TLS_SERVER_NAME` (the
+/// name to expect in the replicas' certificates instead of the host dialled). For
+/// [`ClientConfig::tls`].
+pub fn tls_from_env() -> Result<Option<flotilla_tls::ClientTls>, ClientError> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let Some(ca) = var("FLOTILLA_CA") else {
+        if var("FLOTILLA_CLIENT_CERT").is_some() {
+            return Err(ClientError::BadTls(
+                "FLOTILLA_CLIENT_CERT is set without FLOTILLA_CA".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let cert = var("FLOTILLA_CLIENT_CERT");
+    let key = var("FLOTILLA_CLIENT_KEY");
+    let name = std::env::var("FLOTILLA_TLS_SERVER_NAME")
+        .ok()
+        .filter(|v| !v.is_empty());
+    tls_from_files(
+        std::path::Path::new(&ca),
+        cert.as_deref().map(std::path::Path::new),
+        key.as_deref().map(std::path::Path::new),
+        name.as_deref(),
+    )
+    .map(Some)
+}
+
+/// TLS trusting the CA file `ca`, presenting `cert` and `key` when given, and expecting
+/// `server_name` in the replicas' certificates when given.
+pub fn tls_from_files(
+    ca: &std::path::Path,
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    server_name: Option<&str>,
+) -> Result<flotilla_tls::ClientTls, ClientError> {
+    let tls =
+        flotilla_tls::ClientTls::from_files(ca, cert, key).map_err(|e| ClientError::BadTls(e.0))?;
+    match server_name {
+        Some(n) => tls
+            .with_server_name(n)
+            .map_err(|e| ClientError::BadTls(e.0)),
+        None => Ok(tls),
+    }
+}
+
+/// A connect to a replica taking longer fails (and the next replica is tried).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A channel to a replica that adds the caller's token to every request.
 pub(crate) type Conn = InterceptedService<Channel, Bearer>;

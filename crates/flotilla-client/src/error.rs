@@ -10,6 +10,9 @@ pub enum ClientError {
     BadAddress { addr: String, message: String },
     #[error("invalid token: {0}")]
     BadToken(String),
+    /// The TLS files cannot be used (the message names the file and the problem).
+    #[error("invalid tls settings: {0}")]
+    BadTls(String),
     /// The server answered with a final error (invalid argument, not found, ...).
     #[error("{}", .0.message())]
     Rejected(Box<tonic::Status>),

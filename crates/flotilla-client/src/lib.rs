@@ -28,11 +28,12 @@ mod routing;
 mod workers;
 
 pub use client::{
-    token_from_env, token_from_file, Client, ClientConfig, ClusterStatus, Consistency, ListPage,
-    ListQuery, Member,
+    tls_from_env, tls_from_files, token_from_env, token_from_file, Client, ClientConfig,
+    ClusterStatus, Consistency, ListPage, ListQuery, Member,
 };
 pub use error::ClientError;
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
+pub use flotilla_tls::ClientTls;
 pub use membership::{AddedReplica, Transferred};
 pub use pipeline::SubmitPipeline;
 pub use queues::{QueueInfo, QueueList, TaskStatus};

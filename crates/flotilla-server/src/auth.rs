@@ -280,28 +280,11 @@ impl TokensFile {
 
     /// Reloads on every SIGHUP until `shutdown`.
     pub async fn reload_on_hangup(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGHUP: the tokens file is read only at start");
-                return;
-            }
-        };
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                got = hangups.recv() => if got.is_none() { return },
-            }
-            match self.reload() {
-                Ok(n) => {
-                    tracing::info!(tokens = n, file = %self.path.display(), "SIGHUP: tokens file reloaded")
-                }
-                Err(e) => tracing::error!(
-                    "SIGHUP: the tokens file was not reloaded, the tokens in force stay: {e}"
-                ),
-            }
-        }
+        crate::hangup::reload_on_hangup("tokens file", shutdown, move || {
+            self.reload()
+                .map(|n| format!("{n} tokens from {}", self.path.display()))
+        })
+        .await
     }
 }
 
@@ -351,6 +334,8 @@ const RAFT: &str = "flotilla.raft.v1.Raft";
 pub struct Authenticate {
     pub tokens: Option<Arc<TokensFile>>,
     pub peers: Option<Arc<PeerSecret>>,
+    /// TLS is on: a peer call must come over a connection with a replica's certificate.
+    pub mutual_tls: bool,
 }
 
 impl<S> tower_layer::Layer<S> for Authenticate {
@@ -361,6 +346,7 @@ impl<S> tower_layer::Layer<S> for Authenticate {
             inner,
             tokens: self.tokens.clone(),
             peers: self.peers.clone(),
+            mutual_tls: self.mutual_tls,
         }
     }
 }
@@ -370,6 +356,7 @@ pub struct Authenticated<S> {
     inner: S,
     tokens: Option<Arc<TokensFile>>,
     peers: Option<Arc<PeerSecret>>,
+    mutual_tls: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -391,6 +378,18 @@ where
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
         if path.starts_with(&format!("/{RAFT}/")) {
+            let certified = !self.mutual_tls
+                || request
+                    .extensions()
+                    .get::<crate::listener::ConnInfo>()
+                    .is_some_and(|c| c.peer);
+            if !certified {
+                let status = tonic::Status::unauthenticated(format!(
+                    "peer call without a replica certificate (mutual TLS: a client certificate of the cluster CA naming {})",
+                    flotilla_tls::PEER_NAME
+                ));
+                return Box::pin(std::future::ready(Ok(status.into_http())));
+            }
             let admitted = self.peers.as_ref().is_none_or(|secret| {
                 secret.admits(request.headers().get(HEADER).map(|v| v.as_bytes()))
             });

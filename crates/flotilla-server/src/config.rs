@@ -87,6 +87,29 @@ pub struct ServerConfig {
     /// only with the same secret, and this replica's own carry it.
     #[serde(default)]
     pub peer_secret_file: Option<PathBuf>,
+    /// TLS (see `flotilla_tls`): this replica's certificate (PEM), valid for `flotilla-peer`
+    /// and the names clients dial. With `tls_key` and `tls_client_ca`, every connection to and
+    /// from this replica is TLS and peers authenticate each other by certificate.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): signed every replica's certificate and any client certificate
+    /// accepted.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// The TLS files, when TLS is on (all three given).
+    pub fn tls_files(&self) -> Option<flotilla_tls::ReplicaFiles> {
+        Some(flotilla_tls::ReplicaFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone()?,
+        })
+    }
 }
 
 /// 256 MiB: four of the largest requests at once.
@@ -137,6 +160,9 @@ impl ServerConfig {
             http_listen: None,
             tokens_file: None,
             peer_secret_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 
@@ -153,6 +179,12 @@ impl ServerConfig {
         let mut problems = Vec::new();
         if self.node_id == 0 {
             problems.push("node id must be at least 1".to_string());
+        }
+        let tls = [&self.tls_cert, &self.tls_key, &self.tls_client_ca];
+        if tls.iter().any(|f| f.is_some()) && !tls.iter().all(|f| f.is_some()) {
+            problems.push(
+                "tls_cert, tls_key and tls_client_ca go together: give all three or none".into(),
+            );
         }
         if self.group_commit_linger_ms > 1000 {
             problems.push("group_commit_linger_ms must be at most 1000".to_string());
@@ -318,8 +350,10 @@ mod tests {
         c.retention_ms = 1000;
         c.key_retention_ms = 999;
         c.max_pending = Some(0);
+        c.tls_cert = Some("cert.pem".into());
         let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 6, "{problems:?}");
+        assert_eq!(problems.len(), 7, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("go together")));
         assert!(problems
             .iter()
             .any(|p| p.contains("key_retention_ms (999)")));

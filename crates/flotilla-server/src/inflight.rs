@@ -29,7 +29,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-use tonic::transport::server::TcpConnectInfo;
 
 /// A message that receives no byte for this long fails its request.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -197,8 +196,8 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let conn = request
             .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|i| i.remote_addr());
+            .get::<crate::listener::ConnInfo>()
+            .and_then(|i| i.remote);
         let peer = request.uri().path().starts_with("/flotilla.raft.v1.Raft/");
         let budget = (!peer).then(|| self.budget.clone());
         self.inner.call(request.map(|inner| {

@@ -23,6 +23,7 @@ mod damage;
 mod dispatch;
 mod error;
 mod fatal;
+mod hangup;
 mod health;
 mod http;
 mod inflight;

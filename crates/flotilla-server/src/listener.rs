@@ -10,22 +10,28 @@
 //!   after 300 ms), and closed, so the caller sees an error naming the cause instead of a
 //!   hang; refusals are answered 256 at a time, the accept loop
 //!   waiting for one to finish past that.
+//! - With TLS (`--tls-cert`), each accepted connection's handshake runs in a task of its own
+//!   (bounded by the same connection slots, [`HANDSHAKE_TIMEOUT`] at most), so a slow or silent
+//!   client never holds up the accept loop. The connection's [`ConnInfo`] says whether its
+//!   client certificate is a replica's (see `flotilla_tls`).
 //! - [`raise_fd_limit`] raises the soft limit on open files to the hard limit at start, and the
 //!   connection bound is kept well under it (RocksDB and peers need descriptors too).
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use flotilla_tls::{ReplicaTls, ServerTlsStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::{Connected, TcpConnectInfo};
-use tracing::{info, warn};
+use tonic::transport::server::Connected;
+use tracing::{debug, info, warn};
 
 use crate::fatal::Fatal;
 
@@ -35,6 +41,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Refusals being answered at once, at most (each takes up to 100 ms).
 const REFUSALS_IN_FLIGHT: usize = 256;
+/// A TLS handshake not finished by then drops the connection.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Raises the soft limit on open files to the hard limit; returns the soft limit now in force.
 pub fn raise_fd_limit() -> u64 {
@@ -57,19 +65,51 @@ pub fn connection_bound(wanted: usize, fd_limit: u64) -> usize {
     wanted.min(half).max(16)
 }
 
+/// What the services learn of a connection (in each request's extensions).
+#[derive(Debug, Clone, Default)]
+pub struct ConnInfo {
+    /// The caller's address.
+    pub remote: Option<SocketAddr>,
+    /// Over TLS, with a client certificate of the cluster CA that names a replica.
+    pub peer: bool,
+}
+
 /// An accepted connection holding its place under the bound until it closes.
 #[derive(Debug)]
 pub struct Accepted {
-    stream: TcpStream,
+    stream: Stream,
+    info: ConnInfo,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Connected for Accepted {
-    type ConnectInfo = TcpConnectInfo;
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<ServerTlsStream<TcpStream>>),
+}
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+impl Connected for Accepted {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
     }
+}
+
+/// Forwards a call to whichever stream the connection is.
+macro_rules! on_stream {
+    ($self:ident, $s:ident => $call:expr) => {
+        match &mut $self.stream {
+            Stream::Plain($s) => {
+                let $s = Pin::new($s);
+                $call
+            }
+            Stream::Tls($s) => {
+                let $s = Pin::new(&mut **$s);
+                $call
+            }
+        }
+    };
 }
 
 impl AsyncRead for Accepted {
@@ -78,7 +118,7 @@ impl AsyncRead for Accepted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_stream!(self, s => s.poll_read(cx, buf))
     }
 }
 
@@ -88,15 +128,15 @@ impl AsyncWrite for Accepted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_stream!(self, s => s.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_stream!(self, s => s.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_stream!(self, s => s.poll_shutdown(cx))
     }
 
     fn poll_write_vectored(
@@ -104,11 +144,52 @@ impl AsyncWrite for Accepted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        on_stream!(self, s => s.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// Runs the TLS handshake of an accepted connection and hands it on; a failed or slow
+/// handshake drops it (counted in `failed`, logged at powers of two).
+async fn handshake(
+    tls: Arc<ReplicaTls>,
+    stream: TcpStream,
+    remote: Option<SocketAddr>,
+    permit: OwnedSemaphorePermit,
+    tx: mpsc::Sender<Result<Accepted, io::Error>>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let error = match outcome {
+        Ok(Ok(stream)) => {
+            let peer = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .is_some_and(flotilla_tls::is_peer_certificate);
+            let conn = Accepted {
+                stream: Stream::Tls(Box::new(stream)),
+                info: ConnInfo { remote, peer },
+                _permit: permit,
+            };
+            let _ = tx.send(Ok(conn)).await;
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("not finished within {HANDSHAKE_TIMEOUT:?}"),
+    };
+    let n = failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if n.is_power_of_two() {
+        warn!(remote = ?remote, failed = n, error = %error, "tls handshake failed");
+    } else {
+        debug!(remote = ?remote, error = %error, "tls handshake failed");
     }
 }
 
@@ -129,12 +210,14 @@ fn is_connection_error(e: &io::Error) -> bool {
 pub fn incoming(
     listener: TcpListener,
     max_connections: usize,
+    tls: Option<Arc<ReplicaTls>>,
     fatal: Fatal,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<Accepted, io::Error>> {
     let (tx, rx) = mpsc::channel(16);
     let slots = Arc::new(Semaphore::new(max_connections));
     let refusals = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT));
+    let failed_handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio::spawn(async move {
         let mut backoff = BACKOFF_MIN;
         let mut failing_since: Option<Instant> = None;
@@ -146,7 +229,7 @@ pub fn incoming(
                 a = listener.accept() => a,
             };
             match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, remote)) => {
                     if let Some(since) = failing_since.take() {
                         info!(after = ?since.elapsed(), "accepting connections again");
                     }
@@ -154,15 +237,31 @@ pub fn incoming(
                     // Nagle's algorithm would hold small replies back for tens of milliseconds.
                     let _ = stream.set_nodelay(true);
                     match slots.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let conn = Accepted {
-                                stream,
-                                _permit: permit,
-                            };
-                            if tx.send(Ok(conn)).await.is_err() {
-                                return;
+                        Ok(permit) => match &tls {
+                            Some(tls) => {
+                                tokio::spawn(handshake(
+                                    tls.clone(),
+                                    stream,
+                                    Some(remote),
+                                    permit,
+                                    tx.clone(),
+                                    failed_handshakes.clone(),
+                                ));
                             }
-                        }
+                            None => {
+                                let conn = Accepted {
+                                    stream: Stream::Plain(stream),
+                                    info: ConnInfo {
+                                        remote: Some(remote),
+                                        peer: false,
+                                    },
+                                    _permit: permit,
+                                };
+                                if tx.send(Ok(conn)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        },
                         Err(_) => {
                             refused += 1;
                             if refused.is_power_of_two() {
@@ -177,7 +276,24 @@ pub fn incoming(
                             let Ok(permit) = refusals.clone().acquire_owned().await else {
                                 return;
                             };
-                            tokio::spawn(refuse(stream, max_connections, permit));
+                            let tls = tls.as_ref().map(|t| t.acceptor());
+                            tokio::spawn(async move {
+                                match tls {
+                                    None => refuse(stream, max_connections, permit).await,
+                                    // Over TLS the refusal is sent once the handshake is done
+                                    // (a second at most), so the client can read it.
+                                    Some(acceptor) => {
+                                        let accepted = tokio::time::timeout(
+                                            Duration::from_secs(1),
+                                            acceptor.accept(stream),
+                                        )
+                                        .await;
+                                        if let Ok(Ok(stream)) = accepted {
+                                            refuse(stream, max_connections, permit).await;
+                                        }
+                                    }
+                                }
+                            });
                         }
                     }
                 }
@@ -218,7 +334,11 @@ fn refusal_frames(limit: usize) -> Vec<u8> {
     out
 }
 
-async fn refuse(mut stream: TcpStream, limit: usize, _permit: OwnedSemaphorePermit) {
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    limit: usize,
+    _permit: OwnedSemaphorePermit,
+) {
     // Wait (up to 300 ms) for the caller's first request before refusing: an HTTP/2 client
     // that reads the GOAWAY before it has sent its request reports only "connection closed",
     // while a request already in flight fails with the GOAWAY's reason. A caller that sends
@@ -306,7 +426,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let fatal = Fatal::new(shutdown.clone());
-        let mut conns = incoming(listener, 2, fatal.clone(), shutdown.clone());
+        let mut conns = incoming(listener, 2, None, fatal.clone(), shutdown.clone());
         let _a = TcpStream::connect(addr).await.unwrap();
         let first = conns.next().await.unwrap().unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();

@@ -39,6 +39,7 @@ use tracing::{error, info, warn};
 
 use crate::error::ApiError;
 use crate::leadership::{forwarded, leader_hint, now_ms};
+use crate::network::peer_connect;
 use crate::proposer::Proposer;
 use crate::Raft;
 
@@ -51,6 +52,8 @@ pub struct Me {
     pub incarnation: String,
     /// The cluster secret this replica's peer calls carry (see `peer_auth`).
     pub peer_secret: Option<PeerSecret>,
+    /// This replica's TLS: peer calls are mutual TLS when set.
+    pub tls: Option<std::sync::Arc<flotilla_tls::ReplicaTls>>,
 }
 
 /// How long a Hello may take (connect included).
@@ -182,9 +185,10 @@ pub(crate) async fn hello(raft: &Raft, me: &Me) -> Result<raftpb::HelloReply, St
 pub(crate) async fn hello_at(addr: &str, me: &Me) -> Result<raftpb::HelloReply, String> {
     let call = async {
         let endpoint = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("not an address: {e}"))?
-            .connect_timeout(HELLO_TIMEOUT);
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+            .map_err(|e| format!("not an address: {e}"))?;
+        let channel = peer_connect(endpoint, me.tls.as_ref(), HELLO_TIMEOUT)
+            .await
+            .map_err(|e| crate::network::error_chain(&e))?;
         RaftClient::new(channel)
             .hello(stamped(
                 me.peer_secret.as_ref(),
@@ -663,12 +667,11 @@ impl Membership {
             wait_ms,
         };
         let call = async {
-            let channel = Channel::from_shared(format!("http://{}", node.addr))
-                .map_err(|e| e.to_string())?
-                .connect_timeout(HELLO_TIMEOUT)
-                .connect()
+            let endpoint =
+                Channel::from_shared(format!("http://{}", node.addr)).map_err(|e| e.to_string())?;
+            let channel = peer_connect(endpoint, self.me.tls.as_ref(), HELLO_TIMEOUT)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| crate::network::error_chain(&e))?;
             RaftClient::new(channel)
                 .elect_now(stamped(self.me.peer_secret.as_ref(), request))
                 .await
@@ -923,6 +926,7 @@ mod tests {
             cluster_name: "c".into(),
             incarnation: "new".into(),
             peer_secret: None,
+            tls: None,
         };
         let pinned = |inc: &str| {
             let inc = inc.to_string();

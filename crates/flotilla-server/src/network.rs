@@ -1,10 +1,12 @@
 //! Openraft's peer network over tonic: each RPC is the bincode of openraft's message inside a
 //! `RaftMessage`, tagged with the cluster name.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_proto::raftpb::{raft_client::RaftClient, RaftMessage};
 use flotilla_store::{Node, NodeId, TypeConfig};
+use flotilla_tls::ReplicaTls;
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
     Unreachable,
@@ -16,9 +18,51 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_auth::{stamped, PeerSecret};
+
+/// A channel to a peer, over TLS (mutual: this replica presents its certificate) when the
+/// replica has it; it connects on first use.
+pub(crate) fn peer_channel(
+    endpoint: Endpoint,
+    tls: Option<&Arc<ReplicaTls>>,
+    timeout: Duration,
+) -> Channel {
+    let endpoint = endpoint.connect_timeout(timeout);
+    match tls {
+        Some(tls) => tls.peer_connector(timeout).lazy_channel(endpoint),
+        None => endpoint.connect_lazy(),
+    }
+}
+
+/// An error with its causes, "a: b: c" (a transport error alone says only "transport error").
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// As [`peer_channel`], connected now.
+pub(crate) async fn peer_connect(
+    endpoint: Endpoint,
+    tls: Option<&Arc<ReplicaTls>>,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = endpoint.connect_timeout(timeout);
+    match tls {
+        Some(tls) => tls.peer_connector(timeout).channel(endpoint).await,
+        None => endpoint.connect().await,
+    }
+}
 
 /// Largest peer message, in either direction.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
@@ -46,6 +90,8 @@ pub struct Network {
     pub incarnation: String,
     /// The cluster secret every peer call carries (see `peer_auth`).
     pub peer_secret: Option<PeerSecret>,
+    /// This replica's TLS: peer connections are mutual TLS when set.
+    pub tls: Option<Arc<ReplicaTls>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -54,12 +100,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Connection {
         let client = Channel::from_shared(format!("http://{}", node.addr))
             .map(|endpoint| {
-                let channel = endpoint
-                    .connect_timeout(Duration::from_secs(1))
+                let endpoint = endpoint
                     .tcp_nodelay(true)
                     .initial_stream_window_size(H2_STREAM_WINDOW)
-                    .initial_connection_window_size(H2_CONNECTION_WINDOW)
-                    .connect_lazy();
+                    .initial_connection_window_size(H2_CONNECTION_WINDOW);
+                let channel = peer_channel(endpoint, self.tls.as_ref(), Duration::from_secs(1));
                 RaftClient::new(channel)
                     .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                     .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -132,9 +132,39 @@ pub async fn start(
         Some(path) => Some(crate::peer_auth::PeerSecret::load(path).map_err(ServerError::Config)?),
         None => None,
     };
+    let tls = match config.tls_files() {
+        Some(files) => {
+            Some(flotilla_tls::ReplicaTls::load(files).map_err(|e| ServerError::Config(e.0))?)
+        }
+        None => None,
+    };
+    let beyond_loopback = !crate::auth::is_loopback(&config.listen_addr);
+    match &tls {
+        Some(t) => {
+            tracing::info!(
+                cert = %t.files().cert.display(),
+                "TLS on: peers authenticate each other by certificate (SIGHUP reloads the certificate, key and CA)"
+            );
+            let t = t.clone();
+            tokio::spawn(crate::hangup::reload_on_hangup(
+                "tls files",
+                shutdown.clone(),
+                move || {
+                    t.reload()
+                        .map(|()| "tls certificate, key and CA reloaded".to_string())
+                        .map_err(|e| e.0)
+                },
+            ));
+        }
+        None if beyond_loopback => tracing::warn!(
+            addr = %config.listen_addr,
+            "listening beyond loopback without TLS: calls, tokens and task data cross the network in clear (give --tls-cert, --tls-key and --tls-client-ca)"
+        ),
+        None => {}
+    }
     match &peer_secret {
         Some(_) => tracing::info!("peer calls need this cluster's secret"),
-        None if !crate::auth::is_loopback(&config.listen_addr) => tracing::warn!(
+        None if tls.is_none() && beyond_loopback => tracing::warn!(
             addr = %config.listen_addr,
             "listening beyond loopback without a peer secret: anyone who reaches this port may send Raft messages (give --peer-secret-file)"
         ),
@@ -148,7 +178,7 @@ pub async fn start(
             );
             tokio::spawn(t.clone().reload_on_hangup(shutdown.clone()));
         }
-        None if !crate::auth::is_loopback(&config.listen_addr) => tracing::warn!(
+        None if beyond_loopback => tracing::warn!(
             addr = %config.listen_addr,
             "listening beyond loopback without auth: anyone who reaches this port may submit, cancel, read every task and act as a worker (give --tokens-file)"
         ),
@@ -178,6 +208,7 @@ pub async fn start(
         cluster_name: config.cluster_name.clone(),
         incarnation: opened.incarnation.clone(),
         peer_secret: peer_secret.clone(),
+        tls: tls.clone(),
     };
     opened
         .state_machine
@@ -214,6 +245,7 @@ pub async fn start(
         node_id: config.node_id,
         incarnation: me.incarnation.clone(),
         peer_secret: peer_secret.clone(),
+        tls: tls.clone(),
     };
     let raft = Raft::new(
         config.node_id,
@@ -364,6 +396,7 @@ pub async fn start(
         .layer(crate::auth::Authenticate {
             tokens,
             peers: peer_secret.map(Arc::new),
+            mutual_tls: tls.is_some(),
         })
         .layer(crate::inflight::BoundRequests(requests))
         .tcp_nodelay(true)
@@ -388,6 +421,7 @@ pub async fn start(
     let incoming = listener::incoming(
         listener,
         listener::connection_bound(config.max_connections, fd_limit),
+        tls,
         fatal.clone(),
         shutdown.clone(),
     );

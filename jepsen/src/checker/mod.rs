@@ -67,6 +67,9 @@ pub struct RunParams {
     /// Whether replicas ran with tokens and a peer secret (`--auth`).
     #[serde(default)]
     pub auth: bool,
+    /// Ran with TLS (`--tls`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// One replica as the final dump saw it (stale reads of that replica only).
@@ -396,6 +399,7 @@ pub(crate) mod fixture {
             sut_bug: None,
             leader_bound_ms: 10_000,
             auth: false,
+            tls: false,
         }
     }
 

@@ -12,7 +12,7 @@ retries under one deadline, idempotency keys on every submitted task (``client``
 (``types``), errors (``errors``), the worker loop (``worker``) and command tasks (``command``).
 """
 
-from .client import Client
+from .client import Client, Tls
 from .command import CommandHandler, CommandPayload, command_payload
 from .errors import (
     AlreadyExistsError,
@@ -40,6 +40,7 @@ from .types import (
 from .worker import TaskContext, TaskFailed, Worker
 
 __all__ = [
+    "Tls",
     "AlreadyExistsError",
     "BadResponseError",
     "Client",

@@ -82,6 +82,55 @@ def token_from_env() -> Optional[str]:
     return os.environ.get("FLOTILLA_TOKEN", "").strip() or None
 
 
+class Tls:
+    """TLS to replicas started with ``--tls-cert``: the CA file that signed their certificates,
+    optionally a client certificate and key, and the name to expect in the replicas'
+    certificates instead of the host dialled."""
+
+    def __init__(
+        self,
+        ca: str,
+        client_cert: Optional[str] = None,
+        client_key: Optional[str] = None,
+        server_name: Optional[str] = None,
+    ):
+        if (client_cert is None) != (client_key is None):
+            raise ValueError("a client cert needs its client key, and the other way round")
+
+        def read(what: str, path: Optional[str]) -> Optional[bytes]:
+            if path is None:
+                return None
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise ValueError(f"{what} {path}: {e.strerror}") from None
+            if b"-----BEGIN" not in data:
+                raise ValueError(f"{what} {path}: not PEM")
+            return data
+
+        self.credentials = grpc.ssl_channel_credentials(
+            root_certificates=read("ca", ca),
+            private_key=read("client key", client_key),
+            certificate_chain=read("client cert", client_cert),
+        )
+        self.server_name = server_name
+
+    @staticmethod
+    def from_env() -> Optional["Tls"]:
+        """$FLOTILLA_CA (TLS is on when set), $FLOTILLA_CLIENT_CERT, $FLOTILLA_CLIENT_KEY,
+        $FLOTILLA_TLS_SERVER_NAME, as the CLI reads them."""
+        ca = os.environ.get("FLOTILLA_CA")
+        if not ca:
+            return None
+        return Tls(
+            ca,
+            os.environ.get("FLOTILLA_CLIENT_CERT") or None,
+            os.environ.get("FLOTILLA_CLIENT_KEY") or None,
+            os.environ.get("FLOTILLA_TLS_SERVER_NAME") or None,
+        )
+
+
 class _Bearer(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
@@ -169,12 +218,15 @@ class Client:
         backoff_initial: float = 0.02,
         backoff_max: float = 1.0,
         token: Optional[str] = None,
+        tls: Optional[Tls] = None,
     ):
         self.endpoints: Sequence[str] = tuple(_parse_addrs(addrs))
         #: Sent as ``authorization: Bearer TOKEN`` with every call (replicas started with
         #: ``--tokens-file`` need one); default: $FLOTILLA_TOKEN_FILE's first line, else
         #: $FLOTILLA_TOKEN.
         self._token = token if token is not None else token_from_env()
+        #: TLS to the replicas; default: from $FLOTILLA_CA (see ``Tls.from_env``), else plain.
+        self._tls = tls if tls is not None else Tls.from_env()
         if request_timeout <= 0 or call_timeout <= 0:
             raise ValueError("request_timeout and call_timeout must be positive")
         if not 0 < backoff_initial <= backoff_max:
@@ -197,20 +249,23 @@ class Client:
                 raise errors.FlotillaError("client is closed")
             ch = self._channels.get(addr)
             if ch is None:
-                ch = grpc.insecure_channel(
-                    addr,
-                    options=[
-                        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                        # A restarted replica is found again within a second, not after
-                        # gRPC's default reconnect backoff of up to two minutes.
-                        ("grpc.initial_reconnect_backoff_ms", 100),
-                        ("grpc.min_reconnect_backoff_ms", 100),
-                        ("grpc.max_reconnect_backoff_ms", 1000),
-                        # Retries are ours: one policy, one deadline.
-                        ("grpc.enable_retries", 0),
-                    ],
-                )
+                options = [
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    # A restarted replica is found again within a second, not after
+                    # gRPC's default reconnect backoff of up to two minutes.
+                    ("grpc.initial_reconnect_backoff_ms", 100),
+                    ("grpc.min_reconnect_backoff_ms", 100),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                    # Retries are ours: one policy, one deadline.
+                    ("grpc.enable_retries", 0),
+                ]
+                if self._tls is None:
+                    ch = grpc.insecure_channel(addr, options=options)
+                else:
+                    if self._tls.server_name:
+                        options.append(("grpc.ssl_target_name_override", self._tls.server_name))
+                    ch = grpc.secure_channel(addr, self._tls.credentials, options=options)
                 if self._token:
                     ch = grpc.intercept_channel(ch, _Bearer(self._token))
                 self._channels[addr] = ch
