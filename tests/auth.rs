@@ -435,7 +435,10 @@ async fn the_tokens_file_is_reloaded_on_sighup() {
             Duration::from_secs(10),
             || {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                async move { text.contains("not reloaded, what was in force stays").then_some(()) }
+                async move {
+                    text.contains("not reloaded, what was in force stays")
+                        .then_some(())
+                }
             },
         )
         .await;
