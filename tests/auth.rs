@@ -587,7 +587,7 @@ async fn peer_calls_need_the_cluster_secret() {
 /// A tokens file (or peer secret file) that is missing or bad stops the replica at start, with one line
 /// naming the file (and the line), before its data dir is created.
 #[test]
-fn a_missing_or_bad_tokens_or_peer_secret_file_stops_the_replica_at_start() {
+fn a_missing_or_bad_tokens_secret_or_tls_file_stops_the_replica_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("tokens");
     std::fs::write(&bad, "ops admin sha256:00\n").unwrap();
@@ -602,25 +602,70 @@ fn a_missing_or_bad_tokens_or_peer_secret_file_stops_the_replica_at_start() {
         ),
     ] {
         let data = dir.path().join("data");
-        starts(&data, "--tokens-file", &file, &want);
+        starts(&data, &["--tokens-file", file.to_str().unwrap()], &want);
     }
     // So does a peer secret file with a secret too short.
     let short = dir.path().join("peer-secret");
     std::fs::write(&short, "hunter2\n").unwrap();
     starts(
         &dir.path().join("data"),
-        "--peer-secret-file",
-        &short,
+        &["--peer-secret-file", short.to_str().unwrap()],
         &format!(
             "peer secret file {}: the secret must be 32 to 256",
             short.display()
         ),
     );
+    // TLS: the three files go together; a certificate issued for a user (no --peer) is not a
+    // replica's; a key that is not the certificate's does not fit it.
+    let tls = dir.path().join("tls");
+    let d = tls.to_str().unwrap();
+    for args in [
+        &["ca", "--out", d][..],
+        &[
+            "issue",
+            "--ca-dir",
+            d,
+            "--name",
+            "alice",
+            "--host",
+            "127.0.0.1",
+        ][..],
+        &[
+            "issue",
+            "--ca-dir",
+            d,
+            "--name",
+            "r1",
+            "--peer",
+            "--host",
+            "127.0.0.1",
+        ][..],
+    ] {
+        let out = Command::new(bin()).arg("cert").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let f = |name: &str| tls.join(name).display().to_string();
+    let (ca, alice, alice_key, r1) = (f("ca.pem"), f("alice.pem"), f("alice.key"), f("r1.pem"));
+    let data = dir.path().join("data");
+    starts(&data, &["--tls-cert", &r1], "give all three or none");
+    let with = |cert: &str, key: &str| {
+        ["--tls-cert", cert, "--tls-key", key, "--tls-client-ca", &ca].map(String::from)
+    };
+    let args = with(&alice, &alice_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    starts(&data, &args, "not a replica certificate");
+    let args = with(&r1, &alice_key);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    starts(&data, &args, "does not fit");
 }
 
-/// Starts a replica with `flag file` and checks it stops at start with one error line holding
+/// Starts a replica with `flags` and checks it stops at start with one error line holding
 /// `want`, before its data dir is created.
-fn starts(data: &Path, flag: &str, file: &Path, want: &str) {
+fn starts(data: &Path, flags: &[&str], want: &str) {
     let out = Command::new(bin())
         .args([
             "server",
@@ -631,8 +676,8 @@ fn starts(data: &Path, flag: &str, file: &Path, want: &str) {
             "--data-dir",
         ])
         .arg(data)
-        .args(["--peers", "1=127.0.0.1:1", flag])
-        .arg(file)
+        .args(["--peers", "1=127.0.0.1:1"])
+        .args(flags)
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -170,7 +170,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let token = read_token(cli.token_file.as_deref())?;
-        let tls = match &cli.ca {
+        // Only the commands that call a cluster read the TLS files (a replica's environment
+        // may hold FLOTILLA_CA for other tools).
+        let calls_cluster = !matches!(
+            cli.command,
+            Cmd::Server(_) | Cmd::Dev(_) | Cmd::Token { .. } | Cmd::Cert { .. }
+        );
+        let tls = match cli.ca.as_ref().filter(|_| calls_cluster) {
             Some(ca) => Some(flotilla_client::tls_from_files(
                 ca,
                 cli.client_cert.as_deref(),
