@@ -465,3 +465,41 @@ async fn workers_register_with_a_new_leader_when_the_old_one_is_frozen() {
         "new work ran only {took:?} after the election"
     );
 }
+
+/// A cancelled running task stops at once: the leader sends the cancellation down the worker's
+/// stream. The worker heartbeats only every 60 s here (its lease is longer), so the test
+/// fails unless the stream, not a heartbeat's answer, carried it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_cancellation_reaches_the_running_command_down_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 180_000).await;
+    let client = c.client();
+    c.start_worker("w", &["--heartbeat-ms", "60000"]).unwrap();
+
+    let pid_file = dir.path().join("pid");
+    let long = client
+        .submit(vec![sh(&format!(
+            "echo $$ > {}; exec sleep 50",
+            pid_file.display()
+        ))])
+        .await
+        .unwrap()[0];
+    wait_state(&client, long, TaskState::Running, 20).await;
+    let pid: i32 =
+        support::eventually("the command wrote its pid", Duration::from_secs(20), || {
+            let f = pid_file.clone();
+            async move { std::fs::read_to_string(&f).ok()?.trim().parse().ok() }
+        })
+        .await;
+    let alive = move || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive(), "the command runs");
+
+    assert_eq!(client.cancel(long).await.unwrap(), TaskState::Running);
+    support::eventually(
+        "the cancelled command stopped",
+        Duration::from_secs(15),
+        || async move { (!alive()).then_some(()) },
+    )
+    .await;
+    assert_eq!(client.get(long).await.unwrap().state, TaskState::Cancelled);
+}

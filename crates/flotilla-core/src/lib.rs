@@ -15,6 +15,7 @@
 mod command;
 pub mod compat;
 mod error;
+pub mod leader;
 mod limits;
 mod scheduler;
 mod state;

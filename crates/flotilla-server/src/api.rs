@@ -304,14 +304,29 @@ impl Flotilla for Api {
                 return Err(ApiError::PermissionDenied(format!("task {}: {why}", req.id)).into());
             }
         }
+        let task_id = TaskId(req.id);
+        // The attempt running now, if any: once the cancel commits, its worker hears of it
+        // down its stream at once. (Had it changed before the commit, the worker ignores a
+        // cancel of an attempt it does not run, and its next heartbeat is told the truth.)
+        let running = self
+            .state
+            .read()
+            .state
+            .running_attempt(task_id)
+            .map(|(attempt, worker)| (attempt, worker.to_string()));
         let command = Command::Cancel {
             now_ms: now_ms(),
-            task_id: TaskId(req.id),
+            task_id,
         };
         match self.propose(command).await? {
-            CoreResponse::Cancelled { previous, .. } => Ok(Response::new(pb::CancelTaskResponse {
-                previous: state_to_pb(previous) as i32,
-            })),
+            CoreResponse::Cancelled { previous, .. } => {
+                if let (TaskState::Running, Some((attempt, worker))) = (previous, running) {
+                    self.dispatcher.cancelled(task_id, &worker, attempt);
+                }
+                Ok(Response::new(pb::CancelTaskResponse {
+                    previous: state_to_pb(previous) as i32,
+                }))
+            }
             other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
         }
     }

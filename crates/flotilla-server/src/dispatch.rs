@@ -1,76 +1,61 @@
-//! The leader's dispatch loop: worker leases, assignment, redelivery.
+//! The I/O shell of the leader's engine ([`flotilla_core::leader`]): it owns the worker
+//! streams, the timers and the proposer, feeds the engine events, and carries out the effects
+//! it returns.
 //!
-//! Leases live in the leader's memory, not in the Raft log: heartbeats renew them for free.
-//! When a worker misses its lease the loop commits one `ExpireWorker`. A new leader grants
-//! every registered worker a full lease of grace before expiring anyone, so a leader change
-//! alone never restarts running work.
-//!
-//! Each round (on a timer, on every applied entry, or when woken) the loop runs the pure
-//! [`flotilla_core::plan`] over the applied state and the workers connected to this leader,
-//! proposes the resulting commands, and pushes an assignment to its worker only after the
-//! `Assign` is committed — an uncommitted assignment is never sent. A worker that (re)connects
-//! is sent every attempt the state says it runs, so a push lost in a crash is redelivered.
+//! Every decision over time — lease expiry and the grace after a leader change, planning,
+//! redelivery, `not_before` timers, retention sweeps, retry backoff — is the engine's; this
+//! module only turns sockets and clocks into [`Event`]s and [`Effect`]s into proposals and
+//! stream messages. One loop drives it: a round on a timer, on every applied entry, or when
+//! woken (a worker connected or left), and each round awaits its proposals and feeds their
+//! results back before the next, so each plan sees what the previous one committed.
 //!
 //! ```text
-//!  tick/applied/wake ─▶ expire stale leases ─▶ plan(state) ─▶ propose ─▶ committed? ─▶ push
+//!  timer/applied/wake ─▶ Event::Tick ─▶ engine ─▶ Propose… ─▶ proposer ─▶ Event::Proposed
+//!                                                                  │
+//!   worker stream ◀── Push / Cancel / CloseStream ◀── engine ◀─────┘
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use flotilla_core::{plan, Command, PlanConfig, Response, Task, TaskId, WorkerSpec};
+use flotilla_core::leader::{Effect, EngineConfig, Event, LeaderEngine, Now, PushReason};
+use flotilla_core::{Command, Response, Task, TaskId, WorkerSpec};
 use flotilla_proto::pb;
 use flotilla_store::SharedState;
 use futures::future::join_all;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::leadership::{self, is_leader, now_ms};
-use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 use crate::Raft;
 
-/// Shortest pause between two planning rounds.
+/// Shortest pause between two rounds.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(5);
 
 pub type EventSender = mpsc::Sender<Result<pb::WorkerEvent, Status>>;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {
-    /// A worker not heard from for this long is expired.
-    pub lease_ttl: Duration,
-    pub plan: PlanConfig,
-    /// Planning period when nothing else wakes the loop.
+    pub engine: EngineConfig,
+    /// Round period when nothing else wakes the loop.
     pub interval: Duration,
     /// Events queued for one worker's stream, at most.
     pub stream_limit: usize,
 }
 
-struct Stream {
-    session: String,
-    tx: EventSender,
-}
-
-#[derive(Default)]
-struct Leases {
-    /// Last time each worker was heard from by this leader.
-    heard: BTreeMap<String, Instant>,
+/// The engine and the streams it speaks through, under one lock.
+struct Inner {
+    engine: LeaderEngine,
     /// Assignment streams of workers connected to this leader.
-    streams: BTreeMap<String, Stream>,
-    /// When this replica last became leader; None while it is not.
-    leader_since: Option<Instant>,
-    /// Per worker: attempts the state says it runs but its last heartbeat did not list.
-    unreported: BTreeMap<String, BTreeMap<TaskId, u32>>,
-    /// Workers whose heartbeats say they drain: assigned nothing more.
-    draining: BTreeSet<String>,
-    /// With tokens on: the token (its name) each worker registered with on this leader. Its
-    /// reports must be made with the same token.
-    owners: BTreeMap<String, String>,
+    streams: BTreeMap<String, EventSender>,
+    /// Whether the engine was last told this replica leads.
+    leader: bool,
 }
 
 pub struct Dispatcher {
@@ -78,9 +63,10 @@ pub struct Dispatcher {
     state: SharedState,
     proposer: Proposer,
     config: DispatchConfig,
-    leases: Mutex<Leases>,
+    inner: Mutex<Inner>,
     wake: Notify,
-    planted: Option<PlantedBug>,
+    /// The origin of the engine's monotonic clock.
+    epoch: Instant,
     /// Submission to first assignment pushed (seconds).
     dispatch_latency: metrics::Histogram,
 }
@@ -97,23 +83,39 @@ impl Dispatcher {
         state: SharedState,
         proposer: Proposer,
         config: DispatchConfig,
-        planted: Option<PlantedBug>,
         dispatch_latency: metrics::Histogram,
     ) -> Dispatcher {
         Dispatcher {
+            inner: Mutex::new(Inner {
+                engine: LeaderEngine::new(config.engine.clone()),
+                streams: BTreeMap::new(),
+                leader: false,
+            }),
             dispatch_latency,
             raft,
             state,
             proposer,
             config,
-            leases: Mutex::new(Leases::default()),
             wake: Notify::new(),
-            planted,
+            epoch: Instant::now(),
         }
     }
 
-    fn leases(&self) -> std::sync::MutexGuard<'_, Leases> {
-        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.epoch.elapsed().as_millis() as u64,
+            wall_ms: now_ms(),
+        }
+    }
+
+    /// Feeds the engine one event. Lock order: the applied state, then `inner`.
+    fn handle(&self, event: Event) -> Vec<Effect> {
+        let applied = self.state.read();
+        self.inner().engine.handle(&applied.state, event)
     }
 
     fn ensure_leader(&self) -> Result<(), ApiError> {
@@ -121,19 +123,24 @@ impl Dispatcher {
     }
 
     pub fn lease_view(&self, worker: &str) -> LeaseView {
-        let l = self.leases();
+        let i = self.inner();
+        let now = self.epoch.elapsed().as_millis() as u64;
         LeaseView {
-            age: l.heard.get(worker).map(|t| t.elapsed()),
-            connected: l.streams.get(worker).is_some_and(|s| !s.tx.is_closed()),
+            age: i
+                .engine
+                .lease(worker)
+                .and_then(|l| l.heard_ms)
+                .map(|t| Duration::from_millis(now.saturating_sub(t))),
+            connected: i.streams.get(worker).is_some_and(|s| !s.is_closed()),
         }
     }
 
     /// Workers with an open assignment stream to this replica.
     pub fn connected_workers(&self) -> usize {
-        self.leases()
+        self.inner()
             .streams
             .values()
-            .filter(|s| !s.tx.is_closed())
+            .filter(|s| !s.is_closed())
             .count()
     }
 
@@ -148,10 +155,10 @@ impl Dispatcher {
         spec.validate()?;
         if let Some(p) = caller {
             if self
-                .leases()
-                .owners
-                .get(&spec.id)
-                .is_some_and(|o| *o != p.name)
+                .inner()
+                .engine
+                .owner(&spec.id)
+                .is_some_and(|o| o != p.name)
             {
                 return Err(ApiError::PermissionDenied(format!(
                     "worker {:?} is registered with another token",
@@ -174,33 +181,14 @@ impl Dispatcher {
             other => return Err(ApiError::Internal(format!("unexpected {other:?}"))),
         }
         let (tx, rx) = mpsc::channel(self.config.stream_limit);
-        // Redeliver whatever the state says this worker runs: a push may have been lost.
-        let running: Vec<pb::WorkerEvent> = {
-            let applied = self.state.read();
-            applied
-                .state
-                .tasks_on(&spec.id)
-                .iter()
-                .map(assignment_event)
-                .collect()
-        };
-        for event in running {
-            let _ = tx.try_send(Ok(event));
-        }
-        let mut l = self.leases();
-        l.heard.insert(spec.id.clone(), Instant::now());
-        l.draining.remove(&spec.id);
-        if let Some(p) = caller {
-            l.owners.insert(spec.id.clone(), p.name.clone());
-        }
-        l.streams.insert(
-            spec.id.clone(),
-            Stream {
-                session: spec.session.clone(),
-                tx,
-            },
-        );
-        drop(l);
+        self.inner().streams.insert(spec.id.clone(), tx);
+        let effects = self.handle(Event::WorkerConnected {
+            worker: spec.id,
+            session: spec.session,
+            owner: caller.map(|p| p.name.clone()),
+            now: self.now(),
+        });
+        self.carry_out_now(effects);
         self.wake.notify_one();
         Ok(rx)
     }
@@ -230,8 +218,8 @@ impl Dispatcher {
             )));
         }
         let Some(p) = caller else { return Ok(()) };
-        match self.leases().owners.get(worker) {
-            Some(owner) if *owner == p.name => Ok(()),
+        match self.inner().engine.owner(worker) {
+            Some(owner) if owner == p.name => Ok(()),
             Some(_) => Err(ApiError::PermissionDenied(format!(
                 "worker {worker:?} is registered with another token"
             ))),
@@ -241,12 +229,9 @@ impl Dispatcher {
         }
     }
 
-    /// Renews a lease; returns the reported attempts the worker must stop.
-    ///
-    /// Also reconciles the other way: an attempt the state says this worker runs, but which
-    /// two heartbeats in a row did not list, is pushed again — its assignment was lost (a full
-    /// stream) and the worker, still connected, would otherwise never hear of it. Pushing
-    /// twice is harmless: a worker never starts the same attempt twice.
+    /// Renews a lease; returns the reported attempts the worker must stop. An attempt the
+    /// state says this worker runs but two heartbeats in a row did not list is pushed again
+    /// (the engine decides; see [`flotilla_core::leader`]).
     pub fn heartbeat(
         &self,
         worker: &str,
@@ -257,55 +242,42 @@ impl Dispatcher {
     ) -> Result<Vec<(TaskId, u32)>, ApiError> {
         self.ensure_leader()?;
         self.check_owner(worker, caller)?;
-        let (cancel, unreported) = {
-            let applied = self.state.read();
-            match applied.state.worker(worker) {
-                Some(w) if w.spec.session == session => {}
-                _ => {
-                    return Err(ApiError::NotFound(format!(
-                        "worker {worker:?} is not registered (expired?); reconnect"
-                    )))
-                }
-            }
-            let cancel = running
-                .iter()
-                .filter(|(id, attempt)| {
-                    applied.state.running_attempt(*id) != Some((*attempt, worker))
-                })
-                .copied()
-                .collect();
-            let reported: BTreeSet<(TaskId, u32)> = running.iter().copied().collect();
-            let unreported: BTreeMap<TaskId, u32> = applied
-                .state
-                .attempts_on(worker)
-                .into_iter()
-                .filter(|a| !reported.contains(a))
-                .collect();
-            (cancel, unreported)
-        };
-        let redeliver: Vec<(TaskId, u32)> = {
-            let mut l = self.leases();
-            l.heard.insert(worker.to_string(), Instant::now());
-            if draining && l.draining.insert(worker.to_string()) {
-                info!(worker, "worker draining: no more assignments");
-            }
-            let now = l.unreported.entry(worker.to_string()).or_default();
-            let before = std::mem::replace(now, unreported);
-            let again: Vec<(TaskId, u32)> = now
-                .iter()
-                .filter(|(id, attempt)| before.get(id) == Some(attempt))
-                .map(|(id, attempt)| (*id, *attempt))
-                .collect();
-            // Count afresh after a redelivery, so each lost push is retried every other beat.
-            for (id, _) in &again {
-                now.remove(id);
-            }
-            again
-        };
-        for (task_id, attempt) in redeliver {
-            info!(worker, task = %task_id, attempt, "heartbeats do not list an assigned attempt; delivering it again");
-            self.push_assignment(worker, task_id, attempt);
+        let registered = self
+            .state
+            .read()
+            .state
+            .worker(worker)
+            .is_some_and(|w| w.spec.session == session);
+        if !registered {
+            return Err(ApiError::NotFound(format!(
+                "worker {worker:?} is not registered (expired?); reconnect"
+            )));
         }
+        let was_draining = self
+            .inner()
+            .engine
+            .lease(worker)
+            .is_some_and(|l| l.draining);
+        if draining && !was_draining {
+            info!(worker, "worker draining: no more assignments");
+        }
+        let effects = self.handle(Event::Heartbeat {
+            worker: worker.to_string(),
+            running: running.to_vec(),
+            draining,
+            now: self.now(),
+        });
+        let mut cancel = Vec::new();
+        let mut rest = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Cancel {
+                    task_id, attempt, ..
+                } => cancel.push((task_id, attempt)),
+                other => rest.push(other),
+            }
+        }
+        self.carry_out_now(rest);
         Ok(cancel)
     }
 
@@ -343,23 +315,31 @@ impl Dispatcher {
             Response::Rejected(e) => return Err(e.into()),
             other => return Err(ApiError::Internal(format!("unexpected {other:?}"))),
         }
-        let mut l = self.leases();
-        l.heard.remove(worker);
-        l.streams.remove(worker);
-        l.unreported.remove(worker);
-        l.draining.remove(worker);
-        l.owners.remove(worker);
-        drop(l);
+        let effects = self.handle(Event::WorkerLeft {
+            worker: worker.to_string(),
+        });
+        self.carry_out_now(effects);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// A task running `attempt` on `worker` was cancelled (committed): the worker hears it down
+    /// its stream at once, not at its next heartbeat.
+    pub fn cancelled(&self, task_id: TaskId, worker: &str, attempt: u32) {
+        let effects = self.handle(Event::TaskCancelled {
+            task_id,
+            worker: worker.to_string(),
+            attempt,
+        });
+        self.carry_out_now(effects);
     }
 
     /// With tokens on, a heartbeat or leave for a worker registered with another token on this
     /// leader is refused. (The session itself is checked by the caller against the state.)
     fn check_owner(&self, worker: &str, caller: Option<&Principal>) -> Result<(), ApiError> {
         let Some(p) = caller else { return Ok(()) };
-        match self.leases().owners.get(worker) {
-            Some(owner) if *owner != p.name => Err(ApiError::PermissionDenied(format!(
+        match self.inner().engine.owner(worker) {
+            Some(owner) if owner != p.name => Err(ApiError::PermissionDenied(format!(
                 "worker {worker:?} is registered with another token"
             ))),
             _ => Ok(()),
@@ -383,111 +363,159 @@ impl Dispatcher {
         }
     }
 
+    /// Tells the engine of a leadership change and of closed streams, then ticks it and
+    /// carries out what it decides, proposals included.
     async fn round(&self) {
         let leader = is_leader(&self.raft);
-        let now = Instant::now();
+        let now = self.now();
+        let mut events = Vec::new();
         {
-            let mut l = self.leases();
-            if !leader {
-                // A deposed leader drops its streams: workers reconnect to the new leader.
-                if l.leader_since.is_some() {
-                    *l = Leases::default();
+            let mut i = self.inner();
+            if leader != i.leader {
+                i.leader = leader;
+                events.push(if leader {
+                    info!("leader: granting every registered worker a full lease of grace");
+                    Event::BecameLeader { now }
+                } else {
+                    Event::LostLeadership
+                });
+            }
+            let closed: Vec<String> = i
+                .streams
+                .iter()
+                .filter(|(_, s)| s.is_closed())
+                .map(|(w, _)| w.clone())
+                .collect();
+            for worker in closed {
+                i.streams.remove(&worker);
+                events.push(Event::StreamClosed { worker });
+            }
+        }
+        if leader {
+            events.push(Event::Tick { now });
+        }
+        let mut effects = Vec::new();
+        for e in events {
+            effects.extend(self.handle(e));
+        }
+        self.carry_out(effects).await;
+    }
+
+    /// Carries out effects, proposing (concurrently) and feeding each result back to the
+    /// engine until nothing more is to be done.
+    async fn carry_out(&self, mut effects: Vec<Effect>) {
+        loop {
+            let mut proposals = Vec::new();
+            for e in effects.drain(..) {
+                match e {
+                    Effect::Propose(c) => proposals.push(c),
+                    other => self.carry_out_one(other),
                 }
+            }
+            if proposals.is_empty() {
                 return;
             }
-            if l.leader_since.is_none() {
-                info!("leader: granting every registered worker a full lease of grace");
-                l.leader_since = Some(now);
-            }
-            l.streams.retain(|_, s| !s.tx.is_closed());
-        }
-
-        // Expire workers whose lease ran out (counting from our own leadership at the earliest).
-        let (expired, live) = {
-            let applied = self.state.read();
-            let l = self.leases();
-            let since = l.leader_since.expect("set above");
-            let mut expired = Vec::new();
-            let mut live = BTreeSet::new();
-            for w in applied.state.workers() {
-                let last = l.heard.get(&w.spec.id).copied().unwrap_or(since).max(since);
-                if now.duration_since(last) > self.config.lease_ttl {
-                    expired.push(w.spec.id.clone());
-                } else if !l.draining.contains(&w.spec.id)
-                    && l.streams
-                        .get(&w.spec.id)
-                        .is_some_and(|s| s.session == w.spec.session)
-                {
-                    live.insert(w.spec.id.clone());
-                }
-            }
-            (expired, live)
-        };
-        for worker_id in expired {
-            let ttl = self.config.lease_ttl.as_millis();
-            warn!(worker = %worker_id, ttl_ms = ttl as u64, "worker lease expired");
-            let cmd = Command::ExpireWorker {
-                now_ms: now_ms(),
-                worker_id: worker_id.clone(),
-                reason: format!("no heartbeat for {ttl} ms"),
-            };
-            if let Ok(Response::WorkerExpired { .. }) = self.proposer.propose(cmd).await {
-                let mut l = self.leases();
-                l.heard.remove(&worker_id);
-                l.streams.remove(&worker_id);
-                l.unreported.remove(&worker_id);
-                l.owners.remove(&worker_id);
-            }
-        }
-
-        let commands = {
-            let applied = self.state.read();
-            plan(&applied.state, now_ms(), &live, &self.config.plan)
-        };
-        if commands.is_empty() {
-            return;
-        }
-        if self.planted == Some(PlantedBug::DispatchBeforeCommit) {
-            for c in &commands {
-                if let Command::Assign {
-                    task_id,
-                    worker_id,
-                    attempt,
-                    ..
+            for c in &proposals {
+                if let Command::ExpireWorker {
+                    worker_id, reason, ..
                 } = c
                 {
-                    self.push_assignment(worker_id, *task_id, *attempt);
+                    warn!(worker = %worker_id, reason, "worker lease expired");
                 }
             }
-        }
-        let results = join_all(commands.iter().map(|c| self.proposer.propose(c.clone()))).await;
-        for (command, result) in commands.iter().zip(results) {
-            if let (
-                Command::Assign {
-                    task_id,
-                    worker_id,
-                    attempt,
-                    ..
-                },
-                Ok(Response::Assigned { .. }),
-            ) = (command, &result)
-            {
-                // Committed: now, and only now, the worker may start it.
-                if self.planted != Some(PlantedBug::DispatchBeforeCommit) {
-                    self.push_assignment(worker_id, *task_id, *attempt);
+            let results =
+                join_all(proposals.iter().map(|c| self.proposer.propose(c.clone()))).await;
+            for (command, result) in proposals.into_iter().zip(results) {
+                match (&command, &result) {
+                    (
+                        Command::Sweep { .. },
+                        Ok(Response::Swept {
+                            removed,
+                            tombstoned,
+                            forgotten,
+                        }),
+                    ) => {
+                        debug!(removed, tombstoned, forgotten, "retention sweep")
+                    }
+                    (Command::Sweep { .. } | Command::Tick { .. }, Ok(Response::Rejected(e))) => {
+                        warn!(command = ?command, error = %e, "timer command refused")
+                    }
+                    (
+                        Command::Sweep { .. } | Command::Tick { .. } | Command::ExpireWorker { .. },
+                        Err(e),
+                    ) => {
+                        warn!(error = %e, "not committed: {}", kind(&command))
+                    }
+                    _ => {}
                 }
+                effects.extend(self.handle(Event::Proposed {
+                    command,
+                    response: result.ok(),
+                }));
             }
         }
     }
 
-    fn push_assignment(&self, worker_id: &str, task_id: TaskId, attempt: u32) {
+    /// Carries out effects that need no proposal (those of a worker's call).
+    fn carry_out_now(&self, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Propose(c) => {
+                    // The engine proposes only on ticks; a proposal here would be a bug of
+                    // the engine, harmless to drop (the next tick decides again).
+                    warn!(
+                        command = kind(&c),
+                        "engine proposed outside a round; dropped"
+                    )
+                }
+                other => self.carry_out_one(other),
+            }
+        }
+    }
+
+    fn carry_out_one(&self, effect: Effect) {
+        match effect {
+            Effect::Propose(_) => unreachable!("proposals are carried out by `carry_out`"),
+            Effect::Push {
+                worker,
+                task_id,
+                attempt,
+                reason,
+            } => {
+                if reason == PushReason::Unreported {
+                    info!(worker, task = %task_id, attempt, "heartbeats do not list an assigned attempt; delivering it again");
+                }
+                self.push_assignment(&worker, task_id, attempt, reason);
+            }
+            Effect::Cancel {
+                worker,
+                task_id,
+                attempt,
+            } => {
+                let event = pb::WorkerEvent {
+                    event: Some(pb::worker_event::Event::Cancel(pb::RunningAttempt {
+                        task_id: task_id.0,
+                        attempt,
+                    })),
+                };
+                self.send(&worker, task_id, event);
+            }
+            Effect::CloseStream { worker } => {
+                self.inner().streams.remove(&worker);
+            }
+            Effect::CloseAllStreams => self.inner().streams.clear(),
+        }
+    }
+
+    fn push_assignment(&self, worker_id: &str, task_id: TaskId, attempt: u32, reason: PushReason) {
         let event = {
             let applied = self.state.read();
             match applied.state.get(task_id) {
                 Some(t) => {
                     // Submission to first push, for tasks that could run at once (a dependent
                     // or delayed task waited on purpose).
-                    if attempt == 1
+                    if reason == PushReason::Committed
+                        && attempt == 1
                         && t.spec.depends_on.is_empty()
                         && t.spec.not_before_ms.is_none()
                     {
@@ -503,12 +531,33 @@ impl Dispatcher {
                 None => return,
             }
         };
-        let l = self.leases();
-        if let Some(s) = l.streams.get(worker_id) {
-            if s.tx.try_send(Ok(event)).is_err() {
-                warn!(worker = %worker_id, task = %task_id, "assignment stream full or closed; the worker gets it on reconnect");
+        self.send(worker_id, task_id, event);
+    }
+
+    fn send(&self, worker_id: &str, task_id: TaskId, event: pb::WorkerEvent) {
+        let i = self.inner();
+        if let Some(s) = i.streams.get(worker_id) {
+            if s.try_send(Ok(event)).is_err() {
+                warn!(worker = %worker_id, task = %task_id, "worker stream full or closed; the worker gets it on reconnect or at its next heartbeat");
             }
         }
+    }
+}
+
+/// A command's name for logs.
+fn kind(c: &Command) -> &'static str {
+    match c {
+        Command::Submit { .. } => "submit",
+        Command::Cancel { .. } => "cancel",
+        Command::Tick { .. } => "tick",
+        Command::RegisterWorker { .. } => "register worker",
+        Command::ExpireWorker { .. } => "expire worker",
+        Command::Assign { .. } => "assign",
+        Command::Complete { .. } => "complete",
+        Command::Fail { .. } => "fail",
+        Command::SaveCheckpoint { .. } => "save checkpoint",
+        Command::SetQueue { .. } => "set queue",
+        Command::Sweep { .. } => "sweep",
     }
 }
 

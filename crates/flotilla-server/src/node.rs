@@ -1,10 +1,10 @@
 //! Starting and stopping a replica: open the data dir, start openraft, serve gRPC, bootstrap
-//! the cluster once, run the leader's clock ticks, and shut down on a cancellation token.
+//! the cluster once, run the leader's engine (`dispatch`), and shut down on a cancellation token.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_core::Command;
+use flotilla_core::leader::{EngineConfig, RetentionConfig};
 use flotilla_core::PlanConfig;
 use flotilla_proto::pb::flotilla_server::FlotillaServer;
 use flotilla_proto::pb::workers_server::WorkersServer;
@@ -14,14 +14,13 @@ use openraft::{Config, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::api::Api;
 use crate::config::ServerConfig;
 use crate::damage::Damage;
 use crate::dispatch::{DispatchConfig, Dispatcher};
 use crate::fatal::Fatal;
-use crate::leadership::{is_leader, now_ms};
 use crate::listener;
 use crate::membership::{Me, Membership};
 use crate::network::{Network, H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, MAX_RAFT_MESSAGE_BYTES};
@@ -33,8 +32,8 @@ use crate::{Raft, ServerError};
 /// Most log entries a replica may hold unapplied and still call itself ready.
 const READY_MAX_APPLY_LAG: u64 = 10_000;
 
-/// How often the leader checks whether a waiting task's `not_before` has passed.
-const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the leader's engine looks at the `not_before` timers and the retention sweep.
+const TIMERS_EVERY: Duration = Duration::from_millis(100);
 
 /// A started replica.
 pub struct RunningNode {
@@ -307,15 +306,24 @@ pub async fn start(
         state.clone(),
         proposer.clone(),
         DispatchConfig {
-            lease_ttl: Duration::from_millis(config.worker_lease_ttl_ms),
-            plan: PlanConfig {
-                placement: config.placement_strategy().unwrap_or_default(),
-                ..PlanConfig::default()
+            engine: EngineConfig {
+                lease_ttl_ms: config.worker_lease_ttl_ms,
+                timers_every_ms: TIMERS_EVERY.as_millis() as u64,
+                retention: RetentionConfig {
+                    retention_ms: config.retention_ms,
+                    key_retention_ms: config.key_retention_ms,
+                    max_removals: config.sweep_max_removals,
+                },
+                plan: PlanConfig {
+                    placement: config.placement_strategy().unwrap_or_default(),
+                    ..PlanConfig::default()
+                },
+                push_before_commit: planted
+                    == Some(crate::planted::PlantedBug::DispatchBeforeCommit),
             },
             interval: Duration::from_millis(50),
             stream_limit: config.worker_stream_limit,
         },
-        planted,
         telemetry.dispatch_latency.clone(),
     ));
     let worker_service = WorkerService {
@@ -450,17 +458,6 @@ pub async fn start(
         removed.clone(),
         shutdown.clone(),
     ));
-    tokio::spawn(tick_loop(
-        raft.clone(),
-        state.clone(),
-        proposer,
-        Retention {
-            retention_ms: config.retention_ms,
-            key_retention_ms: config.key_retention_ms,
-            max_removals: config.sweep_max_removals,
-        },
-        shutdown.clone(),
-    ));
     info!(node_id = config.node_id, addr = %local_addr, "replica serving");
     Ok(RunningNode {
         raft,
@@ -492,69 +489,6 @@ impl Handover {
             Ok(Ok(None)) => {}
             Ok(Err(e)) => warn!(error = %e, "could not hand leadership over before stopping"),
             Err(_) => warn!(?timeout, "leadership hand-over timed out; stopping anyway"),
-        }
-    }
-}
-
-/// The retention settings the leader's sweeps carry.
-#[derive(Debug, Clone, Copy)]
-struct Retention {
-    retention_ms: u64,
-    key_retention_ms: u64,
-    max_removals: u32,
-}
-
-/// On the leader, proposes a [`Command::Tick`] when a waiting task's time has come, so the
-/// state machine learns the time only through the log, and a [`Command::Sweep`] when finished
-/// tasks or remembered keys are due for removal (so every replica removes the same tasks at
-/// the same index, by the replicated clock).
-async fn tick_loop(
-    raft: Raft,
-    state: SharedState,
-    proposer: Proposer,
-    retention: Retention,
-    shutdown: CancellationToken,
-) {
-    let mut interval = tokio::time::interval(TICK_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = interval.tick() => {}
-        }
-        if !is_leader(&raft) {
-            continue;
-        }
-        let now = now_ms();
-        let (due, sweep_due) = {
-            let s = &state.read().state;
-            (
-                s.next_wakeup_ms().is_some_and(|t| t <= now),
-                s.next_sweep_ms(retention.retention_ms, retention.key_retention_ms)
-                    .is_some_and(|t| t <= now),
-            )
-        };
-        if due {
-            if let Err(e) = proposer.propose(Command::Tick { now_ms: now }).await {
-                warn!(error = %e, "tick not committed");
-            }
-        }
-        if sweep_due {
-            let sweep = Command::Sweep {
-                now_ms: now,
-                retention_ms: retention.retention_ms,
-                key_retention_ms: retention.key_retention_ms,
-                max_removals: retention.max_removals,
-            };
-            match proposer.propose(sweep).await {
-                Ok(flotilla_core::Response::Swept {
-                    removed,
-                    tombstoned,
-                    forgotten,
-                }) => debug!(removed, tombstoned, forgotten, "retention sweep"),
-                Ok(other) => warn!(response = ?other, "retention sweep refused"),
-                Err(e) => warn!(error = %e, "retention sweep not committed"),
-            }
         }
     }
 }

@@ -566,3 +566,37 @@ async fn heartbeat_loop(
 fn tonic_code_not_found() -> flotilla_client::Code {
     flotilla_client::Code::NotFound
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The never-run-twice rule: an attempt starts once; a redelivery of it, or of an older
+    /// one, does not start again; a newer attempt does.
+    #[test]
+    fn an_attempt_starts_once_and_only_newer_attempts_start_again() {
+        let mut s = Started::default();
+        let (a, b) = (TaskId(1), TaskId(2));
+        assert!(s.first_start(a, 1));
+        assert!(!s.first_start(a, 1), "redelivered");
+        assert!(s.first_start(b, 3));
+        assert!(s.first_start(a, 2), "a newer attempt");
+        assert!(!s.first_start(a, 1), "an older attempt, late");
+        assert!(!s.first_start(a, 2));
+        assert!(!s.first_start(b, 2));
+        assert_eq!(s.order.len(), 2, "one entry per task, not per attempt");
+    }
+
+    /// The memory is bounded: past `STARTED_MEMORY` tasks the oldest is forgotten, the
+    /// others kept.
+    #[test]
+    fn the_memory_of_started_attempts_is_bounded_oldest_first() {
+        let mut s = Started::default();
+        for id in 1..=STARTED_MEMORY as u64 + 1 {
+            assert!(s.first_start(TaskId(id), 1));
+        }
+        assert_eq!(s.highest.len(), STARTED_MEMORY);
+        assert!(s.first_start(TaskId(1), 1), "the oldest was forgotten");
+        assert!(!s.first_start(TaskId(3), 1), "a later one is remembered");
+    }
+}
