@@ -148,7 +148,7 @@ async fn run(
     // Callers that do not send again at once (paced clients, the dispatcher) would make every
     // entry wait out the linger: after a wait that timed out, entries skip the wait, for twice
     // as many entries after each further timeout (up to MAX_SKIP), until a wait pays off.
-    let (mut skip, mut penalty) = (0u32, 0u32);
+    let mut linger = Linger::default();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -157,45 +157,7 @@ async fn run(
             return;
         };
         let want = expected.swap(0, Ordering::Relaxed);
-        let mut bytes = command_bytes(&first.command);
-        let mut batch = vec![first];
-        let full = |batch: &Vec<Pending>, bytes: usize| {
-            batch.len() >= limits.max_commands_per_entry || bytes >= limits.max_entry_bytes
-        };
-        while !full(&batch, bytes) {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += command_bytes(&p.command);
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        if skip > 0 {
-            skip -= 1;
-        } else if want > batch.len() && !full(&batch, bytes) && !limits.linger.is_zero() {
-            let deadline = tokio::time::Instant::now() + limits.linger;
-            let mut timed_out = false;
-            while batch.len() < want && !full(&batch, bytes) {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(p)) => {
-                        bytes += command_bytes(&p.command);
-                        batch.push(p);
-                    }
-                    Ok(None) => break,
-                    Err(_) => {
-                        timed_out = true;
-                        break;
-                    }
-                }
-            }
-            if timed_out {
-                penalty = (penalty * 2).clamp(1, MAX_SKIP);
-                skip = penalty;
-            } else {
-                penalty = 0;
-            }
-        }
+        let batch = gather(&mut rx, first, want, &limits, &mut linger).await;
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let n_cmds = commands.len();
@@ -252,11 +214,197 @@ async fn run(
     }
 }
 
+/// When to wait for more commands before proposing an entry. A wait that timed out makes the
+/// next entries go without waiting — one, then twice as many after each further timeout (up to
+/// [`MAX_SKIP`]) — until a wait pays off.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Linger {
+    /// Entries still to propose without waiting.
+    skip: u32,
+    /// How many to skip after the next timeout (doubled by each timeout in a row).
+    penalty: u32,
+}
+
+impl Linger {
+    /// Whether to wait: `want` commands are expected, the batch has `have` and is not full.
+    fn should_wait(&mut self, want: usize, have: usize, full: bool, linger: Duration) -> bool {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return false;
+        }
+        want > have && !full && !linger.is_zero()
+    }
+
+    fn waited(&mut self, timed_out: bool) {
+        if timed_out {
+            self.penalty = (self.penalty * 2).clamp(1, MAX_SKIP);
+            self.skip = self.penalty;
+        } else {
+            self.penalty = 0;
+        }
+    }
+}
+
+/// One entry's commands: `first`, whatever is queued now, then — when `want` more are expected
+/// and the linger policy says so — what arrives within `limits.linger`, up to the entry's
+/// limits.
+async fn gather(
+    rx: &mut mpsc::Receiver<Pending>,
+    first: Pending,
+    want: usize,
+    limits: &ProposerLimits,
+    linger: &mut Linger,
+) -> Vec<Pending> {
+    let mut bytes = command_bytes(&first.command);
+    let mut batch = vec![first];
+    let full = |batch: &Vec<Pending>, bytes: usize| {
+        batch.len() >= limits.max_commands_per_entry || bytes >= limits.max_entry_bytes
+    };
+    while !full(&batch, bytes) {
+        match rx.try_recv() {
+            Ok(p) => {
+                bytes += command_bytes(&p.command);
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    if linger.should_wait(want, batch.len(), full(&batch, bytes), limits.linger) {
+        let deadline = tokio::time::Instant::now() + limits.linger;
+        let mut timed_out = false;
+        while batch.len() < want && !full(&batch, bytes) {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(p)) => {
+                    bytes += command_bytes(&p.command);
+                    batch.push(p);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    timed_out = true;
+                    break;
+                }
+            }
+        }
+        linger.waited(timed_out);
+    }
+    batch
+}
+
 /// A failed write: not leader (with hint) or unavailable. Neither means the command was
 /// applied, but a client must treat an unavailable outcome as unknown and retry idempotently.
 pub(crate) fn write_error(e: ClientWriteError<u64, flotilla_store::Node>) -> ApiError {
     match e {
         ClientWriteError::ForwardToLeader(f) => forwarded(f),
         ClientWriteError::ChangeMembershipError(e) => ApiError::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(linger_ms: u64, max_commands: usize) -> ProposerLimits {
+        ProposerLimits {
+            max_commands_per_entry: max_commands,
+            max_entry_bytes: 1 << 20,
+            max_inflight_entries: 4,
+            queue_limit: 64,
+            linger: Duration::from_millis(linger_ms),
+        }
+    }
+
+    fn pending() -> (Pending, oneshot::Receiver<Result<Response, ApiError>>) {
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Tick { now_ms: 1 };
+        (Pending { command, reply }, rx)
+    }
+
+    fn queue(n: usize) -> (mpsc::Sender<Pending>, mpsc::Receiver<Pending>, Vec<Pending>) {
+        let (tx, rx) = mpsc::channel(64);
+        let firsts = (0..n).map(|_| pending().0).collect();
+        (tx, rx, firsts)
+    }
+
+    /// Waits for the commands expected, up to `linger`, and stops as soon as they are there.
+    #[tokio::test(start_paused = true)]
+    async fn an_entry_waits_for_the_expected_commands_and_no_longer() {
+        let (tx, mut rx, mut first) = queue(1);
+        let mut linger = Linger::default();
+        let sender = tokio::spawn(async move {
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                tx.send(pending().0).await.unwrap();
+            }
+            tx
+        });
+        let started = tokio::time::Instant::now();
+        let batch = gather(&mut rx, first.remove(0), 3, &limits(10, 100), &mut linger).await;
+        assert_eq!(batch.len(), 3);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(2),
+            "stopped when complete"
+        );
+        assert_eq!(
+            linger,
+            Linger::default(),
+            "a wait that paid off costs nothing later"
+        );
+        drop(sender.await.unwrap());
+    }
+
+    /// A wait that times out proposes what it has after exactly `linger`, then the next
+    /// entries skip waiting: 1, 2, 4… after each timeout in a row, up to MAX_SKIP.
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_out_wait_makes_the_next_entries_go_at_once_doubling() {
+        let (_tx, mut rx, firsts) = queue(200);
+        let mut firsts = firsts.into_iter();
+        let mut linger = Linger::default();
+        let l = limits(2, 100);
+        let mut waits = Vec::new();
+        for _ in 0..140 {
+            let started = tokio::time::Instant::now();
+            let batch = gather(&mut rx, firsts.next().unwrap(), 5, &l, &mut linger).await;
+            assert_eq!(batch.len(), 1, "nothing else came");
+            waits.push(started.elapsed() == Duration::from_millis(2));
+            assert!(
+                started.elapsed() == Duration::ZERO
+                    || started.elapsed() == Duration::from_millis(2)
+            );
+        }
+        // Indexes of the entries that waited: skips of 1, 2, 4, 8, 16, 32, 64, 64 between.
+        let waited: Vec<usize> = (0..waits.len()).filter(|i| waits[*i]).collect();
+        assert_eq!(waited, vec![0, 2, 5, 10, 19, 36, 69, 134]);
+        assert_eq!(linger.penalty, MAX_SKIP);
+    }
+
+    /// No wait when nothing more is expected, when the entry is already full, or with the
+    /// linger off.
+    #[tokio::test(start_paused = true)]
+    async fn no_wait_without_reason() {
+        for (want, max_commands, linger_ms, queued) in
+            [(1, 100, 2, 0), (10, 3, 2, 5), (10, 100, 0, 0)]
+        {
+            let (tx, mut rx, mut first) = queue(1);
+            for _ in 0..queued {
+                tx.send(pending().0).await.unwrap();
+            }
+            let mut linger = Linger::default();
+            let started = tokio::time::Instant::now();
+            let batch = gather(
+                &mut rx,
+                first.remove(0),
+                want,
+                &limits(linger_ms, max_commands),
+                &mut linger,
+            )
+            .await;
+            assert_eq!(
+                started.elapsed(),
+                Duration::ZERO,
+                "want {want}, max {max_commands}"
+            );
+            assert_eq!(batch.len(), (1 + queued).min(max_commands));
+        }
     }
 }

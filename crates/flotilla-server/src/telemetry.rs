@@ -176,6 +176,7 @@ impl Telemetry {
 
         let stats = &s.store.stats;
         timed("flotilla_wal_fsync", &stats.fsyncs);
+        timed("flotilla_acked_record_sync", &stats.acked_syncs);
         timed("flotilla_snapshot_build", &stats.snapshot_builds);
         timed("flotilla_snapshot_install", &stats.snapshot_installs);
     }

@@ -314,11 +314,18 @@ fn run_flusher(
         let result = synced
             .map_err(|e| std::io::Error::other(format!("WAL fsync: {e}")))
             .and_then(|()| match last {
-                Some(id) => ack
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .advance(id)
-                    .map_err(|e| std::io::Error::other(format!("writing the acked record: {e}"))),
+                Some(id) => {
+                    let started = std::time::Instant::now();
+                    let written = ack
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .advance(id)
+                        .map_err(|e| {
+                            std::io::Error::other(format!("writing the acked record: {e}"))
+                        });
+                    stats.acked_syncs.record(started.elapsed());
+                    written
+                }
                 None => Ok(()),
             });
         for (_, callback) in waiting {

@@ -46,6 +46,9 @@ impl Timed {
 pub struct StoreStats {
     /// WAL fsyncs (each one serves every append queued while the previous one ran).
     pub fsyncs: Timed,
+    /// Writes of the acked record after each WAL fsync (an `fdatasync` of its own), before the
+    /// entries are reported durable.
+    pub acked_syncs: Timed,
     /// Snapshots built from this replica's state.
     pub snapshot_builds: Timed,
     /// Snapshots received from a leader and installed.
