@@ -150,17 +150,10 @@ fn is_dead(s: &RouteState, addr: &str) -> bool {
 /// A failed call's message with its causes ("transport error" alone hides a refused connect
 /// or a certificate the client does not trust).
 pub(crate) fn describe(status: &tonic::Status) -> String {
-    let mut out = status.message().to_string();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = cause {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = e.source();
-    }
-    out
+    flotilla_proto::with_causes(
+        status.message().to_string(),
+        std::error::Error::source(status),
+    )
 }
 
 /// Whether a failed call means the address could not be reached at all (connection refused,

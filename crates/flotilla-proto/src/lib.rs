@@ -24,3 +24,19 @@ pub const LEADER_HINT_KEY: &str = "flotilla-leader";
 /// Requests in one SubmitStream message, at most; a larger message ends the stream with
 /// INVALID_ARGUMENT.
 pub const STREAM_MESSAGE_LIMIT: usize = 1024;
+
+/// `head`, then each cause in `cause`'s chain whose text is not already there, joined by
+/// ": " — so a transport error names its root (an untrusted certificate, a refused connect)
+/// rather than a bare "transport error". Used by the client and the replicas alike.
+pub fn with_causes(head: String, mut cause: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut out = head;
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = e.source();
+    }
+    out
+}

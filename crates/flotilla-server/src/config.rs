@@ -101,17 +101,6 @@ pub struct ServerConfig {
     pub tls_client_ca: Option<PathBuf>,
 }
 
-impl ServerConfig {
-    /// The TLS files, when TLS is on (all three given).
-    pub fn tls_files(&self) -> Option<flotilla_tls::ReplicaFiles> {
-        Some(flotilla_tls::ReplicaFiles {
-            cert: self.tls_cert.clone()?,
-            key: self.tls_key.clone()?,
-            client_ca: self.tls_client_ca.clone()?,
-        })
-    }
-}
-
 /// 256 MiB: four of the largest requests at once.
 pub fn default_max_request_bytes_in_flight() -> usize {
     256 * 1024 * 1024
@@ -304,9 +293,16 @@ impl ServerConfig {
             Err(problems)
         }
     }
-}
 
-impl ServerConfig {
+    /// The TLS files, when TLS is on (all three given).
+    pub fn tls_files(&self) -> Option<flotilla_tls::ReplicaFiles> {
+        Some(flotilla_tls::ReplicaFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone()?,
+        })
+    }
+
     pub fn placement_strategy(&self) -> Option<flotilla_core::Placement> {
         match self.placement.as_str() {
             "binpack" => Some(flotilla_core::Placement::BinPack),

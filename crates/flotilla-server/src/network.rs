@@ -38,17 +38,7 @@ pub(crate) fn peer_channel(
 
 /// An error with its causes, "a: b: c" (a transport error alone says only "transport error").
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
+    flotilla_proto::with_causes(e.to_string(), e.source())
 }
 
 /// As [`peer_channel`], connected now.
