@@ -109,6 +109,8 @@ impl Api {
 struct Point {
     scenario: &'static str,
     api: Api,
+    /// Whether the calls went over TLS.
+    tls: bool,
     in_flight: usize,
     batch: usize,
     tasks: u64,
@@ -154,7 +156,9 @@ async fn submit(ctx: &Ctx, args: SubmitBench) -> Result<ExitCode> {
     for &api in &args.api {
         for &batch in &args.batch {
             for &in_flight in &args.in_flight {
-                let p = run_point(&client, api, in_flight, batch, args.tasks, args.secs).await?;
+                let mut p =
+                    run_point(&client, api, in_flight, batch, args.tasks, args.secs).await?;
+                p.tls = args.tls || ctx.tls.is_some();
                 eprintln!(
                     "api={:<6} in_flight={:<3} batch={:<4} {:>10.0} tasks/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
                     api.name(), p.in_flight, p.batch, p.tasks_per_sec, p.p50_ms, p.p99_ms
@@ -282,6 +286,7 @@ async fn run_point(
     Ok(Point {
         scenario: "submit",
         api,
+        tls: false,
         in_flight,
         batch,
         tasks,
@@ -349,6 +354,8 @@ async fn target_cluster(
 #[derive(Serialize)]
 struct E2ePoint {
     scenario: &'static str,
+    /// Whether the calls went over TLS.
+    tls: bool,
     workers: usize,
     tasks: u64,
     secs: f64,
@@ -452,6 +459,7 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
     let rate = args.tasks as f64 / secs;
     let mut points = vec![E2ePoint {
         scenario: "e2e",
+        tls: args.tls || ctx.tls.is_some(),
         workers: args.workers,
         tasks: args.tasks,
         secs,
@@ -498,6 +506,7 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
     }
     points.push(E2ePoint {
         scenario: "dispatch_latency",
+        tls: args.tls || ctx.tls.is_some(),
         workers: args.workers,
         tasks: acked.len() as u64,
         secs: args.latency_secs,
