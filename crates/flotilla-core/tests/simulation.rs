@@ -561,18 +561,23 @@ impl Sim {
             self.apply_to(l, len);
             self.engine_event(l, Event::LostLeadership);
         }
-        let streams: Vec<(usize, u64)> = std::mem::take(&mut self.replicas[l].streams)
+        self.close_streams(l);
+        self.replicas[l].round_in_flight = 0;
+        self.election_at = Some(self.now + self.rng.range(150, 1_500));
+    }
+
+    /// Closes every stream of replica `r`: each worker notices.
+    fn close_streams(&mut self, r: usize) {
+        let streams: Vec<(usize, u64)> = std::mem::take(&mut self.replicas[r].streams)
             .into_iter()
             .collect();
         for (w, session) in streams {
             self.send_always(Msg::Worker {
                 to: w,
                 session,
-                body: ToWorker::StreamEnded { replica: l },
+                body: ToWorker::StreamEnded { replica: r },
             });
         }
-        self.replicas[l].round_in_flight = 0;
-        self.election_at = Some(self.now + self.rng.range(150, 1_500));
     }
 
     /// A closed TCP connection is noticed, whatever the network drops.
@@ -660,16 +665,7 @@ impl Sim {
                     }
                 }
                 Effect::CloseAllStreams => {
-                    let streams: Vec<(usize, u64)> = std::mem::take(&mut self.replicas[r].streams)
-                        .into_iter()
-                        .collect();
-                    for (w, session) in streams {
-                        self.send_always(Msg::Worker {
-                            to: w,
-                            session,
-                            body: ToWorker::StreamEnded { replica: r },
-                        });
-                    }
+                    self.close_streams(r);
                 }
             }
         }
@@ -1134,16 +1130,7 @@ impl Sim {
         if self.leader == Some(r) {
             self.end_leadership(true);
         }
-        let streams: Vec<(usize, u64)> = std::mem::take(&mut self.replicas[r].streams)
-            .into_iter()
-            .collect();
-        for (w, session) in streams {
-            self.send_always(Msg::Worker {
-                to: w,
-                session,
-                body: ToWorker::StreamEnded { replica: r },
-            });
-        }
+        self.close_streams(r);
         let rep = &mut self.replicas[r];
         rep.up = false;
         rep.state = State::new();
