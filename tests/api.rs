@@ -244,6 +244,13 @@ fn flotilla(cluster: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_cli_commands_and_json() {
     let tc = TestCluster::start(3).await;
@@ -292,6 +299,37 @@ async fn api_cli_commands_and_json() {
     assert_eq!(arr.len(), 1);
     assert_eq!(arr[0]["id"].to_string(), child_id);
 
+    // A delayed task waits until its time: an hour from the submit, by this machine's clock.
+    let before_ms = now_ms();
+    let out = flotilla(&cluster, &["submit", "--delay", "1h", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after_ms = now_ms();
+    let delayed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = flotilla(&cluster, &["status", &delayed, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "waiting", "{v}");
+    let not_before = v["not_before_ms"].as_u64().unwrap();
+    assert!(
+        (before_ms + 3_600_000..=after_ms + 3_600_000).contains(&not_before),
+        "not_before_ms {not_before} is an hour after {before_ms}..{after_ms}"
+    );
+    // One at a time already past runs at once (it is pending: no worker here).
+    let out = flotilla(
+        &cluster,
+        &["submit", "--at", "2020-01-01T00:00:00Z", "--", "true"],
+    );
+    let past = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = flotilla(&cluster, &["status", &past, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["state"], "pending", "{v}");
+    assert_eq!(v["not_before_ms"], 1_577_836_800_000u64);
+    let out = flotilla(&cluster, &["cancel", &delayed]);
+    assert!(out.status.success());
+
     let out = flotilla(&cluster, &["cluster", "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     for field in [
@@ -323,6 +361,8 @@ async fn api_cli_commands_and_json() {
         vec!["list", "--state", "sleeping"],
         vec!["submit", "--priority", "9999", "--", "x"],
         vec!["status", "987654"],
+        vec!["submit", "--delay", "soon", "--", "x"],
+        vec!["submit", "--at", "tomorrow", "--", "x"],
     ] {
         let out = flotilla(&cluster, &args);
         assert!(!out.status.success(), "{args:?}");

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_cli::local_cluster::ReplicaOptions;
 use flotilla_client::{Client, ClientConfig, ClientError, Code, TaskSpec, TaskState};
+use flotilla_testkit::ClusterOptions;
 use support::{all_tasks, bin, new_token, TestCluster};
 
 fn spec_in(queue: &str, key: &str) -> TaskSpec {
@@ -56,10 +56,10 @@ async fn tokens_with_roles_allow_and_refuse_calls() {
     assert!(err.contains("unknown role \"boss\""), "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
 
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec!["--tokens-file".into(), file.display().to_string()],
         client_token: Some(admin.clone()),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
     let mut tc = TestCluster::start_with(3, options).await;
     let addrs = tc.cluster.addrs();
@@ -227,10 +227,10 @@ async fn a_worker_cannot_be_impersonated_even_knowing_the_attempt() {
     let submit = new_token(&file, "ci", "submit", "");
     let runner_a = new_token(&file, "runner-a", "worker", "");
     let runner_b = new_token(&file, "runner-b", "worker", "");
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec!["--tokens-file".into(), file.display().to_string()],
         client_token: Some(admin.clone()),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
     let tc = TestCluster::start_with(3, options).await;
     let addrs = tc.cluster.addrs();
@@ -370,10 +370,10 @@ async fn the_tokens_file_is_reloaded_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
     let admin = new_token(&file, "ops", "admin", "");
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec!["--tokens-file".into(), file.display().to_string()],
         client_token: Some(admin.clone()),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
     let tc = TestCluster::start_with(3, options).await;
     let ids = tc.cluster.ids();
@@ -499,9 +499,9 @@ async fn peer_calls_need_the_cluster_secret() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), secret);
 
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec!["--peer-secret-file".into(), file.display().to_string()],
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
     let mut tc = TestCluster::start_with(3, options).await;
     let leader = tc.leader().await;

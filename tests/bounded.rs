@@ -8,18 +8,18 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_cli::local_cluster::ReplicaOptions;
 use flotilla_client::{
     Client, ClientConfig, ClientError, Consistency, TaskId, TaskSpec, TaskState,
 };
 use flotilla_core::Limits;
+use flotilla_testkit::ClusterOptions;
 use support::{eventually, spec, TestCluster};
 use tonic::Code;
 
-fn options(extra: &[&str]) -> ReplicaOptions {
-    ReplicaOptions {
+fn options(extra: &[&str]) -> ClusterOptions {
+    ClusterOptions {
         extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     }
 }
 

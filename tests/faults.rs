@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::TaskSpec;
+use flotilla_testkit::{Cluster, ClusterOptions};
 use support::{all_tasks, bin, TestCluster};
 
 /// A tmpfs of `mb` MiB mounted at a path, unmounted on drop.
@@ -61,8 +61,7 @@ fn big_spec(key: &str) -> TaskSpec {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_disk_fills_exits_with_the_reason_and_recovers_when_space_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cluster =
-        LocalCluster::new(&bin(), 3, dir.path(), ReplicaOptions::for_tests()).unwrap();
+    let mut cluster = Cluster::new(&bin(), 3, dir.path(), ClusterOptions::for_tests()).unwrap();
     let full = 3;
     let tmpfs = match Tmpfs::mount(&cluster.data_dir(full), 48) {
         Ok(t) => t,
@@ -158,13 +157,13 @@ async fn a_replica_whose_disk_fills_exits_with_the_reason_and_recovers_when_spac
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_flood_is_refused_with_a_reason_and_the_replica_serves_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::new(
+    let cluster = Cluster::new(
         &bin(),
         1,
         dir.path(),
-        ReplicaOptions {
+        ClusterOptions {
             extra_args: vec!["--max-connections".into(), "100".into()],
-            ..ReplicaOptions::for_tests()
+            ..ClusterOptions::for_tests()
         },
     )
     .unwrap();

@@ -11,18 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::{Client, ClusterStatus, Code, Consistency, TaskId, TaskSpec, TaskState};
+use flotilla_testkit::{Cluster, ClusterOptions};
 use flotilla_worker::CommandPayload;
 use support::{assert_exactly_acknowledged, bin, spec};
 
-async fn cluster(dir: &Path, n: usize) -> LocalCluster {
-    let options = ReplicaOptions {
+async fn cluster(dir: &Path, n: usize) -> Cluster {
+    let options = ClusterOptions {
         worker_ttl_ms: Some(10_000),
         snapshot_every_entries: Some(200),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
-    let mut c = LocalCluster::new(&bin(), n, dir, options).unwrap();
+    let mut c = Cluster::new(&bin(), n, dir, options).unwrap();
     c.start_all().unwrap();
     c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
     c
@@ -37,7 +37,7 @@ fn lines(path: &Path) -> Vec<String> {
 }
 
 /// The leader's view of the membership: id -> (voter, incarnation).
-async fn members(c: &mut LocalCluster) -> BTreeMap<u64, (bool, String)> {
+async fn members(c: &mut Cluster) -> BTreeMap<u64, (bool, String)> {
     let leader = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
     let s = c.client().cluster_status_of(c.addr(leader)).await.unwrap();
     s.members
@@ -48,7 +48,7 @@ async fn members(c: &mut LocalCluster) -> BTreeMap<u64, (bool, String)> {
 
 /// Waits until `check` holds on replica `id`'s own status.
 async fn await_status(
-    c: &LocalCluster,
+    c: &Cluster,
     id: u64,
     secs: u64,
     what: &str,
@@ -78,7 +78,7 @@ async fn await_status(
 }
 
 /// Waits until every member is pinned to an incarnation.
-async fn await_pinned(c: &mut LocalCluster) -> BTreeMap<u64, (bool, String)> {
+async fn await_pinned(c: &mut Cluster) -> BTreeMap<u64, (bool, String)> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let m = members(c).await;
@@ -449,11 +449,11 @@ async fn membership_bad_input_is_refused_and_changes_nothing() {
     assert_eq!(members(&mut c).await, before, "nothing changed");
 
     // The last voter of a one-replica cluster.
-    let mut single = LocalCluster::new(
+    let mut single = Cluster::new(
         &bin(),
         1,
         &dir.path().join("single"),
-        ReplicaOptions::for_tests(),
+        ClusterOptions::for_tests(),
     )
     .unwrap();
     single.start_all().unwrap();

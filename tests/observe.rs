@@ -8,18 +8,18 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_cli::local_cluster::ReplicaOptions;
 use flotilla_client::TaskSpec;
 use flotilla_proto::pb::{self, flotilla_client::FlotillaClient};
+use flotilla_testkit::ClusterOptions;
 use support::{all_tasks, eventually, get, sample, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_readiness_tell_the_truth() {
     let mut tc = TestCluster::start_with(
         3,
-        ReplicaOptions {
+        ClusterOptions {
             http: true,
-            ..ReplicaOptions::for_tests()
+            ..ClusterOptions::for_tests()
         },
     )
     .await;
@@ -145,9 +145,9 @@ async fn metrics_health_and_readiness_tell_the_truth() {
 async fn json_logs_are_one_object_per_line() {
     let mut tc = TestCluster::start_with(
         3,
-        ReplicaOptions {
+        ClusterOptions {
             extra_args: vec!["--log-format".into(), "json".into()],
-            ..ReplicaOptions::for_tests()
+            ..ClusterOptions::for_tests()
         },
     )
     .await;

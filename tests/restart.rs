@@ -6,7 +6,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_cli::local_cluster::ReplicaOptions;
+use flotilla_testkit::ClusterOptions;
 use support::{all_tasks, bin, spec, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,9 +48,9 @@ async fn restart_whole_cluster_keeps_every_task() {
 async fn restart_from_snapshot_and_log_keeps_every_task() {
     let mut tc = TestCluster::start_with(
         3,
-        ReplicaOptions {
+        ClusterOptions {
             snapshot_every_entries: Some(16),
-            ..ReplicaOptions::for_tests()
+            ..ClusterOptions::for_tests()
         },
     )
     .await;

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_cli::local_cluster::ReplicaOptions;
 use flotilla_client::{Client, ClientConfig, ClientTls, TaskSpec, TaskState};
 use flotilla_proto::raftpb::{raft_client::RaftClient, HelloRequest};
+use flotilla_testkit::ClusterOptions;
 use support::{bin, eventually, new_token, TestCluster};
 use tonic::transport::Endpoint;
 
@@ -63,10 +63,10 @@ async fn tls_with_tokens_end_to_end_and_who_is_refused() {
     let runner_file = dir.path().join("runner.token");
     std::fs::write(&runner_file, format!("{runner}\n")).unwrap();
     let tls_dir = dir.path().join("tls");
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec!["--tokens-file".into(), tokens.display().to_string()],
         client_token: Some(admin.clone()),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     }
     .with_tls(&tls_dir)
     .unwrap();
@@ -208,7 +208,7 @@ async fn tls_with_tokens_end_to_end_and_who_is_refused() {
 async fn tls_certificates_are_reloaded_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let tls_dir = dir.path().join("tls");
-    let options = ReplicaOptions::for_tests().with_tls(&tls_dir).unwrap();
+    let options = ClusterOptions::for_tests().with_tls(&tls_dir).unwrap();
     let mut tc = TestCluster::start_with(3, options).await;
     tc.leader().await;
     let ca = tls_dir.join("ca.pem");

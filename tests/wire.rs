@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use flotilla_cli::local_cluster::ReplicaOptions;
+use flotilla_testkit::ClusterOptions;
 use support::{get, sample, spec, TestCluster};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -103,7 +103,7 @@ async fn unfinished_submit(addr: &str, announced: usize, send: usize) -> (usize,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wire_attacks_leave_every_replica_alive_with_bounded_memory() {
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec![
             "--max-request-bytes-in-flight".into(),
             IN_FLIGHT.to_string(),
@@ -113,7 +113,7 @@ async fn wire_attacks_leave_every_replica_alive_with_bounded_memory() {
         // delay, applied lazily); an idle replica would keep the refused requests' freed
         // buffers resident. Purging at once makes RSS show what is live.
         env: vec![("MIMALLOC_PURGE_DELAY".into(), "0".into())],
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
     let mut tc = TestCluster::start_with(3, options).await;
     let leader = tc.leader().await;

@@ -10,20 +10,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::{Client, TaskId, TaskSpec, TaskState};
 use flotilla_core::Capacity;
+use flotilla_testkit::{Cluster, ClusterOptions};
 use flotilla_worker::{CommandPayload, Outcome, TaskContext, WorkerConfig};
 use support::bin;
 use tokio_util::sync::CancellationToken;
 
 /// A cluster with a short worker lease, so worker loss is detected in about a second.
-async fn cluster(dir: &Path, ttl_ms: u64) -> LocalCluster {
-    let options = ReplicaOptions {
+async fn cluster(dir: &Path, ttl_ms: u64) -> Cluster {
+    let options = ClusterOptions {
         worker_ttl_ms: Some(ttl_ms),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
-    let mut c = LocalCluster::new(&bin(), 3, dir, options).unwrap();
+    let mut c = Cluster::new(&bin(), 3, dir, options).unwrap();
     c.start_all().unwrap();
     c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
     c
@@ -283,12 +283,12 @@ async fn workers_lost_assignments_are_delivered_again() {
     // while the worker stays connected. Its heartbeats, which do not list those attempts,
     // must bring them back; each still runs exactly once, as attempt 1.
     let dir = tempfile::tempdir().unwrap();
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         worker_ttl_ms: Some(10_000),
         worker_stream_limit: Some(2),
-        ..ReplicaOptions::for_tests()
+        ..ClusterOptions::for_tests()
     };
-    let mut c = LocalCluster::new(&bin(), 3, dir.path(), options).unwrap();
+    let mut c = Cluster::new(&bin(), 3, dir.path(), options).unwrap();
     c.start_all().unwrap();
     c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
     let client = c.client();

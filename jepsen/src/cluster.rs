@@ -1,22 +1,18 @@
-//! Cluster control: replicas and workers as real OS processes of the release binary, each
-//! replica with its own data dir and log under the run directory, behind the partition proxy.
-//! Kill (SIGKILL), pause (SIGSTOP/SIGCONT), restart on the same data dir, wipe. With spare
-//! replicas planned, the membership nemesis adds and removes replicas: the members are then
-//! whatever the last membership change left, and a replica whose data dir was wiped starts
-//! empty with `--join` until it is added.
+//! The suite's cluster: the cluster test kit's ([`flotilla_testkit::Cluster`]: replicas and
+//! workers as processes of the release binary, kill, pause, restart, wipe, leader lookup) with
+//! every replica behind the partition proxy. With spare replicas planned, the membership
+//! nemesis adds and removes replicas: the members are then whatever the last membership change
+//! left, and a replica whose data dir was wiped starts empty with `--join` until it is added.
+//!
+//! [`Cluster`] derefs to the kit's cluster. The few methods defined here wrap the kit's of the
+//! same name where the proxy must learn a new process's pid, where the nemesis's own checks
+//! apply, or where jepsen numbers its workers (`w1`, `w2`…) rather than naming them.
 
-use std::collections::BTreeSet;
-
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::net::TcpListener;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_client::{Client, ClientConfig};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 use crate::proxy::{Endpoint, Net};
 
@@ -46,230 +42,114 @@ pub struct ClusterOptions {
     pub tls: Option<crate::auth::Tls>,
 }
 
-struct Proc {
-    child: Option<Child>,
-    paused: bool,
+impl ClusterOptions {
+    /// The kit's options for these: every replica proxied and checking its invariants after
+    /// every applied entry (a violation stops it with the reason in its log, which the
+    /// checkers then see); clients with the run's token and TLS.
+    fn kit(&self) -> flotilla_testkit::ClusterOptions {
+        let path = |p: &Path| p.display().to_string();
+        let mut extra_args = Vec::new();
+        let mut worker_args = Vec::new();
+        if let Some(auth) = &self.auth {
+            extra_args.extend([
+                "--tokens-file".into(),
+                path(&auth.tokens_file),
+                "--peer-secret-file".into(),
+                path(&auth.peer_secret_file),
+            ]);
+            worker_args.extend(["--token-file".into(), path(&auth.worker_token_file)]);
+        }
+        if let Some(tls) = &self.tls {
+            extra_args.extend([
+                "--tls-cert".into(),
+                path(&tls.cert),
+                "--tls-key".into(),
+                path(&tls.key),
+                "--tls-client-ca".into(),
+                path(&tls.ca),
+            ]);
+            worker_args.extend([
+                "--ca".into(),
+                path(&tls.ca),
+                "--tls-server-name".into(),
+                crate::auth::SERVER_NAME.into(),
+            ]);
+        }
+        flotilla_testkit::ClusterOptions {
+            cluster_name: Some("jepsen".into()),
+            heartbeat_ms: Some(self.heartbeat_ms),
+            election_timeout_ms: Some(self.election_timeout_ms),
+            worker_ttl_ms: self.worker_ttl_ms,
+            snapshot_every_entries: self.snapshot_every_entries,
+            env: self
+                .sut_bug
+                .iter()
+                .map(|bug| ("FLOTILLA_PLANTED_BUG".to_string(), bug.clone()))
+                .collect(),
+            check_invariants: true,
+            extra_args,
+            worker_args,
+            proxied: true,
+            spares: self.spares,
+            tmpfs_mb: self.tmpfs_mb,
+            client_token: crate::auth::client_token(),
+            client_tls: crate::auth::client_tls(),
+            ..flotilla_testkit::ClusterOptions::default()
+        }
+    }
 }
 
 pub struct Cluster {
-    opts: ClusterOptions,
-    base: PathBuf,
-    /// Addresses in `--peers`: the proxy listeners.
-    public: BTreeMap<u64, String>,
-    /// Where each replica really listens.
-    private: BTreeMap<u64, String>,
-    /// The replicas bootstrapped with `--peers`.
-    initial: BTreeSet<u64>,
-    /// The members now, as the membership nemesis left them: what `ids` returns.
-    members: BTreeSet<u64>,
-    /// Replicas started empty with `--join` (spares, and removed members whose data dir was
-    /// wiped) rather than with `--peers`.
-    joiners: BTreeSet<u64>,
-    replicas: BTreeMap<u64, Proc>,
-    workers: BTreeMap<u64, Proc>,
-    /// Argv of a worker, without the binary.
-    worker_args: Vec<String>,
+    kit: flotilla_testkit::Cluster,
     pub net: Net,
-    /// Data dirs mounted as tmpfs, unmounted when the cluster is dropped.
-    mounts: Vec<PathBuf>,
+    /// Flags of every worker after the kit's (queue, heartbeat).
+    worker_extra: Vec<String>,
 }
 
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
+impl Deref for Cluster {
+    type Target = flotilla_testkit::Cluster;
+    fn deref(&self) -> &Self::Target {
+        &self.kit
+    }
 }
 
-fn signal(child: &Child, sig: Signal) -> std::io::Result<()> {
-    kill(Pid::from_raw(child.id() as i32), sig).map_err(std::io::Error::other)
+impl DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.kit
+    }
+}
+
+/// Jepsen's worker `w` in the kit.
+fn worker_name(w: u64) -> String {
+    format!("w{w}")
 }
 
 impl Cluster {
     /// Plans the cluster and starts its proxies; starts no process.
     pub async fn new(opts: ClusterOptions, base: &Path) -> anyhow::Result<Cluster> {
-        std::fs::create_dir_all(base)?;
-        let planned = opts.nodes + opts.spares;
-        let ports = free_ports(2 * planned)?;
-        let mut public = BTreeMap::new();
-        let mut private = BTreeMap::new();
-        for i in 0..planned {
-            let id = i as u64 + 1;
-            public.insert(id, format!("127.0.0.1:{}", ports[2 * i]));
-            private.insert(id, format!("127.0.0.1:{}", ports[2 * i + 1]));
-        }
+        let kit = flotilla_testkit::Cluster::new(&opts.bin, opts.nodes, base, opts.kit())?;
         let net = Net::new();
-        for (id, addr) in &public {
-            net.listen(Endpoint::Node(*id), addr, private[id].clone())
-                .await?;
+        for id in kit.ids().into_iter().chain(kit.non_members()) {
+            net.listen(
+                Endpoint::Node(id),
+                kit.addr(id),
+                kit.listen_addr(id).to_string(),
+            )
+            .await?;
         }
-        let initial: BTreeSet<u64> = (1..=opts.nodes as u64).collect();
-        let joiners = public
-            .keys()
-            .copied()
-            .filter(|id| !initial.contains(id))
-            .collect();
-        let mut cluster = Cluster {
-            opts,
-            base: base.to_path_buf(),
-            public,
-            private,
-            members: initial.clone(),
-            initial,
-            joiners,
-            replicas: BTreeMap::new(),
-            workers: BTreeMap::new(),
-            worker_args: Vec::new(),
+        Ok(Cluster {
+            kit,
             net,
-            mounts: Vec::new(),
-        };
-        if let Some(mb) = cluster.opts.tmpfs_mb {
-            for id in cluster.public.keys().copied().collect::<Vec<_>>() {
-                let dir = cluster.data_dir(id);
-                std::fs::create_dir_all(&dir)?;
-                let out = Command::new("mount")
-                    .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-                    .arg(&dir)
-                    .output()?;
-                anyhow::ensure!(
-                    out.status.success(),
-                    "mounting a tmpfs at {} for the disk-full nemesis (needs root): {}",
-                    dir.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-                cluster.mounts.push(dir);
-            }
-        }
-        Ok(cluster)
+            worker_extra: Vec::new(),
+        })
     }
 
-    /// The members now.
-    pub fn ids(&self) -> Vec<u64> {
-        self.members.iter().copied().collect()
-    }
-
-    /// Planned replicas that are not members now (spares, removed members).
-    pub fn non_members(&self) -> Vec<u64> {
-        self.public
-            .keys()
-            .copied()
-            .filter(|id| !self.members.contains(id))
-            .collect()
-    }
-
-    /// Records a membership change the nemesis made.
-    pub fn set_member(&mut self, id: u64, member: bool) {
-        if member {
-            self.members.insert(id);
-        } else {
-            self.members.remove(&id);
-        }
-    }
-
-    /// From now on replica `id` starts with `--join` (its data dir is empty).
-    pub fn set_joiner(&mut self, id: u64) {
-        self.joiners.insert(id);
-    }
-
-    pub fn addr(&self, id: u64) -> &str {
-        &self.public[&id]
-    }
-
-    /// The members' public addresses.
-    pub fn addrs(&self) -> Vec<String> {
-        self.members
-            .iter()
-            .map(|id| self.public[id].clone())
-            .collect()
-    }
-
-    pub fn data_dir(&self, id: u64) -> PathBuf {
-        self.base.join(format!("node-{id}"))
-    }
-
-    fn log(&self, name: &str) -> std::io::Result<(File, File)> {
-        let f = File::options()
-            .create(true)
-            .append(true)
-            .open(self.base.join(format!("{name}.log")))?;
-        Ok((f.try_clone()?, f))
-    }
-
-    /// Starts (or restarts on the same data dir) replica `id`.
+    /// Starts (or restarts on the same data dir) replica `id`, known to the proxy by its pid.
     pub fn start(&mut self, id: u64) -> std::io::Result<()> {
-        self.kill(id)?;
-        let (out, err) = self.log(&format!("node-{id}"))?;
-        let mut cmd = Command::new(&self.opts.bin);
-        cmd.arg("server")
-            .args(["--id", &id.to_string()])
-            .args(["--listen", &self.private[&id]])
-            .arg("--data-dir")
-            .arg(self.data_dir(id));
-        if self.joiners.contains(&id) {
-            let join = self
-                .members
-                .iter()
-                .filter(|m| **m != id)
-                .map(|m| self.public[m].clone())
-                .collect::<Vec<_>>()
-                .join(",");
-            cmd.args(["--join", &join]);
-        } else {
-            let peers = self
-                .initial
-                .iter()
-                .map(|id| format!("{id}={}", self.public[id]))
-                .collect::<Vec<_>>()
-                .join(",");
-            cmd.args(["--peers", &peers]);
+        self.kit.start(id)?;
+        if let Some(pid) = self.kit.pid(id) {
+            self.net.register_pid(pid, Endpoint::Node(id));
         }
-        cmd.args(["--cluster-name", "jepsen"])
-            // Every applied entry is checked against the state's invariants: a violation stops
-            // the replica with the reason in its log, which the checkers then see.
-            .arg("--check-invariants")
-            .args(["--heartbeat-ms", &self.opts.heartbeat_ms.to_string()])
-            .args([
-                "--election-timeout-ms",
-                &self.opts.election_timeout_ms.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        if let Some(ttl) = self.opts.worker_ttl_ms {
-            cmd.args(["--worker-ttl-ms", &ttl.to_string()]);
-        }
-        if let Some(n) = self.opts.snapshot_every_entries {
-            cmd.args(["--snapshot-every-entries", &n.to_string()]);
-        }
-        if let Some(bug) = &self.opts.sut_bug {
-            cmd.env("FLOTILLA_PLANTED_BUG", bug);
-        }
-        if let Some(auth) = &self.opts.auth {
-            cmd.arg("--tokens-file")
-                .arg(&auth.tokens_file)
-                .arg("--peer-secret-file")
-                .arg(&auth.peer_secret_file);
-        }
-        if let Some(tls) = &self.opts.tls {
-            cmd.arg("--tls-cert")
-                .arg(&tls.cert)
-                .arg("--tls-key")
-                .arg(&tls.key)
-                .arg("--tls-client-ca")
-                .arg(&tls.ca);
-        }
-        let child = cmd.spawn()?;
-        self.net.register_pid(child.id(), Endpoint::Node(id));
-        self.replicas.insert(
-            id,
-            Proc {
-                child: Some(child),
-                paused: false,
-            },
-        );
         Ok(())
     }
 
@@ -280,224 +160,59 @@ impl Cluster {
         Ok(())
     }
 
-    pub fn is_running(&mut self, id: u64) -> bool {
-        self.replicas
-            .get_mut(&id)
-            .and_then(|p| p.child.as_mut())
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    pub fn is_paused(&self, id: u64) -> bool {
-        self.replicas.get(&id).is_some_and(|p| p.paused)
-    }
-
-    /// Replicas that are not running (killed, or exited by themselves).
-    pub fn down(&mut self) -> Vec<u64> {
-        self.ids()
-            .into_iter()
-            .filter(|id| !self.is_running(*id))
-            .collect()
-    }
-
-    /// SIGKILL: nothing is flushed.
-    pub fn kill(&mut self, id: u64) -> std::io::Result<()> {
-        if let Some(mut p) = self.replicas.remove(&id) {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                c.wait()?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes replica `id`'s data dir (its contents, when it is a mount point); the replica
-    /// must be down and must not be a member (a wiped voter could vote twice in a term): the
-    /// membership nemesis wipes a removed replica before adding it back.
+    /// Deletes replica `id`'s data; it must be down and must not be a member (a wiped voter
+    /// could vote twice in a term): the membership nemesis wipes a removed replica before
+    /// adding it back.
     pub fn wipe(&mut self, id: u64) -> std::io::Result<()> {
-        assert!(!self.is_running(id), "wipe of running replica {id}");
-        assert!(!self.members.contains(&id), "wipe of member {id}");
-        let dir = self.data_dir(id);
-        let entries = match std::fs::read_dir(&dir) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            r => r?,
-        };
-        for entry in entries {
-            let path = entry?.path();
-            if path.is_dir() {
-                std::fs::remove_dir_all(&path)?;
-            } else {
-                std::fs::remove_file(&path)?;
-            }
-        }
-        Ok(())
+        assert!(!self.ids().contains(&id), "wipe of member {id}");
+        self.kit.wipe(id)
     }
 
     /// How replica `id`'s process ended, if it has (None: running or never started).
     pub fn exit_code(&mut self, id: u64) -> Option<Option<i32>> {
-        let child = self.replicas.get_mut(&id)?.child.as_mut()?;
-        child.try_wait().ok().flatten().map(|s| s.code())
+        self.kit.exit_status(id).map(|s| s.code())
     }
 
-    pub fn pause(&mut self, id: u64) -> std::io::Result<()> {
-        if let Some(p) = self.replicas.get_mut(&id) {
-            if let Some(c) = &p.child {
-                signal(c, Signal::SIGSTOP)?;
-                p.paused = true;
-            }
-        }
-        Ok(())
-    }
-
-    pub fn resume(&mut self, id: u64) -> std::io::Result<()> {
-        if let Some(p) = self.replicas.get_mut(&id) {
-            if let Some(c) = &p.child {
-                signal(c, Signal::SIGCONT)?;
-            }
-            p.paused = false;
-        }
-        Ok(())
-    }
-
-    /// How workers are started: `flotilla worker --cluster ADDRS` plus `extra`.
+    /// Flags every worker gets after the kit's (queue, heartbeat…).
     pub fn set_worker_args(&mut self, extra: Vec<String>) {
-        let mut args = vec![
-            "worker".to_string(),
-            "--cluster".to_string(),
-            self.addrs().join(","),
-        ];
-        if let Some(auth) = &self.opts.auth {
-            args.push("--token-file".into());
-            args.push(auth.worker_token_file.display().to_string());
-        }
-        if let Some(tls) = &self.opts.tls {
-            args.push("--ca".into());
-            args.push(tls.ca.display().to_string());
-            args.push("--tls-server-name".into());
-            args.push(crate::auth::SERVER_NAME.into());
-        }
-        args.extend(extra);
-        self.worker_args = args;
+        self.worker_extra = extra;
     }
 
     pub fn start_worker(&mut self, w: u64) -> std::io::Result<()> {
-        self.kill_worker(w)?;
-        let (out, err) = self.log(&format!("worker-{w}"))?;
-        let child = Command::new(&self.opts.bin)
-            .args(&self.worker_args)
-            .args(["--id", &format!("w{w}")])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()?;
-        self.net.register_pid(child.id(), Endpoint::Worker(w));
-        self.workers.insert(
-            w,
-            Proc {
-                child: Some(child),
-                paused: false,
-            },
-        );
+        let extra: Vec<&str> = self.worker_extra.iter().map(String::as_str).collect();
+        self.kit.start_worker(&worker_name(w), &extra)?;
+        if let Some(pid) = self.kit.worker_pid(&worker_name(w)) {
+            self.net.register_pid(pid, Endpoint::Worker(w));
+        }
         Ok(())
     }
 
     pub fn worker_ids(&self) -> Vec<u64> {
-        self.workers.keys().copied().collect()
+        self.kit
+            .worker_ids()
+            .iter()
+            .filter_map(|name| name.strip_prefix('w')?.parse().ok())
+            .collect()
     }
 
     pub fn kill_worker(&mut self, w: u64) -> std::io::Result<()> {
-        if let Some(mut p) = self.workers.remove(&w) {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                c.wait()?;
-            }
-        }
-        Ok(())
+        self.kit.kill_worker(&worker_name(w))
     }
 
+    /// SIGSTOP / SIGCONT worker `w`; nothing to do for one that is not running.
     pub fn pause_worker(&mut self, w: u64, pause: bool) -> std::io::Result<()> {
-        if let Some(p) = self.workers.get_mut(&w) {
-            if let Some(c) = &p.child {
-                signal(
-                    c,
-                    if pause {
-                        Signal::SIGSTOP
-                    } else {
-                        Signal::SIGCONT
-                    },
-                )?;
-                p.paused = pause;
-            }
+        if !self.worker_ids().contains(&w) {
+            return Ok(());
         }
-        Ok(())
+        self.kit.pause_worker(&worker_name(w), pause)
     }
 
-    /// A client of the public (proxied) addresses.
+    /// A client of the members' public (proxied) addresses.
     pub fn client(&self, call_timeout: Duration) -> Client {
-        let config = ClientConfig {
-            token: crate::auth::client_token(),
-            tls: crate::auth::client_tls(),
+        self.kit.client_with(ClientConfig {
             request_timeout: Duration::from_secs(1).min(call_timeout),
             call_timeout,
-            ..ClientConfig::default()
-        };
-        Client::with_config(self.addrs(), config).expect("loopback addresses are valid")
-    }
-
-    /// Waits until every running, unpaused replica names the same leader and it says so.
-    pub async fn wait_for_leader(&mut self, timeout: Duration) -> Option<u64> {
-        let deadline = Instant::now() + timeout;
-        let client = self.client(Duration::from_secs(1));
-        while Instant::now() < deadline {
-            if let Some(l) = self.agreed_leader(&client).await {
-                return Some(l);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    async fn agreed_leader(&mut self, client: &Client) -> Option<u64> {
-        let mut leader = None;
-        for id in self.ids() {
-            if !self.is_running(id) || self.is_paused(id) {
-                continue;
-            }
-            let s = client.cluster_status_of(self.addr(id)).await.ok()?;
-            let l = s.leader_id?;
-            if leader.is_some_and(|x| x != l) {
-                return None;
-            }
-            leader = Some(l);
-        }
-        let l = leader?;
-        let s = client.cluster_status_of(self.addr(l)).await.ok()?;
-        (s.role == "leader").then_some(l)
-    }
-
-    /// Stops everything (resuming paused processes first so none is left stopped).
-    pub fn shutdown(&mut self) {
-        for p in self.replicas.values().chain(self.workers.values()) {
-            if let Some(c) = &p.child {
-                let _ = signal(c, Signal::SIGCONT);
-            }
-        }
-        for (_, mut p) in std::mem::take(&mut self.replicas)
-            .into_iter()
-            .chain(std::mem::take(&mut self.workers))
-        {
-            if let Some(mut c) = p.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.shutdown();
-        for dir in &self.mounts {
-            let _ = Command::new("umount").arg("-l").arg(dir).status();
-        }
+            ..self.kit.client_config()
+        })
     }
 }

@@ -104,6 +104,7 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
     cluster
         .wait_for_leader(Duration::from_secs(30))
         .await
+        .map_err(anyhow::Error::msg)
         .context("no leader after start-up")?;
 
     let sink = crate::sink::start(rec.clone()).await?;
@@ -184,7 +185,8 @@ pub async fn test(cfg: TestConfig) -> Result<Results> {
         .lock()
         .await
         .wait_for_leader(Duration::from_secs(30))
-        .await;
+        .await
+        .ok();
     let leader_after_heal_ms = leader.map(|_| healed.elapsed().as_millis() as u64);
 
     phase(&rec, "recovery");

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::{Client, ListQuery, Task, TaskSpec};
+use flotilla_testkit::{Cluster, ClusterOptions};
 
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -17,20 +17,20 @@ pub fn bin() -> PathBuf {
 }
 
 pub struct TestCluster {
-    pub cluster: LocalCluster,
+    pub cluster: Cluster,
     pub dir: tempfile::TempDir,
 }
 
 impl TestCluster {
     /// Starts `n` replicas and waits for a leader.
     pub async fn start(n: usize) -> TestCluster {
-        TestCluster::start_with(n, ReplicaOptions::for_tests()).await
+        TestCluster::start_with(n, ClusterOptions::for_tests()).await
     }
 
     /// Starts `n` replicas with `options` and waits for a leader.
-    pub async fn start_with(n: usize, options: ReplicaOptions) -> TestCluster {
+    pub async fn start_with(n: usize, options: ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cluster = LocalCluster::new(&bin(), n, dir.path(), options).expect("plan cluster");
+        let mut cluster = Cluster::new(&bin(), n, dir.path(), options).expect("plan cluster");
         cluster.start_all().expect("start replicas");
         let mut tc = TestCluster { cluster, dir };
         tc.leader().await;

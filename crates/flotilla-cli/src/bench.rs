@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::{Client, TaskSpec};
+use flotilla_testkit::{Cluster, ClusterOptions};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -302,7 +302,7 @@ async fn run_point(
 async fn target_cluster(
     ctx: &Ctx,
     tls: bool,
-) -> Result<(Client, Option<(LocalCluster, tempfile::TempDir)>)> {
+) -> Result<(Client, Option<(Cluster, tempfile::TempDir)>)> {
     if ctx.cluster_given {
         if tls {
             bail!("--tls starts a cluster with TLS; with --cluster, give --ca instead");
@@ -331,12 +331,12 @@ async fn target_cluster(
     let dir = tempfile::tempdir().context("temp dir")?;
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
     let options = match tls {
-        true => ReplicaOptions::default()
+        true => ClusterOptions::default()
             .with_tls(&dir.path().join("tls"))
             .map_err(anyhow::Error::msg)?,
-        false => ReplicaOptions::default(),
+        false => ClusterOptions::default(),
     };
-    let mut cluster = LocalCluster::new(&bin, 3, dir.path(), options)?;
+    let mut cluster = Cluster::new(&bin, 3, dir.path(), options)?;
     cluster.start_all()?;
     cluster
         .wait_for_leader(Duration::from_secs(20))

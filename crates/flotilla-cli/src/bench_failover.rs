@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::{ListQuery, TaskId, TaskSpec};
+use flotilla_testkit::{Cluster, ClusterOptions};
 use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
 use serde::Serialize;
 
@@ -119,12 +119,12 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
     }
     let dir = tempfile::tempdir().context("temp dir")?;
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout_ms,
-        ..ReplicaOptions::default()
+        ..ClusterOptions::default()
     };
-    let mut cluster = LocalCluster::new(&bin, 3, dir.path(), options)?;
+    let mut cluster = Cluster::new(&bin, 3, dir.path(), options)?;
     cluster.start_all()?;
     cluster
         .wait_for_leader(Duration::from_secs(20))

@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::{Client, ClientConfig, Consistency, TaskSpec};
 use flotilla_core::QueuePolicy;
+use flotilla_testkit::{Cluster, ClusterOptions};
 use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -141,7 +141,7 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
     let base = std::env::var_os("FLOTILLA_BENCH_DIR")
         .map_or_else(|| dir.path().to_path_buf(), PathBuf::from);
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
-    let mut cluster = LocalCluster::new(&bin, 3, &base, ReplicaOptions::default())?;
+    let mut cluster = Cluster::new(&bin, 3, &base, ClusterOptions::default())?;
     cluster.start_all()?;
     cluster
         .wait_for_leader(Duration::from_secs(20))

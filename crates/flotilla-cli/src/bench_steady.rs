@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use flotilla_cli::local_cluster::{LocalCluster, ReplicaOptions};
 use flotilla_client::TaskSpec;
+use flotilla_testkit::{Cluster, ClusterOptions};
 use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
 use serde::Serialize;
 
@@ -83,11 +83,11 @@ pub async fn run(args: SteadyBench) -> Result<ExitCode> {
     }
     let dir = tempfile::tempdir().context("temp dir")?;
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
-    let options = ReplicaOptions {
+    let options = ClusterOptions {
         extra_args: vec!["--retention-ms".into(), args.retention_ms.to_string()],
-        ..ReplicaOptions::default()
+        ..ClusterOptions::default()
     };
-    let mut cluster = LocalCluster::new(&bin, 3, dir.path(), options)?;
+    let mut cluster = Cluster::new(&bin, 3, dir.path(), options)?;
     cluster.start_all()?;
     cluster
         .wait_for_leader(Duration::from_secs(20))

@@ -81,6 +81,13 @@ pub struct SubmitArgs {
     /// A label the worker must have, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Run no earlier than this long from now, e.g. `30s`, `5m`, `1h 30m` (from this machine's
+    /// clock; the task waits in state `waiting` until then).
+    #[arg(long, value_name = "DURATION", conflicts_with = "at")]
+    delay: Option<String>,
+    /// Run no earlier than this time: RFC 3339 (`2026-11-28T06:00:00Z`) or Unix seconds.
+    #[arg(long, value_name = "TIME")]
+    at: Option<String>,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -107,6 +114,11 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
         spec.timeout_ms = Some((secs * 1000.0) as u64);
     }
     spec.labels = parse_labels(&args.labels)?;
+    spec.not_before_ms = not_before_ms(
+        args.delay.as_deref(),
+        args.at.as_deref(),
+        std::time::SystemTime::now(),
+    )?;
     let ids = ctx.client()?.submit(vec![spec]).await?;
     let id = ids[0];
     ctx.print(serde_json::json!({ "id": id.0 }), id.to_string());
@@ -592,9 +604,78 @@ pub fn human(d: Duration) -> String {
     format!("{ms}ms")
 }
 
+/// The wall-clock time (Unix ms) a task submitted at `now` with `--delay` or `--at` may start
+/// from; `None` without either.
+fn not_before_ms(
+    delay: Option<&str>,
+    at: Option<&str>,
+    now: std::time::SystemTime,
+) -> Result<Option<u64>> {
+    let when = match (delay, at) {
+        (None, None) => return Ok(None),
+        (Some(d), _) => {
+            let d = humantime::parse_duration(d)
+                .map_err(|e| anyhow::anyhow!("invalid --delay {d:?}: {e} (e.g. 30s, 5m, 1h)"))?;
+            now.checked_add(d)
+                .ok_or_else(|| anyhow::anyhow!("invalid --delay {d:?}: too long"))?
+        }
+        (None, Some(t)) => match t.parse::<u64>() {
+            Ok(secs) => std::time::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| anyhow::anyhow!("invalid --at {t:?}: too far away"))?,
+            Err(_) => humantime::parse_rfc3339_weak(t).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid --at {t:?}: {e} (RFC 3339, e.g. 2026-11-28T06:00:00Z, or Unix seconds)"
+                )
+            })?,
+        },
+    };
+    let ms = when
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| anyhow::anyhow!("invalid --at: before 1970"))?
+        .as_millis();
+    let flag = if delay.is_some() { "--delay" } else { "--at" };
+    Ok(Some(u64::try_from(ms).map_err(|_| {
+        anyhow::anyhow!("invalid {flag}: too far away")
+    })?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delay_and_at_become_the_time_a_task_may_start() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000);
+        assert_eq!(not_before_ms(None, None, now).unwrap(), None);
+        assert_eq!(
+            not_before_ms(Some("30s"), None, now).unwrap(),
+            Some(1_030_000)
+        );
+        assert_eq!(
+            not_before_ms(Some("1h 30m 250ms"), None, now).unwrap(),
+            Some(1_000_000 + 5_400_250)
+        );
+        assert_eq!(
+            not_before_ms(None, Some("1764309600"), now).unwrap(),
+            Some(1_764_309_600_000)
+        );
+        assert_eq!(
+            not_before_ms(None, Some("2025-11-28T06:00:00Z"), now).unwrap(),
+            Some(1_764_309_600_000)
+        );
+        for (delay, at, field) in [
+            (Some("soon"), None, "invalid --delay \"soon\""),
+            (Some("30"), None, "invalid --delay \"30\""),
+            (Some("99999999999999999999s"), None, "invalid --delay"),
+            (Some("600000000y"), None, "invalid --delay: too far away"),
+            (None, Some("tomorrow"), "invalid --at \"tomorrow\""),
+            (None, Some("18446744073709551615"), "invalid --at"),
+        ] {
+            let err = not_before_ms(delay, at, now).unwrap_err().to_string();
+            assert!(err.starts_with(field), "{delay:?} {at:?}: {err}");
+        }
+    }
 
     #[test]
     fn durations_parse_and_print() {

@@ -19,6 +19,7 @@ pub fn task_json(t: &Task) -> Value {
         "depends_on": t.spec.depends_on.iter().map(|d| d.0).collect::<Vec<_>>(),
         "command": command,
         "submitted_at_ms": t.submitted_at_ms,
+        "not_before_ms": t.spec.not_before_ms,
         "updated_at_ms": t.updated_at_ms,
         "reason": t.reason,
         "result": t.result.as_ref().map(|r| String::from_utf8_lossy(r).to_string()),
@@ -40,6 +41,13 @@ pub fn task_text(t: &Task) -> String {
     if !t.spec.depends_on.is_empty() {
         let deps: Vec<String> = t.spec.depends_on.iter().map(|d| d.to_string()).collect();
         s.push_str(&format!("\n  after: {}", deps.join(",")));
+    }
+    if let Some(ms) = t.spec.not_before_ms {
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        s.push_str(&format!(
+            "\n  not before: {}",
+            humantime::format_rfc3339_millis(when)
+        ));
     }
     if let Some(r) = &t.reason {
         s.push_str(&format!("\n  reason: {r}"));

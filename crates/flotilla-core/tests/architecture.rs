@@ -5,6 +5,8 @@
 //!   derive prost (they convert at the edge, in `flotilla-proto`);
 //! - only `flotilla-store` depends on `rocksdb` directly, and no other workspace crate
 //!   reaches it except through `flotilla-store`;
+//! - only the programs that start clusters (`flotilla-cli` for `flotilla bench` and its black-box
+//!   tests, `flotilla-jepsen`) depend on the dev-only `flotilla-testkit`;
 //! - the modules of `flotilla-server` form no cycle (edges: `crate::NAME` references).
 //!
 //! Here rather than in a crate of its own because `flotilla-core` builds in seconds: the
@@ -214,6 +216,32 @@ fn only_store_depends_on_rocksdb() {
             "{name} reaches rocksdb other than through flotilla-store: {bad:#?}"
         );
     }
+}
+
+/// Programs that start clusters of processes: the only crates that may use the test kit.
+const KIT_USERS: &[&str] = &["flotilla-cli", "flotilla-jepsen"];
+
+#[test]
+fn only_the_programs_that_start_clusters_use_the_test_kit() {
+    let g = Graph::load();
+    let mut users = Vec::new();
+    for member in &g.members {
+        let name = g.name(member);
+        let reached = g.reachable(member, &[]);
+        if reached.keys().any(|id| g.name(id) == "flotilla-testkit") {
+            users.push(name.to_string());
+            assert!(
+                KIT_USERS.contains(&name),
+                "{name} depends on flotilla-testkit: {:?}; only {KIT_USERS:?} may",
+                reached
+                    .iter()
+                    .find(|(id, _)| g.name(id) == "flotilla-testkit")
+                    .map(|(_, path)| path.join(" -> "))
+            );
+        }
+    }
+    users.sort();
+    assert_eq!(users, KIT_USERS, "the kit's users");
 }
 
 /// The modules of a crate's `src/` (a file `NAME.rs` or a directory `NAME/`; `lib.rs` and
