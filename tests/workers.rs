@@ -503,3 +503,89 @@ async fn workers_cancellation_reaches_the_running_command_down_the_stream() {
     .await;
     assert_eq!(client.get(long).await.unwrap().state, TaskState::Cancelled);
 }
+
+/// `flotilla trace export` turns what a real cluster ran into a trace that `flotilla simulate`
+/// replays: the tasks that succeeded, with their real run times; the rest are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_trace_export_replays_in_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 1500).await;
+    let client = c.client();
+    let mut ids = Vec::new();
+    for ms in [50, 150, 100] {
+        let mut spec = sh(&format!("sleep {}", ms as f64 / 1000.0));
+        spec.estimate_ms = Some(ms);
+        ids.push(client.submit(vec![spec]).await.unwrap()[0]);
+    }
+    // One that never runs: it waits for an hour from now, and is cancelled.
+    let in_an_hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 3_600_000;
+    let blocked = client
+        .submit(vec![{
+            let mut s = sh("true");
+            s.not_before_ms = Some(in_an_hour);
+            s
+        }])
+        .await
+        .unwrap()[0];
+    c.start_worker("wa", &["--heartbeat-ms", "300", "--slots", "1"])
+        .unwrap();
+    for id in &ids {
+        wait_state(&client, *id, TaskState::Succeeded, 30).await;
+    }
+    client.cancel(blocked).await.unwrap();
+
+    let flotilla = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .env("FLOTILLA_CLUSTER", c.addrs().join(","))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let trace = dir.path().join("trace.json");
+    let exported = flotilla(&[
+        "trace",
+        "export",
+        "--out",
+        trace.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(exported["listed"], 4, "{exported}");
+    assert_eq!(exported["tasks"], 3, "{exported}");
+    assert_eq!(exported["skipped"], 1, "{exported}");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    let tasks = written["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 3);
+    for (t, ms) in tasks.iter().zip([50u64, 150, 100]) {
+        assert_eq!(t["estimate_ms"], ms, "{t}");
+        let run = t["run_ms"].as_u64().unwrap();
+        assert!(run >= ms, "ran {run} ms, slept {ms}: {t}");
+    }
+
+    let report = flotilla(&[
+        "simulate",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--policy",
+        "fifo,sjf",
+        "--json",
+    ]);
+    let rows = report.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{report}");
+    assert_eq!(rows[0]["policy"], "fifo");
+    assert_eq!(rows[1]["policy"], "sjf");
+    for row in rows {
+        assert_eq!(row["tasks"], 3, "{row}");
+        assert!(row["makespan_ms"].as_u64().unwrap() >= 300, "{row}");
+    }
+}

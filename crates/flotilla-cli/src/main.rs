@@ -1,6 +1,7 @@
 //! The `flotilla` binary: run a replica (`server`), a local cluster (`dev`), talk to a
 //! cluster (`submit`, `status`, `wait`, `cancel`, `list`, `cluster status`) and measure it
-//! (`bench submit`). Errors print one line and exit non-zero.
+//! (`bench submit`), compare queue policies on a workload (`simulate`, `trace export`).
+//! Errors print one line and exit non-zero.
 
 /// `println!` that treats a closed stdout (`flotilla list | head -1`) as the reader being done:
 /// exit quietly with success instead of panicking; any other write error exits non-zero.
@@ -24,6 +25,7 @@ mod payload;
 mod progress;
 mod server;
 mod settings;
+mod simulate;
 mod token;
 mod worker;
 
@@ -136,6 +138,13 @@ enum Cmd {
         #[command(subcommand)]
         command: token::TokenCmd,
     },
+    /// Replay a workload trace through the scheduler on simulated time, per queue policy.
+    Simulate(simulate::SimulateArgs),
+    /// Workload traces for `flotilla simulate`.
+    Trace {
+        #[command(subcommand)]
+        command: simulate::TraceCmd,
+    },
 }
 
 /// glibc's allocator cost ~15% of a replica's CPU under load (many small, short-lived
@@ -174,7 +183,7 @@ fn main() -> ExitCode {
         // may hold FLOTILLA_CA for other tools).
         let calls_cluster = !matches!(
             cli.command,
-            Cmd::Server(_) | Cmd::Dev(_) | Cmd::Token { .. } | Cmd::Cert { .. }
+            Cmd::Server(_) | Cmd::Dev(_) | Cmd::Token { .. } | Cmd::Cert { .. } | Cmd::Simulate(_)
         );
         let tls = match cli.ca.as_ref().filter(|_| calls_cluster) {
             Some(ca) => Some(flotilla_client::tls_from_files(
@@ -207,6 +216,8 @@ fn main() -> ExitCode {
             Cmd::Bench { command } => bench::run(&ctx, command).await,
             Cmd::Token { command } => token::run(command),
             Cmd::Cert { command } => cert::run(command),
+            Cmd::Simulate(args) => simulate::run(args, ctx.json),
+            Cmd::Trace { command } => simulate::trace(&ctx, command).await,
         }
     });
     match result {

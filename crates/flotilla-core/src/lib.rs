@@ -18,6 +18,7 @@ mod error;
 pub mod leader;
 mod limits;
 mod scheduler;
+pub mod simulate;
 mod state;
 mod task;
 mod worker;
