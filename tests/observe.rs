@@ -137,6 +137,30 @@ async fn metrics_health_and_readiness_tell_the_truth() {
     // Still alive and its storage writable: healthy, just not ready.
     let (code, _) = get(&http, "/healthz").await.expect("healthz");
     assert_eq!(code, 200);
+
+    // `flotilla probe`, the health check of an image with nothing but the binary, says the same.
+    let probe = |args: &[&str]| {
+        std::process::Command::new(support::bin())
+            .arg("probe")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = probe(&[&http, "--path", "/healthz"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = probe(&[&http]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/readyz: HTTP/1.1 503"), "{err}");
+    tc.cluster.kill(survivor).expect("kill");
+    let out = probe(&[&http, "--timeout-ms", "500"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot connect to {http}")), "{err}");
 }
 
 /// `--log-format json`: every line a replica logs is one JSON object with a level, a target

@@ -22,6 +22,7 @@ mod dev;
 mod isolate;
 mod output;
 mod payload;
+mod probe;
 mod progress;
 mod server;
 mod settings;
@@ -133,6 +134,8 @@ enum Cmd {
         #[command(subcommand)]
         command: cert::CertCmd,
     },
+    /// Ask a replica's HTTP listener for /readyz (a container health check); exit 0 on 200.
+    Probe(probe::ProbeArgs),
     /// Tokens for replicas started with --tokens-file.
     Token {
         #[command(subcommand)]
@@ -183,7 +186,12 @@ fn main() -> ExitCode {
         // may hold FLOTILLA_CA for other tools).
         let calls_cluster = !matches!(
             cli.command,
-            Cmd::Server(_) | Cmd::Dev(_) | Cmd::Token { .. } | Cmd::Cert { .. } | Cmd::Simulate(_)
+            Cmd::Server(_)
+                | Cmd::Dev(_)
+                | Cmd::Token { .. }
+                | Cmd::Cert { .. }
+                | Cmd::Simulate(_)
+                | Cmd::Probe(_)
         );
         let tls = match cli.ca.as_ref().filter(|_| calls_cluster) {
             Some(ca) => Some(flotilla_client::tls_from_files(
@@ -215,6 +223,7 @@ fn main() -> ExitCode {
             Cmd::Queue { command } => commands::queue(&ctx, command).await,
             Cmd::Bench { command } => bench::run(&ctx, command).await,
             Cmd::Token { command } => token::run(command),
+            Cmd::Probe(args) => probe::run(args).await,
             Cmd::Cert { command } => cert::run(command),
             Cmd::Simulate(args) => simulate::run(args, ctx.json),
             Cmd::Trace { command } => simulate::trace(&ctx, command).await,
