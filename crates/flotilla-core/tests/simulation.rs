@@ -366,8 +366,13 @@ impl Sim {
     }
 
     /// A message down a worker's stream: ordered, lost only when the stream is "full".
-    fn stream_send(&mut self, replica: usize, worker: usize, body: ToWorker) {
-        if self.chaos() && self.rng.chance(20_000) {
+    /// A message down `worker`'s stream from `replica`, after the stream's earlier ones. Under
+    /// chaos it may be dropped (the stream was full) unless it opens a new stream (`opens`).
+    fn stream_send(&mut self, replica: usize, worker: usize, body: ToWorker, opens: bool) {
+        if opens {
+            // A new stream: nothing sent earlier is ahead of it.
+            self.stream_last.remove(&(replica, worker));
+        } else if self.chaos() && self.rng.chance(20_000) {
             return; // the stream was full
         }
         let session = match self.replicas[replica].streams.get(&worker) {
@@ -471,7 +476,7 @@ impl Sim {
                         }
                     }
                     self.stream_last.remove(&(l, worker));
-                    self.stream_send_always(l, worker, ToWorker::Connected { replica: l });
+                    self.stream_send(l, worker, ToWorker::Connected { replica: l }, true);
                     let now = self.clock(l);
                     self.engine_event(
                         l,
@@ -532,21 +537,6 @@ impl Sim {
     }
 
     /// The `Connected` message is the stream's first: never lost.
-    fn stream_send_always(&mut self, replica: usize, worker: usize, body: ToWorker) {
-        let session = self.replicas[replica].streams[&worker];
-        let at = self.now + self.rng.range(1, 10);
-        self.stream_last.insert((replica, worker), at);
-        self.seq += 1;
-        self.net.insert(
-            (at, self.seq),
-            Msg::Worker {
-                to: worker,
-                session,
-                body,
-            },
-        );
-    }
-
     /// The leader stops leading: each uncommitted proposal is lost or committed unanswered.
     fn end_leadership(&mut self, crashed: bool) {
         let Some(l) = self.leader.take() else { return };
@@ -647,6 +637,7 @@ impl Sim {
                             task: task_id,
                             attempt,
                         },
+                        false,
                     );
                 }
                 Effect::Cancel {
@@ -689,6 +680,7 @@ impl Sim {
                             task,
                             attempt,
                         },
+                        false,
                     );
                     None
                 }
