@@ -4,9 +4,9 @@
 //! leader then proposes. It decides nothing irrevocably: `apply` re-checks every precondition
 //! (attempt, worker, capacity), so a stale plan becomes rejected commands, never corruption.
 //!
-//! Order: queues take turns (round robin, by name), each offering its next pending task in its
-//! policy's order — kept sorted by the state as tasks arrive and leave, so a plan costs what it
-//! assigns, not what is queued; a task goes to the best-fitting live worker under the placement
+//! Order: queues take turns, the one with the fewest running tasks first (ties to the name),
+//! each offering its next pending task in its policy's order — kept sorted by the state as
+//! tasks arrive and leave, so a plan costs what it assigns, not what is queued; a task goes to the best-fitting live worker under the placement
 //! strategy (found through an index of the workers by free slots, not a scan of them all), or
 //! is skipped (it stays pending) when none fits now. Overdue attempts come from
 //! the state's deadline index, not from a scan of the running tasks. A queue whose head tasks
@@ -83,48 +83,52 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
         return out;
     }
 
-    struct Turn<'a, I> {
+    // Queues take turns, the one with the fewest running tasks first (this plan's assignments
+    // counted; ties to the name): a queue that frees a slot does not get it back while another
+    // queue, with fewer running, waits.
+    struct Turn<I> {
         ids: I,
         skipped: usize,
-        _queue: &'a str,
     }
-    let mut queues: Vec<Turn<'_, _>> = state
-        .pending_queues()
-        .map(|q| Turn {
+    let mut queues: Vec<Turn<_>> = Vec::new();
+    let mut order: BTreeSet<(u64, usize)> = BTreeSet::new();
+    for (i, q) in state.pending_queues().enumerate() {
+        queues.push(Turn {
             ids: state.pending_in(q),
             skipped: 0,
-            _queue: q,
-        })
-        .collect();
-    let mut assigned = 0usize;
-    while !queues.is_empty() && slots_left > 0 && assigned < cfg.max_assignments {
-        queues.retain_mut(|turn| {
-            if slots_left == 0 || assigned >= cfg.max_assignments {
-                return false;
-            }
-            let Some(id) = turn.ids.next() else {
-                return false;
-            };
-            let task = state.record(id).expect("pending task exists");
-            match free.choose(task, cfg.placement) {
-                Some(i) => {
-                    let worker = free.take(i, task.resources);
-                    slots_left -= 1;
-                    assigned += 1;
-                    out.push(Command::Assign {
-                        now_ms,
-                        task_id: id,
-                        worker_id: worker.to_string(),
-                        attempt: task.attempts + 1,
-                    });
-                    true
-                }
-                None => {
-                    turn.skipped += 1;
-                    turn.skipped < cfg.max_skipped_per_queue
-                }
-            }
         });
+        order.insert((state.queue_count(q, TaskState::Running), i));
+    }
+    let mut assigned = 0usize;
+    while slots_left > 0 && assigned < cfg.max_assignments {
+        let Some((running, i)) = order.pop_first() else {
+            break;
+        };
+        let turn = &mut queues[i];
+        let Some(id) = turn.ids.next() else {
+            continue; // nothing more pending here: out of the turns
+        };
+        let task = state.record(id).expect("pending task exists");
+        match free.choose(task, cfg.placement) {
+            Some(w) => {
+                let worker = free.take(w, task.resources);
+                slots_left -= 1;
+                assigned += 1;
+                out.push(Command::Assign {
+                    now_ms,
+                    task_id: id,
+                    worker_id: worker.to_string(),
+                    attempt: task.attempts + 1,
+                });
+                order.insert((running + 1, i));
+            }
+            None => {
+                turn.skipped += 1;
+                if turn.skipped < cfg.max_skipped_per_queue {
+                    order.insert((running, i));
+                }
+            }
+        }
     }
     out
 }

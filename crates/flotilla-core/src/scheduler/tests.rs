@@ -582,3 +582,64 @@ fn placement_matches_a_scan_of_every_worker() {
         &["several workers fit", "not the first fitting worker by id"],
     );
 }
+
+/// Queues take turns by how many tasks they run, not by name: when a slot frees, the queue
+/// running fewer gets it, so a queue that sorts first by name does not keep every slot it
+/// frees while another waits (what the policy simulator showed of round robin by name, which
+/// restarted at the first queue on every plan).
+#[test]
+fn a_freed_slot_goes_to_the_queue_running_fewest() {
+    let mut s = State::new();
+    for q in ["a-batch", "b-etl"] {
+        let tasks: Vec<TaskSpec> = (0..3).map(|_| TaskSpec::new(q, vec![])).collect();
+        let r = s.apply(&Command::submit(1, tasks));
+        assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
+    }
+    let w = worker("w", 2, 0, 0, false, &[]);
+    let r = s.apply(&Command::RegisterWorker {
+        now_ms: 1,
+        worker: w,
+    });
+    assert!(!matches!(r, Response::Rejected(_)), "{r:?}");
+    let live: BTreeSet<String> = ["w".to_string()].into();
+    let assigned = |cmds: &[Command]| -> Vec<TaskId> {
+        cmds.iter()
+            .map(|c| match c {
+                Command::Assign { task_id, .. } => *task_id,
+                other => panic!("not an assignment: {other:?}"),
+            })
+            .collect()
+    };
+    // Both queues run nothing: one each, the tie to the name.
+    let first = plan(&s, 2, &live, &PlanConfig::default());
+    assert_eq!(assigned(&first), [TaskId(1), TaskId(4)]);
+    for c in &first {
+        assert!(!matches!(s.apply(c), Response::Rejected(_)));
+    }
+    // b-etl's task finishes: the freed slot goes to b-etl again (it runs 0, a-batch 1),
+    // where round robin by name gave it to a-batch.
+    let r = s.apply(&Command::Complete {
+        now_ms: 3,
+        task_id: TaskId(4),
+        worker_id: "w".into(),
+        attempt: 1,
+        result: vec![],
+    });
+    assert!(matches!(r, Response::Completed { .. }), "{r:?}");
+    let second = plan(&s, 4, &live, &PlanConfig::default());
+    assert_eq!(assigned(&second), [TaskId(5)]);
+    // a-batch's task finishes: now it runs none and b-etl one, so a-batch gets the slot.
+    for c in &second {
+        assert!(!matches!(s.apply(c), Response::Rejected(_)));
+    }
+    let r = s.apply(&Command::Complete {
+        now_ms: 5,
+        task_id: TaskId(1),
+        worker_id: "w".into(),
+        attempt: 1,
+        result: vec![],
+    });
+    assert!(matches!(r, Response::Completed { .. }), "{r:?}");
+    let third = plan(&s, 6, &live, &PlanConfig::default());
+    assert_eq!(assigned(&third), [TaskId(2)]);
+}
