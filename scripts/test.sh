@@ -10,5 +10,8 @@ cargo build --release --workspace --all-targets
 cargo test --release --workspace
 # The criterion micro-benchmarks, each run once as a smoke check (`cargo bench` measures).
 cargo test --release --workspace --bench core
+# deploy/compose for real: the FROM-scratch image, 3 replicas and 2 workers under docker-compose,
+# a leader container killed (needs docker and docker-compose; fails, never skips, without them).
+./deploy/compose/test.sh
 ./clients/python/test.sh
 ./jepsen/ci.sh
