@@ -13,5 +13,7 @@ cargo test --release --workspace --bench core
 # deploy/compose for real: the FROM-scratch image, 3 replicas and 2 workers under docker-compose,
 # a leader container killed (needs docker and docker-compose; fails, never skips, without them).
 ./deploy/compose/test.sh
+# deploy/systemd's units checked by systemd-analyze verify.
+./deploy/systemd/check.sh
 ./clients/python/test.sh
 ./jepsen/ci.sh
