@@ -15,5 +15,7 @@ cargo test --release --workspace --bench core
 ./deploy/compose/test.sh
 # deploy/systemd's units checked by systemd-analyze verify.
 ./deploy/systemd/check.sh
+# deploy/k8s validated offline and strictly against the Kubernetes API schemas.
+./deploy/k8s/check.sh
 ./clients/python/test.sh
 ./jepsen/ci.sh

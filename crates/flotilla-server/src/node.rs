@@ -35,6 +35,12 @@ const READY_MAX_APPLY_LAG: u64 = 10_000;
 /// How often the leader's engine looks at the `not_before` timers and the retention sweep.
 const TIMERS_EVERY: Duration = Duration::from_millis(100);
 
+/// How long a stopping replica lets calls in flight finish before it closes them. A graceful
+/// drain alone can wait forever on a call that waits on this replica's Raft (which is shut
+/// down only after the server): a removed replica was seen still running 30 s after it said
+/// it stops serving.
+const SERVE_DRAIN: Duration = Duration::from_secs(5);
+
 /// A started replica.
 pub struct RunningNode {
     pub raft: Raft,
@@ -58,7 +64,19 @@ impl RunningNode {
             // ends too, and when both are ready by the time this is polled, an unbiased select
             // took the server's end for a failure (a SIGTERM exited 1 in 1 run of ~10).
             biased;
-            _ = self.shutdown.cancelled() => (&mut self.server).await,
+            _ = self.shutdown.cancelled() => {
+                match tokio::time::timeout(SERVE_DRAIN, &mut self.server).await {
+                    Ok(served) => served,
+                    Err(_) => {
+                        warn!(
+                            drain_ms = SERVE_DRAIN.as_millis() as u64,
+                            "calls still open after the drain time: closing them"
+                        );
+                        self.server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
             served = &mut self.server => {
                 if self.shutdown.is_cancelled() {
                     // Asked to stop while the server was already winding down.
