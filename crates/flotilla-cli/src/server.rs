@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use flotilla_server::{parse_peers, ServerConfig};
 use tokio_util::sync::CancellationToken;
@@ -16,8 +16,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// This replica's id (must appear in --peers).
-    #[arg(long)]
-    id: u64,
+    #[arg(long, required_unless_present = "id_from_hostname")]
+    id: Option<u64>,
+    /// Take the id from this host's name: the number after its last `-`, plus one (a
+    /// Kubernetes StatefulSet's pod `flotilla-0` is replica 1).
+    #[arg(long, conflicts_with = "id")]
+    id_from_hostname: bool,
     /// HOST:PORT to listen on for peers and clients.
     #[arg(long)]
     listen: String,
@@ -118,12 +122,35 @@ pub struct ServerArgs {
     log_format: crate::LogFormat,
 }
 
+/// The replica id of a host named `NAME-N`: N + 1.
+fn id_from_hostname(host: &str) -> Result<u64> {
+    let ordinal = host
+        .rsplit_once('-')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .with_context(|| {
+            format!(
+                "--id-from-hostname: host name {host:?} does not end in -NUMBER (e.g. flotilla-0)"
+            )
+        })?;
+    ordinal
+        .checked_add(1)
+        .with_context(|| format!("--id-from-hostname: host name {host:?}: ordinal too large"))
+}
+
 pub fn config_from(args: &ServerArgs) -> Result<ServerConfig> {
     let peers = match &args.peers {
         Some(p) => parse_peers(p).map_err(|e| anyhow::anyhow!("invalid --peers: {e}"))?,
         None => Default::default(),
     };
-    let mut config = ServerConfig::new(args.id, args.listen.clone(), args.data_dir.clone(), peers);
+    let id = match args.id {
+        Some(id) => id,
+        None => {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("--id-from-hostname: cannot read this host's name")?;
+            id_from_hostname(host.trim())?
+        }
+    };
+    let mut config = ServerConfig::new(id, args.listen.clone(), args.data_dir.clone(), peers);
     if let Some(join) = &args.join {
         config.join = join
             .split(',')
@@ -242,6 +269,40 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         server: ServerArgs,
+    }
+
+    #[test]
+    fn a_statefulset_pod_name_gives_the_replica_id() {
+        assert_eq!(id_from_hostname("flotilla-0").unwrap(), 1);
+        assert_eq!(id_from_hostname("my-flotilla-12").unwrap(), 13);
+        for bad in [
+            "flotilla",
+            "flotilla-",
+            "flotilla-x",
+            "",
+            "f-18446744073709551615",
+        ] {
+            let err = id_from_hostname(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("--id-from-hostname: host name"),
+                "{bad:?}: {err}"
+            );
+        }
+        // Either --id or --id-from-hostname, not both, not neither.
+        let base = [
+            "x",
+            "--listen",
+            "127.0.0.1:1",
+            "--data-dir",
+            "d",
+            "--peers",
+            "1=127.0.0.1:1",
+        ];
+        assert!(Cli::try_parse_from(base).is_err());
+        let both = [&base[..], &["--id", "1", "--id-from-hostname"]].concat();
+        assert!(Cli::try_parse_from(both).is_err());
+        let from_host = [&base[..], &["--id-from-hostname"]].concat();
+        assert!(Cli::try_parse_from(from_host).is_ok());
     }
 
     fn config(extra: &[&str]) -> ServerConfig {

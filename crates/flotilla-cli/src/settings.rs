@@ -239,8 +239,9 @@ mod tests {
     const TEMPLATE: &str = include_str!("../../../deploy/flotilla.toml");
 
     /// Settings in the template that are off by default; its values for them are examples.
-    const OFF_BY_DEFAULT: [&str; 9] = [
+    const OFF_BY_DEFAULT: [&str; 10] = [
         "join",
+        "id-from-hostname",
         "max-pending",
         "max-pending-per-queue",
         "http-listen",
