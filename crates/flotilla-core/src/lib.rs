@@ -17,6 +17,8 @@ pub mod compat;
 mod error;
 pub mod leader;
 mod limits;
+#[cfg(test)]
+mod reached;
 mod scheduler;
 pub mod simulate;
 mod state;

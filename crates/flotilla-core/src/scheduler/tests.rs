@@ -13,48 +13,11 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
 use super::*;
+use crate::reached::Reached;
 use crate::{Limits, QueuePolicy, QueueSetting, Response, TaskSpec, WorkerSpec};
 
 /// Runs per property.
 const RUNS: u32 = 256;
-
-/// The share of runs (%) that must reach each counted path.
-const FLOOR_PERCENT: u64 = 5;
-
-/// In how many runs each named path was reached.
-#[derive(Default)]
-struct Reached {
-    runs: u64,
-    runs_reaching: BTreeMap<&'static str, u64>,
-}
-
-impl Reached {
-    /// Notes one run that reached `paths`.
-    fn add(&mut self, paths: BTreeSet<&'static str>) {
-        self.runs += 1;
-        for p in paths {
-            *self.runs_reaching.entry(p).or_default() += 1;
-        }
-    }
-
-    /// Prints the counts; fails unless each of `required` was reached in at least
-    /// [`FLOOR_PERCENT`] of the runs.
-    fn assert_reached(&self, what: &str, required: &[&str]) {
-        eprintln!("{what}: {} runs; path: runs reaching it", self.runs);
-        for (p, n) in &self.runs_reaching {
-            eprintln!("  {p}: {n}");
-        }
-        let floor = (self.runs * FLOOR_PERCENT).div_ceil(100);
-        for p in required {
-            let n = self.runs_reaching.get(p).copied().unwrap_or(0);
-            assert!(
-                n >= floor,
-                "{what}: only {n} of {} runs reached {p:?} (floor {floor}, {FLOOR_PERCENT}%): the generator no longer reaches it",
-                self.runs
-            );
-        }
-    }
-}
 
 fn worker(id: &str, slots: u32, cpu: u32, mem: u32, gpu: bool, queues: &[&str]) -> WorkerSpec {
     let mut labels = BTreeMap::new();

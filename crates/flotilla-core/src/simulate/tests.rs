@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
 use super::*;
+use crate::reached::Reached;
 
 /// The textbook workload: four jobs available at once, run times 6, 8, 7 and 3, estimates
 /// exact.
@@ -648,43 +649,6 @@ fn the_series_is_bounded_and_keeps_peaks() {
 
 /// Runs per property.
 const RUNS: u32 = 256;
-
-/// The share of runs (%) that must reach each counted path.
-const FLOOR_PERCENT: u64 = 5;
-
-/// In how many runs each named path was reached.
-#[derive(Default)]
-struct Reached {
-    runs: u64,
-    runs_reaching: BTreeMap<&'static str, u64>,
-}
-
-impl Reached {
-    fn add(&mut self, paths: BTreeSet<&'static str>) {
-        self.runs += 1;
-        for p in paths {
-            *self.runs_reaching.entry(p).or_default() += 1;
-        }
-    }
-
-    /// Fails unless each of `required` was reached in at least [`FLOOR_PERCENT`] of the runs:
-    /// a generator that stops producing the interesting cases would otherwise pass.
-    fn assert_reached(&self, what: &str, required: &[&str]) {
-        eprintln!("{what}: {} runs; path: runs reaching it", self.runs);
-        for (p, n) in &self.runs_reaching {
-            eprintln!("  {p}: {n}");
-        }
-        let floor = (self.runs * FLOOR_PERCENT).div_ceil(100);
-        for p in required {
-            let n = self.runs_reaching.get(p).copied().unwrap_or(0);
-            assert!(
-                n >= floor,
-                "{what}: only {n} of {} runs reached {p:?} (floor {floor}): the generator no longer reaches it",
-                self.runs
-            );
-        }
-    }
-}
 
 /// On one worker with one slot, jobs all available at 0 and exact estimates, SJF's mean
 /// waiting time is never above FIFO's (the textbook result), and SJF starts them in order of
