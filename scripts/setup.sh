@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what building and testing Flotilla need, idempotently: a C/C++ toolchain, clang/libclang
 # for RocksDB's bindings, jq for the fault suite's CI checks, docker-compose for deploy/compose's
-# test, systemd for `systemd-analyze verify` of deploy/systemd. protoc comes from the protoc-bin-vendored crate.
+# test, systemd for `systemd-analyze verify` of deploy/systemd, chromium for the dashboard's
+# browser test. protoc comes from the protoc-bin-vendored crate.
 set -euo pipefail
 
 need=()
-for pkg in clang libclang-dev build-essential pkg-config fonts-dejavu-core jq docker-compose systemd; do
+for pkg in clang libclang-dev build-essential pkg-config fonts-dejavu-core jq docker-compose systemd chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

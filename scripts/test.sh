@@ -18,4 +18,6 @@ cargo test --release --workspace --bench core
 # deploy/k8s validated offline and strictly against the Kubernetes API schemas.
 ./deploy/k8s/check.sh
 ./clients/python/test.sh
+# The web dashboard in headless chromium against a real cluster; screenshot in artifacts/.
+./tests/browser/test.sh
 ./jepsen/ci.sh

@@ -19,7 +19,8 @@ pub struct DevArgs {
     /// First port; replicas listen on this port and the next two.
     #[arg(long, default_value_t = 7401)]
     base_port: u16,
-    /// First HTTP port (/metrics, /healthz, /readyz); replicas serve it and the next two.
+    /// First HTTP port (the dashboard at /, /metrics, /healthz, /readyz); replicas serve it and
+    /// the next two.
     /// 0: no HTTP listeners.
     #[arg(long, default_value_t = 9464)]
     http_base_port: u16,
@@ -61,7 +62,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
     );
     if args.http_base_port > 0 {
         outln!(
-            "metrics: http://127.0.0.1:{}/metrics (and /healthz, /readyz; replicas 2 and 3 on the next ports)",
+            "dashboard: http://127.0.0.1:{}/ (and /metrics, /healthz, /readyz; replicas 2 and 3 on the next ports)",
             args.http_base_port
         );
     }

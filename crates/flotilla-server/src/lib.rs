@@ -20,6 +20,7 @@ mod api;
 pub mod auth;
 mod config;
 mod damage;
+mod dashboard;
 mod dispatch;
 mod error;
 mod fatal;

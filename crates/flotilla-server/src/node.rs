@@ -304,7 +304,7 @@ pub async fn start(
     };
     if let Some(l) = &http_listener {
         if let Ok(a) = l.local_addr() {
-            info!(addr = %a, "serving /metrics, /healthz and /readyz");
+            info!(addr = %a, "serving the dashboard at /, /metrics, /healthz and /readyz");
         }
     }
     let proposer = Proposer::start(
@@ -392,6 +392,10 @@ pub async fn start(
             contact: contact.clone(),
             dispatcher: dispatcher.clone(),
             requests: requests.clone(),
+            node_id: config.node_id,
+            cluster_name: config.cluster_name.clone(),
+            tokens: tokens.clone(),
+            api: api.clone(),
             bounds: crate::health::ReadyBounds {
                 // Two leases: a follower that heard nothing for that long is cut off (an
                 // election would have replaced a dead leader by then).
