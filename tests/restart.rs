@@ -357,3 +357,36 @@ async fn a_leader_restarted_with_a_damaged_log_does_not_resume_leading() {
         );
     }
 }
+
+/// A replica asked to stop while a client waits on it (a WaitTask of up to 60 s, on a task no
+/// worker will ever run) exits within its bounds — the hand-over of leadership (≤ 5 s) plus the
+/// drain of open calls (≤ 5 s) — not when the wait would have ended: the wait blocks on this
+/// replica's Raft, which stops only after the server. Without the drain bound this stop took
+/// the full 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_replica_does_not_wait_for_open_calls() {
+    let mut tc = TestCluster::start(3).await;
+    let leader = tc.leader().await;
+    let client = tc.client();
+    let id = client.submit(vec![spec("never-runs")]).await.unwrap()[0];
+    let waiting = client.clone();
+    let waiter = tokio::spawn(async move { waiting.wait(id, Duration::from_secs(60)).await });
+    // Time for the call to reach the leader (it then blocks there until a change or 60 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiter.is_finished(),
+        "the wait ended early: {:?}",
+        waiter.await
+    );
+
+    let started = std::time::Instant::now();
+    let status = tokio::task::block_in_place(|| tc.cluster.stop(leader)).unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "replica {leader} exited with {status}");
+    assert!(
+        took < Duration::from_secs(15),
+        "replica {leader} took {took:?} to stop with a call open:\n{}",
+        tc.cluster.log_tail(leader, 20)
+    );
+    waiter.abort();
+}

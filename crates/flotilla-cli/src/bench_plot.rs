@@ -19,8 +19,9 @@ pub struct PlotPoint {
 
 const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
-/// Registers the font once; false when there is none (the plot is then drawn without text).
-fn font() -> bool {
+/// Registers the font once; false when there is none (plots are then drawn without text).
+/// `flotilla simulate`'s chart uses it too.
+pub(crate) fn font() -> bool {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if let Ok(bytes) = std::fs::read(FONT_PATH) {

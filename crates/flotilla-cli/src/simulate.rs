@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Once;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -314,20 +313,6 @@ async fn export(ctx: &Ctx, args: ExportArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
-
-/// Registers the font once; false when there is none (the chart is then drawn without text).
-fn font() -> bool {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        if let Ok(bytes) = std::fs::read(FONT_PATH) {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
-        }
-    });
-    Path::new(FONT_PATH).exists()
-}
-
 /// Draws the reports to `path` (PNG, 1400x560): waiting time mean, p50 and p99 per policy
 /// (left, bars) and the queue depth — pending plus waiting tasks — over time per policy
 /// (right, steps).
@@ -335,7 +320,7 @@ pub fn chart_png(path: &Path, reports: &[Report]) -> Result<()> {
     if reports.is_empty() {
         bail!("no reports to draw");
     }
-    let text = font();
+    let text = crate::bench_plot::font();
     let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(600);
