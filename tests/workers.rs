@@ -589,3 +589,79 @@ async fn workers_trace_export_replays_in_the_simulator() {
         assert!(row["makespan_ms"].as_u64().unwrap() >= 300, "{row}");
     }
 }
+
+/// A command task saves checkpoints through `$FLOTILLA_CHECKPOINT_OUT`: the worker reports the
+/// file while the command runs (seen on the cluster before the command exits) and once more at
+/// exit; the next attempt gets the last one as `$FLOTILLA_CHECKPOINT_FILE` and
+/// `$FLOTILLA_CHECKPOINT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_command_task_checkpoints_through_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("wc", &["--checkpoint-every", "0.2"])
+        .unwrap();
+    let go = dir.path().join("go");
+    let id = client
+        .submit(vec![sh(&format!(
+            r#"if [ -n "$FLOTILLA_CHECKPOINT_FILE" ]; then
+                 echo "resumed from $(cat "$FLOTILLA_CHECKPOINT_FILE") env=$FLOTILLA_CHECKPOINT"; exit 0
+               fi
+               printf step-1 > "$FLOTILLA_CHECKPOINT_OUT.tmp" && mv "$FLOTILLA_CHECKPOINT_OUT.tmp" "$FLOTILLA_CHECKPOINT_OUT"
+               echo 25 > "$FLOTILLA_PROGRESS_OUT"
+               while [ ! -f {go} ]; do sleep 0.05; done
+               printf step-2 > "$FLOTILLA_CHECKPOINT_OUT"
+               exit 3"#,
+            go = go.display()
+        ))])
+        .await
+        .unwrap()[0];
+
+    // Saved while the command still runs (it waits for `go`).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let running = loop {
+        let t = client.get(id).await.unwrap();
+        if t.checkpoint.is_some() {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint saved: {t:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(running.state, TaskState::Running);
+    // Readers see a checkpoint's progress; its bytes go to workers only (checked below).
+    assert_eq!(running.checkpoint.unwrap().progress_permille, 250);
+
+    std::fs::write(&go, b"").unwrap();
+    let done = wait_state(&client, id, TaskState::Succeeded, 30).await;
+    assert_eq!(done.attempts, 2, "{done:?}");
+    let result: serde_json::Value = serde_json::from_slice(done.result.as_ref().unwrap()).unwrap();
+    assert_eq!(
+        result["stdout"].as_str().unwrap().trim(),
+        "resumed from step-2 env=step-2",
+        "the second attempt got the checkpoint written just before the first one exited"
+    );
+}
+
+/// A checkpoint over the limit is not saved; the attempt fails, not retried, naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_command_task_checkpoint_over_the_limit_fails_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("wo", &["--checkpoint-every", "0.2"])
+        .unwrap();
+    let id = client
+        .submit(vec![sh(
+            r#"head -c 1100000 /dev/zero > "$FLOTILLA_CHECKPOINT_OUT"; exit 0"#,
+        )])
+        .await
+        .unwrap()[0];
+    let t = wait_state(&client, id, TaskState::Failed, 30).await;
+    assert_eq!(t.attempts, 1, "not retried: {t:?}");
+    let reason = t.reason.unwrap_or_default();
+    assert!(
+        reason.contains("checkpoint of 1100000 bytes") && reason.contains("over the limit"),
+        "{reason}"
+    );
+    assert!(t.checkpoint.is_none(), "nothing over the limit was saved");
+}

@@ -48,6 +48,10 @@ pub struct WorkerArgs {
     /// what is left is handed back to run elsewhere.
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     pub drain_timeout: f64,
+    /// How often a running command's checkpoint file ($FLOTILLA_CHECKPOINT_OUT) is looked at;
+    /// a changed one is saved (and once more when the command exits).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub checkpoint_every: f64,
 }
 
 pub fn config_from(args: &WorkerArgs) -> Result<WorkerConfig> {
@@ -65,6 +69,12 @@ pub fn config_from(args: &WorkerArgs) -> Result<WorkerConfig> {
         anyhow::bail!(
             "invalid --drain-timeout {}: must be 0 to 86400 seconds",
             args.drain_timeout
+        );
+    }
+    if !(args.checkpoint_every.is_finite() && (0.05..=86_400.0).contains(&args.checkpoint_every)) {
+        anyhow::bail!(
+            "invalid --checkpoint-every {}: must be 0.05 to 86400 seconds",
+            args.checkpoint_every
         );
     }
     Ok(WorkerConfig {
@@ -97,7 +107,10 @@ pub async fn run(ctx: &Ctx, args: WorkerArgs) -> Result<ExitCode> {
     flotilla_worker::run(
         client,
         config,
-        Arc::new(CommandHandler::default()),
+        Arc::new(CommandHandler {
+            checkpoint_every: Duration::from_secs_f64(args.checkpoint_every),
+            ..CommandHandler::default()
+        }),
         shutdown,
     )
     .await?;

@@ -1,7 +1,8 @@
 //! Command tasks: the payload is an argv (plus optional env and working dir) as JSON; the
 //! worker runs it as a child process with `FLOTILLA_TASK_ID`, `FLOTILLA_ATTEMPT` and
 //! `FLOTILLA_WORKER_ID` set, keeps a bounded tail of its output, and on cancellation sends
-//! SIGTERM, then SIGKILL after a grace period.
+//! SIGTERM, then SIGKILL after a grace period. A command saves checkpoints through files (see
+//! [`crate::command_checkpoint`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::command_checkpoint::CheckpointFiles;
 use crate::{Handler, Outcome, TaskContext};
 
 /// Bytes of stdout and of stderr kept in the result.
@@ -51,12 +53,19 @@ impl CommandPayload {
 pub struct CommandHandler {
     /// Time between SIGTERM and SIGKILL on cancellation.
     pub kill_grace: Duration,
+    /// How often a running command's `$FLOTILLA_CHECKPOINT_OUT` is looked at (a changed one
+    /// is reported); it is looked at once more when the command exits.
+    pub checkpoint_every: Duration,
 }
+
+/// Default of [`CommandHandler::checkpoint_every`].
+pub const DEFAULT_CHECKPOINT_EVERY: Duration = Duration::from_secs(5);
 
 impl Default for CommandHandler {
     fn default() -> Self {
         CommandHandler {
             kill_grace: Duration::from_secs(5),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
         }
     }
 }
@@ -81,7 +90,27 @@ async fn tail<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
 }
 
 impl CommandHandler {
-    async fn run_command(grace: Duration, ctx: TaskContext) -> Outcome {
+    async fn run_command(grace: Duration, every: Duration, ctx: TaskContext) -> Outcome {
+        let mut files = match CheckpointFiles::create(&ctx).await {
+            Ok(f) => f,
+            Err(e) => {
+                return Outcome::Failure {
+                    error: format!("cannot make the attempt's checkpoint directory: {e}"),
+                    retryable: true,
+                }
+            }
+        };
+        let outcome = Self::run_in(grace, every, &ctx, &mut files).await;
+        files.remove().await;
+        outcome
+    }
+
+    async fn run_in(
+        grace: Duration,
+        every: Duration,
+        ctx: &TaskContext,
+        files: &mut CheckpointFiles,
+    ) -> Outcome {
         let Some(payload) = CommandPayload::decode(&ctx.payload) else {
             return Outcome::Failure {
                 error: "payload is not a command (expected JSON {\"argv\": [...]})".into(),
@@ -100,6 +129,7 @@ impl CommandHandler {
             .env("FLOTILLA_TASK_ID", ctx.task_id.to_string())
             .env("FLOTILLA_ATTEMPT", ctx.attempt.to_string())
             .env("FLOTILLA_WORKER_ID", &ctx.worker_id)
+            .envs(files.env())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -128,8 +158,12 @@ impl CommandHandler {
         };
         let out = tokio::spawn(tail(child.stdout.take().expect("piped")));
         let err = tokio::spawn(tail(child.stderr.take().expect("piped")));
-        let status = tokio::select! {
-            s = child.wait() => s,
+        let mut look = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let status = loop {
+            tokio::select! {
+            s = child.wait() => break s,
+            _ = look.tick() => files.report_if_changed(ctx).await,
             _ = ctx.cancel.cancelled() => {
                 let group = child.id().map(|pid| Pid::from_raw(-(pid as i32)));
                 if let Some(g) = group {
@@ -146,7 +180,8 @@ impl CommandHandler {
                 if let Some(g) = group {
                     let _ = kill(g, Signal::SIGKILL);
                 }
-                s
+                break s;
+            }
             }
         };
         // A command that left a process holding its output open does not hold up the
@@ -171,6 +206,14 @@ impl CommandHandler {
         if ctx.cancel.is_cancelled() {
             return Outcome::Failure {
                 error: "cancelled".into(),
+                retryable: false,
+            };
+        }
+        // The last checkpoint reaches the leader before the outcome, so a retry gets it.
+        files.report_if_changed(ctx).await;
+        if let Some(why) = files.refusal() {
+            return Outcome::Failure {
+                error: why,
                 retryable: false,
             };
         }
@@ -200,6 +243,10 @@ impl CommandHandler {
 
 impl Handler for CommandHandler {
     fn run(&self, ctx: TaskContext) -> Pin<Box<dyn Future<Output = Outcome> + Send>> {
-        Box::pin(Self::run_command(self.kill_grace, ctx))
+        Box::pin(Self::run_command(
+            self.kill_grace,
+            self.checkpoint_every,
+            ctx,
+        ))
     }
 }

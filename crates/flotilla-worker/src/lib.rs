@@ -17,9 +17,10 @@
 //! serve a queue with its own async closure instead (see `examples/`).
 
 mod command;
+mod command_checkpoint;
 mod runtime;
 
-pub use command::{CommandHandler, CommandPayload};
+pub use command::{CommandHandler, CommandPayload, DEFAULT_CHECKPOINT_EVERY};
 pub use runtime::{
     run, Handler, Outcome, TaskContext, WorkerConfig, WorkerError, DEFAULT_DRAIN_TIMEOUT,
 };
