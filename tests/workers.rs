@@ -665,3 +665,132 @@ async fn workers_command_task_checkpoint_over_the_limit_fails_the_attempt() {
     );
     assert!(t.checkpoint.is_none(), "nothing over the limit was saved");
 }
+
+/// Results flow downstream, fan-out and fan-in: three command tasks each count the words of one
+/// file and write the count to `$FLOTILLA_OUTPUT`; a fourth, after all three, finds their
+/// results in `$FLOTILLA_INPUTS/<id>` (ids in `$FLOTILLA_PARENTS`, in order) and sums them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_command_tasks_map_and_reduce_through_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("wm", &["--slots", "4"]).unwrap();
+    let texts = ["a b c", "d e", "f g h i j k"];
+    let mut maps = Vec::new();
+    for (i, text) in texts.iter().enumerate() {
+        let file = dir.path().join(format!("text-{i}"));
+        std::fs::write(&file, text).unwrap();
+        maps.push(sh(&format!(
+            "wc -w < {} | tr -d ' \\n' > \"$FLOTILLA_OUTPUT\"",
+            file.display()
+        )));
+    }
+    let map_ids = client.submit(maps).await.unwrap();
+    let mut reduce = sh(r#"total=0
+        for p in $FLOTILLA_PARENTS; do total=$((total + $(cat "$FLOTILLA_INPUTS/$p"))); done
+        printf "%s total=%s" "$FLOTILLA_PARENTS" "$total" > "$FLOTILLA_OUTPUT""#);
+    reduce.depends_on = map_ids.clone();
+    let reduce_id = client.submit(vec![reduce]).await.unwrap()[0];
+
+    let t = wait_state(&client, reduce_id, TaskState::Succeeded, 30).await;
+    let parents: Vec<String> = map_ids.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        String::from_utf8_lossy(t.result.as_deref().unwrap()),
+        format!("{} total=11", parents.join(" "))
+    );
+    // Only the attempt running now reads the inputs: a finished task's are refused.
+    let refused = client
+        .task_inputs("nobody", "no-session", reduce_id, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("is not running on worker"),
+        "{refused}"
+    );
+    for (id, want) in map_ids.iter().zip(["3", "2", "6"]) {
+        let m = client.get(*id).await.unwrap();
+        assert_eq!(m.result.as_deref(), Some(want.as_bytes()), "map {id}");
+    }
+}
+
+/// A result written to `$FLOTILLA_OUTPUT` over the limit fails the attempt, not retried,
+/// naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_command_task_result_over_the_limit_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("wr", &[]).unwrap();
+    let id = client
+        .submit(vec![sh(
+            r#"head -c 1048577 /dev/zero > "$FLOTILLA_OUTPUT""#,
+        )])
+        .await
+        .unwrap()[0];
+    let t = wait_state(&client, id, TaskState::Failed, 30).await;
+    assert_eq!(t.attempts, 1, "not retried: {t:?}");
+    let reason = t.reason.unwrap_or_default();
+    assert!(
+        reason.contains(
+            "result of 1048577 bytes in $FLOTILLA_OUTPUT is over the limit of 1048576 bytes"
+        ),
+        "{reason}"
+    );
+}
+
+/// A Rust handler gets its parents' results in `TaskContext::inputs`, by parent id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_rust_handler_gets_its_parents_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    let handler = |ctx: TaskContext| async move {
+        if ctx.parents.is_empty() {
+            return Outcome::Success(ctx.payload.clone());
+        }
+        let sum: u64 = ctx
+            .parents
+            .iter()
+            .map(|p| {
+                String::from_utf8_lossy(&ctx.inputs[p])
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .sum();
+        Outcome::Success(format!("sum={sum} of {}", ctx.inputs.len()).into_bytes())
+    };
+    let shutdown = CancellationToken::new();
+    let config = WorkerConfig {
+        id: "rust-dataflow".into(),
+        capacity: Capacity {
+            slots: 4,
+            cpu_millis: 1000,
+            mem_mb: 1000,
+        },
+        labels: Default::default(),
+        queues: vec!["flow".into()],
+        heartbeat_interval: Duration::from_millis(300),
+        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+    };
+    let worker = tokio::spawn(flotilla_worker::run(
+        client.clone(),
+        config,
+        Arc::new(handler),
+        shutdown.clone(),
+    ));
+    let parents = client
+        .submit(vec![
+            TaskSpec::new("flow", b"20".to_vec()),
+            TaskSpec::new("flow", b"22".to_vec()),
+        ])
+        .await
+        .unwrap();
+    let mut child = TaskSpec::new("flow", b"sum".to_vec());
+    child.depends_on = parents;
+    let child = client.submit(vec![child]).await.unwrap()[0];
+    let t = client.wait(child, Duration::from_secs(20)).await.unwrap();
+    assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    assert_eq!(t.result.as_deref(), Some(&b"sum=42 of 2"[..]));
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}

@@ -27,6 +27,8 @@ pub struct Assignment {
     /// The latest checkpoint saved by an earlier attempt.
     pub checkpoint: Option<Vec<u8>>,
     pub timeout: Option<Duration>,
+    /// The tasks this one depends on (their results: [`Client::task_inputs`]).
+    pub parents: Vec<TaskId>,
 }
 
 /// What the leader sends on a worker's stream.
@@ -73,6 +75,7 @@ impl WorkerStream {
                         timeout: Some(a.timeout_ms)
                             .filter(|t| *t > 0)
                             .map(Duration::from_millis),
+                        parents: a.parents.into_iter().map(TaskId).collect(),
                     })))
                 }
                 Some(pb::worker_event::Event::Cancel(c)) => {
@@ -238,6 +241,35 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// The results of the parents of a running attempt, in the order of its dependencies
+    /// (only for the attempt `worker_id` runs now).
+    pub async fn task_inputs(
+        &self,
+        worker_id: &str,
+        session: &str,
+        task_id: TaskId,
+        attempt: u32,
+    ) -> Result<Vec<(TaskId, Vec<u8>)>, ClientError> {
+        let req = pb::TaskInputsRequest {
+            worker_id: worker_id.into(),
+            session: session.into(),
+            task_id: task_id.0,
+            attempt,
+        };
+        self.call_raw("task inputs", Duration::ZERO, |ch| {
+            let req = req.clone();
+            async move {
+                let mut stream = workers(ch).task_inputs(req).await?.into_inner();
+                let mut inputs = Vec::new();
+                while let Some(i) = stream.message().await? {
+                    inputs.push((TaskId(i.parent_id), i.result));
+                }
+                Ok(tonic::Response::new(inputs))
+            }
+        })
+        .await
     }
 
     /// Ends a (drained) worker's registration; what the state still gives it goes back to

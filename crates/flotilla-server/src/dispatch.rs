@@ -118,7 +118,7 @@ impl Dispatcher {
         self.inner().engine.handle(&applied.state, event)
     }
 
-    fn ensure_leader(&self) -> Result<(), ApiError> {
+    pub(crate) fn ensure_leader(&self) -> Result<(), ApiError> {
         leadership::ensure_leader(&self.raft)
     }
 
@@ -576,6 +576,7 @@ fn assignment_event(t: &Task) -> pb::WorkerEvent {
                 .map(|c| c.data.clone())
                 .unwrap_or_default(),
             timeout_ms: t.spec.timeout_ms.unwrap_or(0),
+            parents: t.spec.depends_on.iter().map(|p| p.0).collect(),
         })),
     }
 }

@@ -1,5 +1,7 @@
 //! The worker protocol service (`flotilla.v1.Workers`): registration and the assignment stream
-//! (through the [`Dispatcher`]), heartbeats, and fenced completions, failures and checkpoints.
+//! (through the [`Dispatcher`]), heartbeats, and fenced completions, failures and checkpoints;
+//! and the results of a running attempt's parents (`TaskInputs`), so a task's output is its
+//! dependents' input.
 //!
 //! Every report is checked twice: at this edge it must come from the worker's own session (and,
 //! with tokens on, its own token: [`Dispatcher::check_reporter`]) — so no one else can complete,
@@ -8,7 +10,7 @@
 
 use std::sync::Arc;
 
-use flotilla_core::{Command, Response as CoreResponse, TaskId};
+use flotilla_core::{Command, Response as CoreResponse, TaskId, TaskState};
 use flotilla_proto::pb::{self, workers_server::Workers};
 use flotilla_proto::worker_spec_from_pb;
 use flotilla_store::SharedState;
@@ -140,6 +142,63 @@ impl Workers for WorkerService {
             retryable: req.retryable,
         })
         .await
+    }
+
+    type TaskInputsStream = ReceiverStream<Result<pb::TaskInput, Status>>;
+
+    async fn task_inputs(
+        &self,
+        request: Request<pb::TaskInputsRequest>,
+    ) -> Result<Response<Self::TaskInputsStream>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        let req = request.into_inner();
+        self.dispatcher.ensure_leader()?;
+        self.dispatcher
+            .check_reporter(&req.worker_id, &req.session, caller.as_ref())?;
+        let task_id = TaskId(req.task_id);
+        let parents = {
+            let applied = self.state.read();
+            let Some(t) = applied.state.get(task_id) else {
+                return Err(ApiError::NotFound(format!("task {task_id} not found")).into());
+            };
+            // The attempt fence, at this edge: only the attempt running now reads the inputs.
+            if t.state != TaskState::Running
+                || t.attempts != req.attempt
+                || t.worker.as_deref() != Some(req.worker_id.as_str())
+            {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "task {task_id} attempt {} is not running on worker {:?}",
+                    req.attempt, req.worker_id
+                ))
+                .into());
+            }
+            t.spec.depends_on
+        };
+        // One parent's result at a time (each at most MAX_RESULT_BYTES), read as it is sent.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            for parent in parents {
+                let input = match state.read().state.get(parent) {
+                    Some(p) if p.state == TaskState::Succeeded => Ok(pb::TaskInput {
+                        parent_id: parent.0,
+                        result: p.result.unwrap_or_default(),
+                    }),
+                    Some(p) => Err(ApiError::FailedPrecondition(format!(
+                        "parent {parent} of task {task_id} is {}, not succeeded",
+                        p.state
+                    ))),
+                    None => Err(ApiError::FailedPrecondition(format!(
+                        "parent {parent} of task {task_id} is no longer held"
+                    ))),
+                };
+                let failed = input.is_err();
+                if tx.send(input.map_err(Status::from)).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn checkpoint(

@@ -1,8 +1,8 @@
 //! Command tasks: the payload is an argv (plus optional env and working dir) as JSON; the
 //! worker runs it as a child process with `FLOTILLA_TASK_ID`, `FLOTILLA_ATTEMPT` and
 //! `FLOTILLA_WORKER_ID` set, keeps a bounded tail of its output, and on cancellation sends
-//! SIGTERM, then SIGKILL after a grace period. A command saves checkpoints through files (see
-//! [`crate::command_checkpoint`]).
+//! SIGTERM, then SIGKILL after a grace period. It reads its parents' results, may write its
+//! own, and saves checkpoints through files (see [`crate::attempt_files`]).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::command_checkpoint::CheckpointFiles;
+use crate::attempt_files::AttemptFiles;
 use crate::{Handler, Outcome, TaskContext};
 
 /// Bytes of stdout and of stderr kept in the result.
@@ -91,11 +91,11 @@ async fn tail<R: AsyncRead + Unpin>(mut r: R) -> Vec<u8> {
 
 impl CommandHandler {
     async fn run_command(grace: Duration, every: Duration, ctx: TaskContext) -> Outcome {
-        let mut files = match CheckpointFiles::create(&ctx).await {
+        let mut files = match AttemptFiles::create(&ctx).await {
             Ok(f) => f,
             Err(e) => {
                 return Outcome::Failure {
-                    error: format!("cannot make the attempt's checkpoint directory: {e}"),
+                    error: format!("cannot make the attempt's directory: {e}"),
                     retryable: true,
                 }
             }
@@ -109,7 +109,7 @@ impl CommandHandler {
         grace: Duration,
         every: Duration,
         ctx: &TaskContext,
-        files: &mut CheckpointFiles,
+        files: &mut AttemptFiles,
     ) -> Outcome {
         let Some(payload) = CommandPayload::decode(&ctx.payload) else {
             return Outcome::Failure {
@@ -129,7 +129,7 @@ impl CommandHandler {
             .env("FLOTILLA_TASK_ID", ctx.task_id.to_string())
             .env("FLOTILLA_ATTEMPT", ctx.attempt.to_string())
             .env("FLOTILLA_WORKER_ID", &ctx.worker_id)
-            .envs(files.env())
+            .envs(files.env(ctx))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -223,7 +223,14 @@ impl CommandHandler {
             "stderr": String::from_utf8_lossy(&stderr),
         });
         if status.success() {
-            Outcome::Success(result.to_string().into_bytes())
+            match files.written_result().await {
+                Ok(Some(written)) => Outcome::Success(written),
+                Ok(None) => Outcome::Success(result.to_string().into_bytes()),
+                Err(why) => Outcome::Failure {
+                    error: why,
+                    retryable: false,
+                },
+            }
         } else {
             let last = String::from_utf8_lossy(&stderr)
                 .lines()

@@ -14,10 +14,12 @@
 //! ```
 //!
 //! [`CommandHandler`] runs command tasks (`flotilla submit -- CMD ARGS`); a Rust program can
-//! serve a queue with its own async closure instead (see `examples/`).
+//! serve a queue with its own async closure instead (see `examples/`). An attempt of a task
+//! with dependencies gets its parents' results in [`TaskContext::inputs`] (command tasks: as
+//! files; see `attempt_files`).
 
+mod attempt_files;
 mod command;
-mod command_checkpoint;
 mod runtime;
 
 pub use command::{CommandHandler, CommandPayload, DEFAULT_CHECKPOINT_EVERY};

@@ -53,6 +53,11 @@ pub struct TaskContext {
     pub payload: Vec<u8>,
     /// The checkpoint saved by an earlier attempt, to resume from.
     pub checkpoint: Option<Vec<u8>>,
+    /// The tasks this one depends on, in the order it named them.
+    pub parents: Vec<TaskId>,
+    /// Their results (each parent succeeded before this task could run): a task's output is
+    /// its dependents' input.
+    pub inputs: BTreeMap<TaskId, Vec<u8>>,
     pub timeout: Option<Duration>,
     pub worker_id: String,
     /// Cancelled when the task is cancelled, reassigned or timed out: stop promptly.
@@ -422,6 +427,33 @@ fn cancel_attempt(running: &Running, task_id: TaskId, attempt: u32) {
     }
 }
 
+/// Fetches the results of the attempt's parents into `ctx.inputs`; on failure, the outcome to
+/// report instead of running (the next attempt tries again).
+async fn fetch_inputs(ctx: &mut TaskContext) -> Result<(), Outcome> {
+    if ctx.parents.is_empty() {
+        return Ok(());
+    }
+    let fetch = ctx
+        .client
+        .task_inputs(&ctx.worker_id, &ctx.session, ctx.task_id, ctx.attempt);
+    let fetched = tokio::select! {
+        f = fetch => f,
+        _ = ctx.cancel.cancelled() => {
+            return Err(Outcome::Failure { error: "cancelled".into(), retryable: false });
+        }
+    };
+    match fetched {
+        Ok(inputs) => {
+            ctx.inputs = inputs.into_iter().collect();
+            Ok(())
+        }
+        Err(e) => Err(Outcome::Failure {
+            error: format!("cannot fetch the results of its parents: {e}"),
+            retryable: true,
+        }),
+    }
+}
+
 fn start_attempt(shared: &Shared, a: Assignment) {
     let cancel = CancellationToken::new();
     {
@@ -441,6 +473,8 @@ fn start_attempt(shared: &Shared, a: Assignment) {
         queue: a.queue,
         payload: a.payload,
         checkpoint: a.checkpoint,
+        parents: a.parents,
+        inputs: BTreeMap::new(),
         timeout: a.timeout,
         worker_id: shared.worker_id.clone(),
         cancel: cancel.clone(),
@@ -450,19 +484,28 @@ fn start_attempt(shared: &Shared, a: Assignment) {
     let s = shared.clone();
     let handle = tokio::spawn(async move {
         let (task_id, attempt, timeout) = (ctx.task_id, ctx.attempt, ctx.timeout);
-        let work = s.handler.run(ctx);
-        let outcome = match timeout {
-            Some(t) => match tokio::time::timeout(t, work).await {
-                Ok(o) => o,
-                Err(_) => {
-                    cancel.cancel();
-                    Outcome::Failure {
-                        error: format!("attempt {attempt} timed out after {} ms", t.as_millis()),
-                        retryable: true,
-                    }
+        let mut ctx = ctx;
+        let outcome = match fetch_inputs(&mut ctx).await {
+            Err(outcome) => outcome,
+            Ok(()) => {
+                let work = s.handler.run(ctx);
+                match timeout {
+                    Some(t) => match tokio::time::timeout(t, work).await {
+                        Ok(o) => o,
+                        Err(_) => {
+                            cancel.cancel();
+                            Outcome::Failure {
+                                error: format!(
+                                    "attempt {attempt} timed out after {} ms",
+                                    t.as_millis()
+                                ),
+                                retryable: true,
+                            }
+                        }
+                    },
+                    None => work.await,
                 }
-            },
-            None => work.await,
+            }
         };
         let still_ours = {
             let mut r = lock(&s.running);

@@ -1,18 +1,26 @@
-//! Checkpoints of command tasks, through files.
+//! The files of one attempt of a command task: its inputs, its output, its checkpoints.
 //!
-//! Each attempt of a command task gets a scratch directory of its own and three variables:
+//! Each attempt gets a scratch directory of its own (removed when the attempt ends) and these
+//! variables:
 //!
+//! - `FLOTILLA_PARENTS`: the ids of the tasks it depends on, space-separated, in the order it
+//!   named them; `FLOTILLA_INPUTS`: a directory holding each parent's result as a file named
+//!   by the parent's id (`$FLOTILLA_INPUTS/<id>`). A task's output is its dependents' input.
+//! - `FLOTILLA_OUTPUT`: a file the command may write its result to. When it exists after a
+//!   successful exit, the result is its bytes exactly (at most
+//!   [`Limits::MAX_RESULT_BYTES`]; a larger one fails the attempt, not retried, naming the
+//!   limit); otherwise the result is the exit code and the tails of stdout and stderr as JSON.
 //! - `FLOTILLA_CHECKPOINT_OUT`: a file the command writes its progress to (best written to a
 //!   temporary name and renamed, so it is never read half-written). The worker looks at it
 //!   every `--checkpoint-every` seconds while the command runs, and once more when it exits,
 //!   and reports it when its contents changed — fenced by the attempt, like every report.
-//! - `FLOTILLA_PROGRESS_OUT`: optionally, a percentage (0 to 100) reported with it.
+//!   `FLOTILLA_PROGRESS_OUT`: optionally, a percentage (0 to 100) reported with it.
 //! - `FLOTILLA_CHECKPOINT_FILE`: the checkpoint an earlier attempt saved, byte for byte (only
-//!   when there is one; `FLOTILLA_CHECKPOINT` holds it as text, as before).
+//!   when there is one; `FLOTILLA_CHECKPOINT` holds it as text).
 //!
 //! A checkpoint over [`Limits::MAX_CHECKPOINT_BYTES`] is not reported; when the command ends
 //! with one, the attempt fails (not retried) naming the limit, rather than lose progress
-//! silently. The directory is removed when the attempt ends.
+//! silently.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +30,7 @@ use tracing::warn;
 use crate::TaskContext;
 
 /// The files of one attempt.
-pub(crate) struct CheckpointFiles {
+pub(crate) struct AttemptFiles {
     dir: PathBuf,
     /// What was reported last (or handed in by an earlier attempt): unchanged is not re-sent.
     last: Option<Vec<u8>>,
@@ -30,18 +38,18 @@ pub(crate) struct CheckpointFiles {
     oversized: Option<u64>,
 }
 
-impl CheckpointFiles {
-    /// Makes the attempt's directory (under the system temp dir) and writes the checkpoint
-    /// handed in, if any.
-    pub(crate) async fn create(ctx: &TaskContext) -> std::io::Result<CheckpointFiles> {
+impl AttemptFiles {
+    /// Makes the attempt's directory (under the system temp dir) and writes its inputs and
+    /// the checkpoint handed in, if any.
+    pub(crate) async fn create(ctx: &TaskContext) -> std::io::Result<AttemptFiles> {
         let dir = std::env::temp_dir().join(format!(
             "flotilla-worker-{}-task-{}-attempt-{}",
             std::process::id(),
             ctx.task_id,
             ctx.attempt
         ));
-        tokio::fs::create_dir_all(&dir).await?;
-        let files = CheckpointFiles {
+        tokio::fs::create_dir_all(dir.join("inputs")).await?;
+        let files = AttemptFiles {
             dir,
             last: ctx.checkpoint.clone(),
             oversized: None,
@@ -49,7 +57,43 @@ impl CheckpointFiles {
         if let Some(cp) = &ctx.checkpoint {
             tokio::fs::write(files.input(), cp).await?;
         }
+        for (parent, result) in &ctx.inputs {
+            tokio::fs::write(files.inputs().join(parent.to_string()), result).await?;
+        }
         Ok(files)
+    }
+
+    fn inputs(&self) -> PathBuf {
+        self.dir.join("inputs")
+    }
+
+    fn result(&self) -> PathBuf {
+        self.dir.join("output")
+    }
+
+    /// The result the command wrote to `$FLOTILLA_OUTPUT`, if it wrote one; an error naming
+    /// the limit when it is too large.
+    pub(crate) async fn written_result(&self) -> Result<Option<Vec<u8>>, String> {
+        let path = self.result();
+        let Ok(meta) = tokio::fs::metadata(&path).await else {
+            return Ok(None);
+        };
+        let too_big = |bytes: u64| {
+            format!(
+                "result of {bytes} bytes in $FLOTILLA_OUTPUT is over the limit of {} bytes",
+                Limits::MAX_RESULT_BYTES
+            )
+        };
+        if meta.len() > Limits::MAX_RESULT_BYTES as u64 {
+            return Err(too_big(meta.len()));
+        }
+        let data = tokio::fs::read(&path)
+            .await
+            .map_err(|e| format!("cannot read $FLOTILLA_OUTPUT: {e}"))?;
+        if data.len() > Limits::MAX_RESULT_BYTES {
+            return Err(too_big(data.len() as u64));
+        }
+        Ok(Some(data))
     }
 
     fn output(&self) -> PathBuf {
@@ -65,13 +109,17 @@ impl CheckpointFiles {
     }
 
     /// The variables the command gets.
-    pub(crate) fn env(&self) -> Vec<(&'static str, PathBuf)> {
+    pub(crate) fn env(&self, ctx: &TaskContext) -> Vec<(&'static str, std::ffi::OsString)> {
+        let parents: Vec<String> = ctx.parents.iter().map(|p| p.to_string()).collect();
         let mut env = vec![
-            ("FLOTILLA_CHECKPOINT_OUT", self.output()),
-            ("FLOTILLA_PROGRESS_OUT", self.progress()),
+            ("FLOTILLA_PARENTS", parents.join(" ").into()),
+            ("FLOTILLA_INPUTS", self.inputs().into()),
+            ("FLOTILLA_OUTPUT", self.result().into()),
+            ("FLOTILLA_CHECKPOINT_OUT", self.output().into()),
+            ("FLOTILLA_PROGRESS_OUT", self.progress().into()),
         ];
-        if self.last.is_some() {
-            env.push(("FLOTILLA_CHECKPOINT_FILE", self.input()));
+        if ctx.checkpoint.is_some() {
+            env.push(("FLOTILLA_CHECKPOINT_FILE", self.input().into()));
         }
         env
     }
