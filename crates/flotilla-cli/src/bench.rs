@@ -35,6 +35,9 @@ pub enum BenchCmd {
     /// Repeated leader faults (kill, pause) under steady load: time to a new leader, largest
     /// submit gap, first dispatch by the new leader; lost, doubled, re-run.
     Failover(crate::bench_failover::FailoverBench),
+    /// A map-reduce DAG (1,000 maps feeding 10 reducers through their results): end to end,
+    /// against the same tasks without dependencies, scheduling overhead and latency per edge.
+    Workflow(crate::bench_workflow::WorkflowBench),
 }
 
 #[derive(Args)]
@@ -127,6 +130,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Scale(args) => crate::bench_scale::run(args).await,
         BenchCmd::Steady(args) => crate::bench_steady::run(args).await,
         BenchCmd::Failover(args) => crate::bench_failover::run(args).await,
+        BenchCmd::Workflow(args) => crate::bench_workflow::run(ctx, args).await,
     }
 }
 
@@ -299,7 +303,7 @@ async fn run_point(
 
 /// The cluster to measure: --cluster if given, else a fresh 3-replica cluster on loopback
 /// (returned so that it lives as long as the run).
-async fn target_cluster(
+pub(crate) async fn target_cluster(
     ctx: &Ctx,
     tls: bool,
 ) -> Result<(Client, Option<(Cluster, tempfile::TempDir)>)> {

@@ -16,6 +16,7 @@ mod bench_failover;
 mod bench_plot;
 mod bench_scale;
 mod bench_steady;
+mod bench_workflow;
 mod cert;
 mod commands;
 mod dev;
