@@ -794,3 +794,47 @@ async fn workers_rust_handler_gets_its_parents_results() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// `flotilla bench workflow`, small: it runs the DAG (checking every reducer's sum itself),
+/// exits 0 and writes the figures; bad flags get one line and a non-zero exit.
+#[test]
+fn workers_bench_workflow_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("wf.json");
+    let run = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "workflow",
+            "--maps",
+            "40",
+            "--reducers",
+            "4",
+            "--rounds",
+            "1",
+        ])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(r["scenario"], "workflow");
+    assert_eq!(r["edges"], 40);
+    assert!(r["dag_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["edge_latency_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+
+    let bad = std::process::Command::new(bin())
+        .args(["bench", "workflow", "--maps", "1000", "--reducers", "2"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("would depend on 500 maps (at most 256)"),
+        "{err}"
+    );
+}
