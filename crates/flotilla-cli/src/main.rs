@@ -1,6 +1,7 @@
 //! The `flotilla` binary: run a replica (`server`), a local cluster (`dev`), talk to a
 //! cluster (`submit`, `status`, `wait`, `cancel`, `list`, `cluster status`) and measure it
-//! (`bench submit`), compare queue policies on a workload (`simulate`, `trace export`).
+//! (`bench submit`), compare queue policies on a workload (`simulate`, `trace export`), back
+//! up and restore its state (`snapshot export`, `restore`).
 //! Errors print one line and exit non-zero.
 
 /// `println!` that treats a closed stdout (`flotilla list | head -1`) as the reader being done:
@@ -11,6 +12,7 @@ macro_rules! outln {
     };
 }
 
+mod backup;
 mod bench;
 mod bench_failover;
 mod bench_plot;
@@ -125,6 +127,14 @@ enum Cmd {
         #[command(subcommand)]
         command: commands::ClusterCmd,
     },
+    /// Back up the cluster's state (`snapshot export --out FILE`, admin token).
+    Snapshot {
+        #[command(subcommand)]
+        command: backup::SnapshotCmd,
+    },
+    /// Prepare an empty data dir of a NEW cluster from a backup (once per replica, the same
+    /// --peers for each); then start each replica with `flotilla server`.
+    Restore(backup::RestoreArgs),
     /// Benchmarks against a cluster (one started for the purpose unless --cluster is given).
     Bench {
         #[command(subcommand)]
@@ -193,6 +203,7 @@ fn main() -> ExitCode {
                 | Cmd::Cert { .. }
                 | Cmd::Simulate(_)
                 | Cmd::Probe(_)
+                | Cmd::Restore(_)
         );
         let tls = match cli.ca.as_ref().filter(|_| calls_cluster) {
             Some(ca) => Some(flotilla_client::tls_from_files(
@@ -222,6 +233,8 @@ fn main() -> ExitCode {
             Cmd::Worker(args) => worker::run(&ctx, args).await,
             Cmd::Workers => commands::workers(&ctx).await,
             Cmd::Queue { command } => commands::queue(&ctx, command).await,
+            Cmd::Snapshot { command } => backup::snapshot(&ctx, command).await,
+            Cmd::Restore(args) => backup::restore(&ctx, args).await,
             Cmd::Bench { command } => bench::run(&ctx, command).await,
             Cmd::Token { command } => token::run(command),
             Cmd::Probe(args) => probe::run(args).await,

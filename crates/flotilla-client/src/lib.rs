@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod backup;
 mod client;
 mod error;
 mod membership;
@@ -27,6 +28,7 @@ mod queues;
 mod routing;
 mod workers;
 
+pub use backup::SnapshotExport;
 pub use client::{
     tls_from_env, tls_from_files, token_from_env, token_from_file, Client, ClientConfig,
     ClusterStatus, Consistency, ListPage, ListQuery, Member,

@@ -22,6 +22,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::ServerState;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,10 @@ use crate::planted::PlantedBug;
 use crate::proposer::Proposer;
 use crate::Raft;
 
+/// Bytes of a snapshot file per ExportSnapshot message.
+const EXPORT_CHUNK_BYTES: usize = 1 << 20;
+/// ExportSnapshot messages read ahead of a slow reader.
+const EXPORT_CHUNKS_QUEUED: usize = 4;
 /// Most tasks a ListTasks page returns.
 const MAX_LIST_LIMIT: u32 = 10_000;
 const DEFAULT_LIST_LIMIT: u32 = 100;
@@ -178,6 +183,41 @@ impl Api {
             ),
             Err(RaftError::Fatal(e)) => Err(ApiError::Unavailable(format!("raft stopped: {e}"))),
         }
+    }
+
+    /// Builds a snapshot covering everything applied now, unless the current one does; waits
+    /// (`timeout_ms`, 0: 60 s, at most 600 s) and returns the log index it covers.
+    async fn snapshot_now(&self, timeout_ms: u64) -> Result<u64, ApiError> {
+        let timeout = match timeout_ms {
+            0 => Duration::from_secs(60),
+            ms => Duration::from_millis(ms).min(Duration::from_secs(600)),
+        };
+        let mut metrics = self.raft.metrics();
+        let want = metrics.borrow().last_applied.map_or(0, |l| l.index);
+        let covered = |m: &openraft::RaftMetrics<u64, flotilla_store::Node>| {
+            m.snapshot.map_or(0, |l| l.index)
+        };
+        if covered(&metrics.borrow()) < want {
+            self.raft
+                .trigger()
+                .snapshot()
+                .await
+                .map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
+        }
+        let done = tokio::time::timeout(timeout, async {
+            loop {
+                let index = covered(&metrics.borrow());
+                if index >= want {
+                    return Ok(index);
+                }
+                if metrics.changed().await.is_err() {
+                    return Err(ApiError::Unavailable("replica is shutting down".into()));
+                }
+            }
+        })
+        .await
+        .map_err(|_| ApiError::Unavailable(format!("snapshot not built within {timeout:?}")))??;
+        Ok(done)
     }
 
     async fn read_consistency(&self, raw: i32) -> Result<(), ApiError> {
@@ -489,38 +529,98 @@ impl Flotilla for Api {
         &self,
         request: Request<pb::TakeSnapshotRequest>,
     ) -> Result<Response<pb::TakeSnapshotResponse>, Status> {
-        let timeout = match request.into_inner().timeout_ms {
-            0 => Duration::from_secs(60),
-            ms => Duration::from_millis(ms).min(Duration::from_secs(600)),
-        };
-        let mut metrics = self.raft.metrics();
-        let want = metrics.borrow().last_applied.map_or(0, |l| l.index);
-        let covered = |m: &openraft::RaftMetrics<u64, flotilla_store::Node>| {
-            m.snapshot.map_or(0, |l| l.index)
-        };
-        if covered(&metrics.borrow()) < want {
-            self.raft
-                .trigger()
-                .snapshot()
-                .await
-                .map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?;
-        }
-        let done = tokio::time::timeout(timeout, async {
-            loop {
-                let index = covered(&metrics.borrow());
-                if index >= want {
-                    return Ok(index);
-                }
-                if metrics.changed().await.is_err() {
-                    return Err(ApiError::Unavailable("replica is shutting down".into()));
-                }
-            }
-        })
-        .await
-        .map_err(|_| ApiError::Unavailable(format!("snapshot not built within {timeout:?}")))??;
+        let done = self.snapshot_now(request.into_inner().timeout_ms).await?;
         Ok(Response::new(pb::TakeSnapshotResponse {
             snapshot_index: done,
         }))
+    }
+
+    type ExportSnapshotStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
+
+    #[tracing::instrument(skip_all, fields(node_id = self.node_id))]
+    async fn export_snapshot(
+        &self,
+        request: Request<pb::ExportSnapshotRequest>,
+    ) -> Result<Response<Self::ExportSnapshotStream>, Status> {
+        ensure_leader(&self.raft)?;
+        // Everything acknowledged before this call is applied here once leadership is
+        // confirmed (read index), so the snapshot built next holds it.
+        self.linearize().await?;
+        self.snapshot_now(request.into_inner().timeout_ms).await?;
+        // The current snapshot, opened: a newer one replacing it meanwhile does not cut the
+        // stream short (the store reads the pointer again if the file went; see
+        // `StateMachine::open_current`).
+        let snapshot = self
+            .raft
+            .get_snapshot()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("raft stopped: {e}")))?
+            .ok_or_else(|| ApiError::Internal("no snapshot after building one".into()))?;
+        let last = snapshot
+            .meta
+            .last_log_id
+            .ok_or_else(|| ApiError::Internal("the snapshot covers no log entry".into()))?;
+        let mut file = snapshot.snapshot;
+        file.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading the snapshot file: {e}")))?;
+        let total_bytes = file
+            .metadata()
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading the snapshot file: {e}")))?
+            .len();
+        tracing::info!(
+            index = last.index,
+            term = last.leader_id.term,
+            bytes = total_bytes,
+            "exporting a snapshot"
+        );
+        let (tx, rx) = mpsc::channel(EXPORT_CHUNKS_QUEUED);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut offset = 0u64;
+            loop {
+                let mut data = Vec::with_capacity(EXPORT_CHUNK_BYTES);
+                let read = (&mut *file)
+                    .take(EXPORT_CHUNK_BYTES as u64)
+                    .read_to_end(&mut data)
+                    .await;
+                let chunk = match read {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        let chunk = pb::SnapshotChunk {
+                            offset,
+                            data,
+                            total_bytes,
+                            last_log_index: last.index,
+                            last_log_term: last.leader_id.term,
+                        };
+                        offset += n as u64;
+                        Ok(chunk)
+                    }
+                    Err(e) => Err(Status::from(ApiError::Internal(format!(
+                        "reading the snapshot file at byte {offset}: {e}"
+                    )))),
+                };
+                let failed = chunk.is_err();
+                tokio::select! {
+                    sent = tx.send(chunk) => if sent.is_err() || failed { return },
+                    () = shutdown.cancelled() => {
+                        let _ = tx.try_send(Err(ApiError::Unavailable("replica is shutting down".into()).into()));
+                        return;
+                    }
+                }
+            }
+            if offset != total_bytes {
+                let _ = tx
+                    .send(Err(ApiError::Internal(format!(
+                        "the snapshot file ended at byte {offset} of {total_bytes}"
+                    ))
+                    .into()))
+                    .await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn add_replica(

@@ -74,8 +74,12 @@ impl Role {
             "ListQueues",
         ];
         const SUBMIT: &[&str] = &["SubmitTasks", "SubmitStream", "CancelTask"];
+        // Admin only, besides everything else: a backup holds every task's payload and result
+        // of every queue, so no narrower role may take one.
+        const ADMIN: &[&str] = &["ExportSnapshot"];
         match (self, service) {
             (Role::Admin, _) => true,
+            (_, FLOTILLA) if ADMIN.contains(&method) => false,
             (Role::Read, FLOTILLA) => READ.contains(&method),
             (Role::Submit, FLOTILLA) => READ.contains(&method) || SUBMIT.contains(&method),
             (Role::Worker, WORKERS) => true,
@@ -475,8 +479,12 @@ mod tests {
             Ok("w".into())
         );
         assert_eq!(call("tw", submit), Err(PermissionDenied));
-        for path in [submit, get, policy, add, complete] {
+        let export = "/flotilla.v1.Flotilla/ExportSnapshot";
+        for path in [submit, get, policy, add, complete, export] {
             assert_eq!(call("ta", path), Ok("a".into()), "{path}");
+        }
+        for token in ["tr", "ts", "tw"] {
+            assert_eq!(call(token, export), Err(PermissionDenied), "{token}");
         }
         assert_eq!(call("nope", get), Err(Unauthenticated));
         assert_eq!(t.check(get, None).unwrap_err().code(), Unauthenticated);

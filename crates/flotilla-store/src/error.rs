@@ -1,4 +1,5 @@
-//! Errors opening a data dir. Runtime storage errors are openraft `StorageError`s.
+//! Errors opening a data dir, reading a backup and restoring one. Runtime storage errors are
+//! openraft `StorageError`s.
 
 use std::path::PathBuf;
 
@@ -14,4 +15,10 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// A backup (snapshot file) that cannot be read whole or does not check out.
+    #[error("backup {path}: {message}")]
+    BadBackup { path: PathBuf, message: String },
+    /// A restore that cannot be done as asked (the members given, say).
+    #[error("restore: {0}")]
+    Restore(String),
 }

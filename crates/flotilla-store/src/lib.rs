@@ -17,6 +17,9 @@
 //!                                         apart from the WAL (see `acked`)
 //! ```
 //!
+//! A backup is a snapshot file taken from the leader; `backup` reads and checks one, and
+//! restores it into a new data dir as the starting point of a new cluster.
+//!
 //! Durability: a log append is reported flushed only after the WAL is fsynced (a dedicated
 //! flusher thread groups fsyncs); votes and snapshot pointers are written with a synchronous write, snapshot files are
 //! synced before they are pointed at.
@@ -31,6 +34,7 @@
 #![allow(clippy::result_large_err)]
 
 mod acked;
+mod backup;
 mod codec;
 mod db;
 mod error;
@@ -42,6 +46,7 @@ mod state_machine;
 mod stats;
 
 pub use acked::AckState;
+pub use backup::{read_backup, restore, BackupInfo, RestoreSummary};
 pub use db::{open, Opened};
 pub use error::StoreError;
 pub use log_store::LogStore;

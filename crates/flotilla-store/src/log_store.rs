@@ -212,6 +212,33 @@ impl LogStore {
         self.ack.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Makes this (pristine) log the continuation of a restored snapshot covering `last`: the
+    /// log purged up to `last` (so it holds nothing, yet ends at `last`), `last` committed,
+    /// and `vote` saved — in the store and in the acked record, which also names `last` as
+    /// the last entry held. Every write is synced. See `backup`.
+    pub(crate) fn restore_point(
+        &self,
+        last: LogId<NodeId>,
+        vote: Vote<NodeId>,
+    ) -> Result<(), String> {
+        if !self.is_pristine().map_err(|e| e.to_string())? {
+            return Err("the log is not pristine".into());
+        }
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf_meta(), LAST_PURGED_KEY, encode(&last));
+        batch.put_cf(self.cf_meta(), COMMITTED_KEY, encode(&Some(last)));
+        batch.put_cf(self.cf_meta(), VOTE_KEY, encode(&vote));
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(batch, &wo).map_err(|e| e.to_string())?;
+        self.lock_ack()
+            .write(AckState {
+                acked: Some(last),
+                vote: Some(vote),
+            })
+            .map_err(|e| format!("writing the acked record: {e}"))
+    }
+
     /// True when this replica has never voted nor held a log entry: the only state in which
     /// the cluster may be bootstrapped from it.
     pub fn is_pristine(&self) -> SResult<bool> {

@@ -168,6 +168,25 @@ pub(crate) fn read<R: Read, W: Write>(
     input: R,
     copy: Option<W>,
 ) -> std::io::Result<(SnapshotMeta<NodeId, Node>, State)> {
+    read_counted(input, copy).map(|r| (r.meta, r.state))
+}
+
+/// A snapshot as [`read_counted`] read it.
+pub(crate) struct ReadBack {
+    pub meta: SnapshotMeta<NodeId, Node>,
+    pub state: State,
+    /// Records in the file, as its end frame confirmed.
+    pub records: u64,
+    /// Whether bytes follow the end frame (never in a file this crate wrote; a backup with
+    /// them is refused, see `backup`).
+    pub trailing: bool,
+}
+
+/// [`read`], also counting the records and looking past the end frame.
+pub(crate) fn read_counted<R: Read, W: Write>(
+    input: R,
+    copy: Option<W>,
+) -> std::io::Result<ReadBack> {
     let mut input = Tee {
         inner: BufReader::with_capacity(1 << 20, input),
         copy,
@@ -225,7 +244,14 @@ pub(crate) fn read<R: Read, W: Write>(
     if let Some(c) = &mut input.copy {
         c.flush()?;
     }
-    Ok((meta, state))
+    let mut rest = [0u8; 1];
+    let trailing = input.inner.read(&mut rest)? != 0;
+    Ok(ReadBack {
+        meta,
+        state,
+        records,
+        trailing,
+    })
 }
 
 /// The meta of every complete snapshot file in `snapshots/` whose header and meta frame read

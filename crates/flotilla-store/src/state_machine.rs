@@ -212,6 +212,59 @@ impl StateMachine {
             snapshot: Box::new(tokio::fs::File::from_std(file)),
         })
     }
+
+    /// The current snapshot, opened for reading. A newer snapshot may replace it at any time
+    /// (it is published, then the older file deleted): a file gone between reading the
+    /// pointer and opening it means the pointer moved on, so the pointer is read again. Once
+    /// open, the file stays readable to the end even if it is deleted meanwhile (Unix), so a
+    /// reader (a follower's transfer, a backup) always gets one whole snapshot.
+    fn open_current(&self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<NodeId>> {
+        const ATTEMPTS: usize = 8;
+        let mut last_error = None;
+        for _ in 0..ATTEMPTS {
+            let pointer = read_pointer(&self.db)
+                .map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)))?;
+            let Some(p) = pointer else { return Ok(None) };
+            match self.open_snapshot(&p) {
+                Ok(s) => return Ok(Some(s)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    last_error = Some((p.meta.signature(), e));
+                }
+                Err(e) => {
+                    return Err(StorageIOError::read_snapshot(Some(p.meta.signature()), &e).into())
+                }
+            }
+        }
+        let (signature, e) = last_error.expect("at least one attempt failed");
+        Err(StorageIOError::read_snapshot(Some(signature), &e).into())
+    }
+
+    /// Makes `state`, written as the snapshot file `file` (of `bytes` bytes) with `meta`, the
+    /// current snapshot and the applied state (a restore into a new data dir; see `backup`).
+    pub(crate) fn install_restored(
+        &self,
+        file: String,
+        bytes: u64,
+        meta: SnapshotMeta<NodeId, Node>,
+        state: State,
+    ) -> std::io::Result<()> {
+        let _files = self.lock_files();
+        let current = self.publish(Pointer {
+            file,
+            meta: meta.clone(),
+            bytes,
+        })?;
+        if current.meta != meta {
+            return Err(io_err("a newer snapshot is already current"));
+        }
+        snapshot::remove_others(&self.data_dir, Some(&current.file))?;
+        *self.write_lock() = Applied {
+            state,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership,
+        };
+        Ok(())
+    }
 }
 
 pub(crate) fn read_pointer(db: &DB) -> Result<Option<Pointer>, String> {
@@ -405,12 +458,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<TypeConfig>>> {
-        let pointer =
-            read_pointer(&self.db).map_err(|e| StorageIOError::read_snapshot(None, &io_err(e)))?;
-        let Some(p) = pointer else { return Ok(None) };
-        Ok(Some(self.open_snapshot(&p).map_err(|e| {
-            StorageIOError::read_snapshot(Some(p.meta.signature()), &e)
-        })?))
+        self.open_current()
     }
 }
 
