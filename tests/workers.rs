@@ -57,6 +57,35 @@ async fn wait_state(
     }
 }
 
+/// An in-process worker running a Rust handler on one queue, until `shutdown`.
+fn rust_worker(
+    client: &Client,
+    id: &str,
+    queue: &str,
+    slots: u32,
+    handler: impl flotilla_worker::Handler,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), flotilla_worker::WorkerError>> {
+    let config = WorkerConfig {
+        id: id.into(),
+        capacity: Capacity {
+            slots,
+            cpu_millis: 1000,
+            mem_mb: 1000,
+        },
+        labels: Default::default(),
+        queues: vec![queue.into()],
+        heartbeat_interval: Duration::from_millis(300),
+        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+    };
+    tokio::spawn(flotilla_worker::run(
+        client.clone(),
+        config,
+        Arc::new(handler),
+        shutdown.clone(),
+    ))
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -231,24 +260,7 @@ async fn workers_checkpoint_reaches_the_next_attempt() {
         }
     };
     let shutdown = CancellationToken::new();
-    let config = WorkerConfig {
-        id: "rust-worker".into(),
-        capacity: Capacity {
-            slots: 2,
-            cpu_millis: 1000,
-            mem_mb: 1000,
-        },
-        labels: Default::default(),
-        queues: vec!["rust".into()],
-        heartbeat_interval: Duration::from_millis(300),
-        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-    };
-    let worker = tokio::spawn(flotilla_worker::run(
-        client.clone(),
-        config,
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
+    let worker = rust_worker(&client, "rust-worker", "rust", 2, handler, &shutdown);
     let id = client
         .submit(vec![TaskSpec::new("rust", b"job".to_vec())])
         .await
@@ -760,24 +772,7 @@ async fn workers_rust_handler_gets_its_parents_results() {
         Outcome::Success(format!("sum={sum} of {}", ctx.inputs.len()).into_bytes())
     };
     let shutdown = CancellationToken::new();
-    let config = WorkerConfig {
-        id: "rust-dataflow".into(),
-        capacity: Capacity {
-            slots: 4,
-            cpu_millis: 1000,
-            mem_mb: 1000,
-        },
-        labels: Default::default(),
-        queues: vec!["flow".into()],
-        heartbeat_interval: Duration::from_millis(300),
-        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-    };
-    let worker = tokio::spawn(flotilla_worker::run(
-        client.clone(),
-        config,
-        Arc::new(handler),
-        shutdown.clone(),
-    ));
+    let worker = rust_worker(&client, "rust-dataflow", "flow", 4, handler, &shutdown);
     let parents = client
         .submit(vec![
             TaskSpec::new("flow", b"20".to_vec()),

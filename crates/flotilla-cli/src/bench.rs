@@ -303,6 +303,36 @@ async fn run_point(
 
 /// The cluster to measure: --cluster if given, else a fresh 3-replica cluster on loopback
 /// (returned so that it lives as long as the run).
+/// Starts a benchmark's in-process worker: `slots` slots (a core and a GB of memory each),
+/// serving `queues`, running `handler`, until `shutdown`.
+pub(crate) fn spawn_worker(
+    client: &Client,
+    id: String,
+    slots: u32,
+    queues: &[&str],
+    handler: Arc<dyn flotilla_worker::Handler>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let config = flotilla_worker::WorkerConfig {
+        id,
+        capacity: flotilla_core::Capacity {
+            slots,
+            cpu_millis: slots * 1000,
+            mem_mb: slots * 1000,
+        },
+        labels: Default::default(),
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        heartbeat_interval: Duration::from_secs(1),
+        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+    };
+    tokio::spawn(flotilla_worker::run(
+        client.clone(),
+        config,
+        handler,
+        shutdown,
+    ));
+}
+
 pub(crate) async fn target_cluster(
     ctx: &Ctx,
     tls: bool,
@@ -370,7 +400,7 @@ struct E2ePoint {
 
 async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
     use flotilla_client::{ListQuery, TaskId, TaskState};
-    use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
+    use flotilla_worker::{Outcome, TaskContext};
     use std::collections::HashMap;
     use std::sync::Mutex;
 
@@ -401,24 +431,14 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
                 .insert(ctx.task_id, Instant::now());
             async { Outcome::Success(Vec::new()) }
         };
-        let config = WorkerConfig {
-            id: format!("bench-{n}-{}", std::process::id()),
-            capacity: flotilla_core::Capacity {
-                slots: 64,
-                cpu_millis: 64_000,
-                mem_mb: 64_000,
-            },
-            labels: Default::default(),
-            queues: vec!["e2e".into()],
-            heartbeat_interval: Duration::from_secs(1),
-            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-        };
-        tokio::spawn(flotilla_worker::run(
-            client.clone(),
-            config,
+        spawn_worker(
+            &client,
+            format!("bench-{n}-{}", std::process::id()),
+            64,
+            &["e2e"],
             Arc::new(handler),
             shutdown.child_token(),
-        ));
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 

@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use flotilla_client::{ListQuery, TaskId, TaskSpec};
 use flotilla_testkit::{Cluster, ClusterOptions};
-use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
+use flotilla_worker::{Outcome, TaskContext};
 use serde::Serialize;
 
 #[derive(Args)]
@@ -145,24 +145,14 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
                 .push((Instant::now(), ctx.task_id, ctx.attempt));
             async { Outcome::Success(b"ok".to_vec()) }
         };
-        let config = WorkerConfig {
-            id: format!("failover-{n}-{}", std::process::id()),
-            capacity: flotilla_core::Capacity {
-                slots: 16,
-                cpu_millis: 16_000,
-                mem_mb: 16_000,
-            },
-            labels: Default::default(),
-            queues: vec!["failover".into()],
-            heartbeat_interval: Duration::from_secs(1),
-            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-        };
-        tokio::spawn(flotilla_worker::run(
-            client.clone(),
-            config,
+        crate::bench::spawn_worker(
+            &client,
+            format!("failover-{n}-{}", std::process::id()),
+            16,
+            &["failover"],
             Arc::new(handler),
             shutdown.child_token(),
-        ));
+        );
     }
     let mut submitters = tokio::task::JoinSet::new();
     for s in 0..8 {

@@ -22,7 +22,7 @@ use clap::Args;
 use flotilla_client::{Client, ClientConfig, Consistency, TaskSpec};
 use flotilla_core::QueuePolicy;
 use flotilla_testkit::{Cluster, ClusterOptions};
-use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
+use flotilla_worker::{Outcome, TaskContext};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -363,24 +363,14 @@ pub async fn run(args: ScaleBench) -> Result<ExitCode> {
             done.fetch_add(1, Ordering::Relaxed);
             async { Outcome::Success(Vec::new()) }
         };
-        let config = WorkerConfig {
-            id: format!("scale-{n}-{}", std::process::id()),
-            capacity: flotilla_core::Capacity {
-                slots: 64,
-                cpu_millis: 64_000,
-                mem_mb: 64_000,
-            },
-            labels: Default::default(),
-            queues: vec!["scale".into()],
-            heartbeat_interval: Duration::from_secs(1),
-            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-        };
-        tokio::spawn(flotilla_worker::run(
-            client.clone(),
-            config,
+        crate::bench::spawn_worker(
+            &client,
+            format!("scale-{n}-{}", std::process::id()),
+            64,
+            &["scale"],
             Arc::new(handler),
             shutdown.child_token(),
-        ));
+        );
     }
     for (name, policy) in [
         ("fifo", QueuePolicy::Fifo),

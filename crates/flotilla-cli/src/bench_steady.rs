@@ -18,7 +18,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use flotilla_client::TaskSpec;
 use flotilla_testkit::{Cluster, ClusterOptions};
-use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
+use flotilla_worker::{Outcome, TaskContext};
 use serde::Serialize;
 
 use crate::bench_scale::{dir_mb, rss_mb};
@@ -102,24 +102,14 @@ pub async fn run(args: SteadyBench) -> Result<ExitCode> {
             completed.fetch_add(1, Ordering::Relaxed);
             async { Outcome::Success(b"ok".to_vec()) }
         };
-        let config = WorkerConfig {
-            id: format!("steady-{n}-{}", std::process::id()),
-            capacity: flotilla_core::Capacity {
-                slots: 64,
-                cpu_millis: 64_000,
-                mem_mb: 64_000,
-            },
-            labels: Default::default(),
-            queues: vec!["steady".into()],
-            heartbeat_interval: Duration::from_secs(1),
-            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-        };
-        tokio::spawn(flotilla_worker::run(
-            client.clone(),
-            config,
+        crate::bench::spawn_worker(
+            &client,
+            format!("steady-{n}-{}", std::process::id()),
+            64,
+            &["steady"],
             Arc::new(handler),
             shutdown.child_token(),
-        ));
+        );
     }
 
     // Submitters: 100 batches a second, paced.

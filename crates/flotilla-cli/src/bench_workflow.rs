@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use flotilla_client::{Client, ListQuery, TaskId, TaskSpec, TaskState};
-use flotilla_worker::{Outcome, TaskContext, WorkerConfig};
+use flotilla_worker::{Outcome, TaskContext};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
@@ -111,24 +111,14 @@ pub async fn run(ctx: &Ctx, args: WorkflowBench) -> Result<ExitCode> {
             }
             async move { outcome }
         };
-        let config = WorkerConfig {
-            id: format!("workflow-{n}-{}", std::process::id()),
-            capacity: flotilla_core::Capacity {
-                slots: 64,
-                cpu_millis: 64_000,
-                mem_mb: 64_000,
-            },
-            labels: Default::default(),
-            queues: vec!["workflow-dag".into(), "workflow-flat".into()],
-            heartbeat_interval: Duration::from_secs(1),
-            drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-        };
-        tokio::spawn(flotilla_worker::run(
-            client.clone(),
-            config,
+        crate::bench::spawn_worker(
+            &client,
+            format!("workflow-{n}-{}", std::process::id()),
+            64,
+            &["workflow-dag", "workflow-flat"],
             Arc::new(handler),
             shutdown.child_token(),
-        ));
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
