@@ -20,6 +20,13 @@ const WITH_SETTINGS: [(&str, &str); 2] = [
     ("worker", "FLOTILLA_WORKER_"),
 ];
 
+/// The subcommands whose settings include the global client options (`cluster`,
+/// `token-file`, `ca`, `client-cert`, `client-key`, `tls-server-name`): a worker is a client of
+/// the cluster, so its file says where the cluster is and how to reach it. A global option set
+/// on the command line or by its own variable (`FLOTILLA_CLUSTER`...) wins over the file and
+/// `FLOTILLA_WORKER_*`.
+const WITH_GLOBALS: [&str; 1] = ["worker"];
+
 /// `argv` with the settings of `--config FILE` and the environment (`env`) put before the
 /// subcommand's own flags (so flags win); unchanged for other subcommands. `Err` lists every
 /// problem found, one line each.
@@ -36,10 +43,30 @@ pub fn expand(
     let Some((at, sub, prefix)) = subcommand(&argv, &valued_globals) else {
         return Ok(argv);
     };
-    let cmd = cli
+    let mut cmd = cli
         .find_subcommand(sub)
         .expect("settings subcommands exist")
         .clone();
+    // Globals given on the command line or by their own variable: not taken from settings.
+    let mut overridden: Vec<String> = Vec::new();
+    if WITH_GLOBALS.contains(&sub) {
+        for g in cli.get_arguments().filter(|a| a.is_global_set()) {
+            let Some(long) = g.get_long() else { continue };
+            let on_line = argv.iter().skip(1).any(|a| {
+                a.to_str().is_some_and(|a| {
+                    a == format!("--{long}") || a.starts_with(&format!("--{long}="))
+                })
+            });
+            let by_env = g
+                .get_env()
+                .and_then(|v| v.to_str())
+                .is_some_and(|v| env.iter().any(|(k, _)| k == v));
+            if on_line || by_env {
+                overridden.push(long.to_string());
+            }
+            cmd = cmd.arg(g.clone());
+        }
+    }
     let own = &argv[at + 1..];
     let mut problems = Vec::new();
     let mut settings: Vec<OsString> = Vec::new();
@@ -56,6 +83,10 @@ pub fn expand(
                 Ok(table) => {
                     for (key, value) in table {
                         let name = key.replace('_', "-");
+                        if overridden.contains(&name) {
+                            given.push(name);
+                            continue;
+                        }
                         match values(&value) {
                             Ok(vs) => {
                                 let what = format!("{key:?} in {file}");
@@ -74,6 +105,10 @@ pub fn expand(
             continue;
         };
         let name = rest.to_ascii_lowercase().replace('_', "-");
+        if overridden.contains(&name) {
+            given.push(name);
+            continue;
+        }
         let vs: Vec<String> = vec![value.clone()];
         add(&cmd, &name, &vs, var, &mut settings, &mut problems);
         given.push(name);
@@ -461,5 +496,75 @@ mod tests {
         assert_eq!(w.queues, vec!["a", "b"]);
         assert_eq!(w.slots, 8);
         assert_eq!(w.labels, vec!["gpu=yes"]);
+    }
+
+    /// A worker's file says where the cluster is and how to reach it (the global client
+    /// options); the command line and the options' own variables still win, and the server
+    /// takes no such keys.
+    #[test]
+    fn a_worker_file_names_its_cluster_token_and_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(
+            &path,
+            "cluster = \"a:1,b:2\"\ntoken-file = \"/etc/t\"\nca = \"/etc/ca.pem\"\nqueue = \"q\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let parse = |args: &[&str], env: &[(String, String)]| {
+            let expanded = expand(&Cli::command(), argv(args), env).unwrap();
+            Cli::try_parse_from(expanded).unwrap()
+        };
+        let cli = parse(&["flotilla", "worker", "--config", file], &[]);
+        assert_eq!(cli.cluster.as_deref(), Some("a:1,b:2"));
+        assert_eq!(cli.token_file, Some("/etc/t".into()));
+        assert_eq!(cli.ca, Some("/etc/ca.pem".into()));
+        let Cmd::Worker(w) = cli.command else {
+            panic!("not the worker command")
+        };
+        assert_eq!(w.queues, vec!["q"]);
+        // The flag, before or after the subcommand, wins over the file.
+        let cli = parse(&["flotilla", "--cluster", "c:3", "worker", "--config", file], &[]);
+        assert_eq!(cli.cluster.as_deref(), Some("c:3"));
+        let cli = parse(&["flotilla", "worker", "--config", file, "--cluster=c:3"], &[]);
+        assert_eq!(cli.cluster.as_deref(), Some("c:3"));
+        // FLOTILLA_WORKER_CLUSTER over the file; the option's own variable over both (clap
+        // reads it from the process environment, so here it only keeps the file's value out).
+        let env = [("FLOTILLA_WORKER_CLUSTER".to_string(), "d:4".to_string())];
+        let cli = parse(&["flotilla", "worker", "--config", file], &env);
+        assert_eq!(cli.cluster.as_deref(), Some("d:4"));
+        let env = [("FLOTILLA_CLUSTER".to_string(), "e:5".to_string())];
+        let expanded = expand(
+            &Cli::command(),
+            argv(&["flotilla", "worker", "--config", file]),
+            &env,
+        )
+        .unwrap();
+        assert!(
+            !expanded.iter().any(|a| a == "--cluster"),
+            "the file's cluster stays out: {expanded:?}"
+        );
+        // A server's file has no such key.
+        let server_file = dir.path().join("s.toml");
+        std::fs::write(&server_file, "cluster = \"a:1\"\n").unwrap();
+        let err = expand(
+            &Cli::command(),
+            argv(&[
+                "flotilla",
+                "server",
+                "--config",
+                server_file.to_str().unwrap(),
+                "--id",
+                "1",
+                "--listen",
+                "127.0.0.1:1",
+                "--data-dir",
+                "/d",
+            ]),
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 1, "{err:?}");
+        assert!(err[0].contains("has no --cluster"), "{err:?}");
     }
 }

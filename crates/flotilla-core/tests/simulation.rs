@@ -735,13 +735,25 @@ impl Sim {
         }
         let wall = self.clock(r).wall_ms;
         match body {
-            ToReplica::Register { worker, session } => self.propose(
-                Command::RegisterWorker {
-                    now_ms: wall,
-                    worker: worker_spec(worker, session),
-                },
-                Origin::Register { worker, session },
-            ),
+            ToReplica::Register { worker, session } => {
+                // As the shell: the engine hears of the worker before the command is proposed.
+                let now = self.clock(r);
+                self.engine_event(
+                    r,
+                    Event::WorkerRegistering {
+                        worker: format!("w{worker}"),
+                        session: format!("s{session}"),
+                        now,
+                    },
+                );
+                self.propose(
+                    Command::RegisterWorker {
+                        now_ms: wall,
+                        worker: worker_spec(worker, session),
+                    },
+                    Origin::Register { worker, session },
+                )
+            }
             ToReplica::Heartbeat {
                 worker,
                 session,

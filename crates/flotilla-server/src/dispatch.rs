@@ -166,6 +166,12 @@ impl Dispatcher {
                 )));
             }
         }
+        let effects = self.handle(Event::WorkerRegistering {
+            worker: spec.id.clone(),
+            session: spec.session.clone(),
+            now: self.now(),
+        });
+        self.carry_out_now(effects);
         match self
             .proposer
             .propose(Command::RegisterWorker {

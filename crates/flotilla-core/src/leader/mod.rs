@@ -76,6 +76,16 @@ pub enum Event {
     LostLeadership,
     /// Time passed (a timer, an applied entry or a wake-up): expire, tick, sweep, plan.
     Tick { now: Now },
+    /// A worker asked this leader to register it; its `RegisterWorker` is about to be
+    /// proposed. Heard from now: between that command's commit and [`Event::WorkerConnected`]
+    /// the state knows the worker but no stream is open yet, and a tick in that gap must not
+    /// count its lease from the election (a leader elected more than a TTL ago would expire
+    /// it at once). Another session's attempt on a live worker's id renews nothing.
+    WorkerRegistering {
+        worker: String,
+        session: String,
+        now: Now,
+    },
     /// A worker's `RegisterWorker` committed and its stream to this leader is open. `owner`:
     /// the token it registered with, when tokens are on.
     WorkerConnected {
@@ -229,6 +239,19 @@ impl LeaderEngine {
                 vec![Effect::CloseAllStreams]
             }
             Event::Tick { now } => self.tick(state, now),
+            Event::WorkerRegistering {
+                worker,
+                session,
+                now,
+            } => {
+                if state
+                    .worker(&worker)
+                    .is_none_or(|w| w.spec.session == session)
+                {
+                    self.leases.entry(worker).or_default().heard_ms = Some(now.mono_ms);
+                }
+                Vec::new()
+            }
             Event::WorkerConnected {
                 worker,
                 session,

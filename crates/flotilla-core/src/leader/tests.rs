@@ -320,6 +320,66 @@ fn a_new_leader_grants_a_full_lease_of_grace_then_expires_exactly_after_the_ttl(
 }
 
 #[test]
+fn a_worker_registering_with_a_long_standing_leader_is_not_expired_before_its_stream_opens() {
+    // The leader was elected long ago. A worker's `RegisterWorker` commits; its stream opens
+    // a moment later. A tick in between must not count the lease from the election.
+    let mut h = Harness::new(config());
+    h.event(Event::BecameLeader { now: at(0) });
+    let w = worker("w1", 4);
+    let asked = at(10 * TTL);
+    assert_eq!(
+        h.event(Event::WorkerRegistering {
+            worker: w.id.clone(),
+            session: w.session.clone(),
+            now: asked,
+        }),
+        vec![]
+    );
+    h.register(&w, asked);
+    assert_eq!(
+        proposals(&h.tick(at(10 * TTL + 1))),
+        Vec::<&Command>::new(),
+        "registered a moment ago, stream not yet open"
+    );
+    assert!(h.state.worker("w1").is_some());
+    // Never connected: the lease runs out a TTL after it asked.
+    assert_eq!(proposals(&h.tick(at(11 * TTL))), Vec::<&Command>::new());
+    assert_eq!(
+        proposals(&h.tick(at(11 * TTL + 1))),
+        vec![&Command::ExpireWorker {
+            now_ms: at(11 * TTL + 1).wall_ms,
+            worker_id: "w1".into(),
+            reason: format!("no heartbeat for {TTL} ms"),
+        }]
+    );
+}
+
+#[test]
+fn another_session_asking_for_a_live_workers_id_does_not_renew_its_lease() {
+    let mut h = Harness::new(config());
+    h.event(Event::BecameLeader { now: at(0) });
+    let w = worker("w1", 4);
+    h.connect(&w, at(0));
+    // The worker died; a second process with the same id keeps asking (and is refused).
+    for t in 1..=5 {
+        h.event(Event::WorkerRegistering {
+            worker: w.id.clone(),
+            session: "another".into(),
+            now: at(t * TTL / 4),
+        });
+    }
+    assert_eq!(h.engine.lease("w1").unwrap().heard_ms, Some(0));
+    assert_eq!(
+        proposals(&h.tick(at(TTL + 1))),
+        vec![&Command::ExpireWorker {
+            now_ms: at(TTL + 1).wall_ms,
+            worker_id: "w1".into(),
+            reason: format!("no heartbeat for {TTL} ms"),
+        }]
+    );
+}
+
+#[test]
 fn heartbeats_renew_the_lease() {
     let mut h = Harness::new(config());
     h.event(Event::BecameLeader { now: at(0) });
