@@ -524,9 +524,15 @@ mod tests {
         };
         assert_eq!(w.queues, vec!["q"]);
         // The flag, before or after the subcommand, wins over the file.
-        let cli = parse(&["flotilla", "--cluster", "c:3", "worker", "--config", file], &[]);
+        let cli = parse(
+            &["flotilla", "--cluster", "c:3", "worker", "--config", file],
+            &[],
+        );
         assert_eq!(cli.cluster.as_deref(), Some("c:3"));
-        let cli = parse(&["flotilla", "worker", "--config", file, "--cluster=c:3"], &[]);
+        let cli = parse(
+            &["flotilla", "worker", "--config", file, "--cluster=c:3"],
+            &[],
+        );
         assert_eq!(cli.cluster.as_deref(), Some("c:3"));
         // FLOTILLA_WORKER_CLUSTER over the file; the option's own variable over both (clap
         // reads it from the process environment, so here it only keeps the file's value out).
