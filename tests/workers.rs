@@ -833,3 +833,226 @@ fn workers_bench_workflow_runs_and_reports() {
         "{err}"
     );
 }
+
+/// Flow limits on a live cluster, set through the CLI: a queue with `max-running 2` never runs
+/// more than 2 tasks at once on an 8-slot worker; a queue limited to 5 starts/s (burst 1)
+/// spreads 10 starts over at least 1.8 s; a queue of weight 1 beside it keeps running. The
+/// limits are replicated: a new leader lists and enforces them. A limit of 0 is refused naming
+/// the field, through the CLI (one line, non-zero exit) and through gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_flow_limits_hold_on_a_live_cluster() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Mutex;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    let addrs = c.addrs().join(",");
+    let flotilla = |args: &[&str]| {
+        std::process::Command::new(bin())
+            .env("FLOTILLA_CLUSTER", &addrs)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = flotilla(args);
+        assert!(
+            out.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let set = ok(&["--json", "queue", "max-running", "limited", "2", "--create"]);
+    assert_eq!(set["max_running"], 2, "{set}");
+    let set = ok(&[
+        "--json", "queue", "rate", "rated", "5/s", "--burst", "1", "--create",
+    ]);
+    assert_eq!(
+        (set["rate_per_sec"].clone(), set["rate_burst"].clone()),
+        (5.into(), 1.into())
+    );
+    let set = ok(&["--json", "queue", "weight", "rated", "2"]);
+    assert_eq!(set["weight"], 2);
+    for (args, field) in [
+        (&["queue", "max-running", "limited", "0"][..], "max-running"),
+        (&["queue", "weight", "limited", "0"][..], "weight"),
+        (&["queue", "rate", "limited", "0"][..], "rate"),
+        (
+            &["queue", "rate", "limited", "3", "--burst", "0"][..],
+            "--burst",
+        ),
+    ] {
+        let out = flotilla(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(field), "{args:?}: {err}");
+    }
+    let refused = client
+        .set_queue_limit(
+            "limited",
+            flotilla_client::QueueLimit::MaxRunning(Some(0)),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(flotilla_client::Code::InvalidArgument));
+    assert!(refused.to_string().contains("max_running"), "{refused}");
+
+    // One 8-slot worker serving all three queues; the handler records concurrency and starts.
+    let running: Arc<BTreeMap<&str, AtomicU32>> = Arc::new(
+        ["limited", "rated", "free"]
+            .into_iter()
+            .map(|q| (q, AtomicU32::new(0)))
+            .collect(),
+    );
+    let most = Arc::new(AtomicU32::new(0));
+    let starts: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let (r, m, s) = (running.clone(), most.clone(), starts.clone());
+    let handler = move |ctx: TaskContext| {
+        let (r, m, s) = (r.clone(), m.clone(), s.clone());
+        async move {
+            let q = String::from_utf8(ctx.payload.clone()).unwrap();
+            let q: &str = r.keys().find(|k| **k == q).unwrap();
+            let now = r[q].fetch_add(1, Ordering::SeqCst) + 1;
+            if q == "limited" {
+                m.fetch_max(now, Ordering::SeqCst);
+            }
+            if q == "rated" {
+                s.lock().unwrap().push(Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            r[q].fetch_sub(1, Ordering::SeqCst);
+            Outcome::Success(Vec::new())
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let config = WorkerConfig {
+        id: "flow-worker".into(),
+        capacity: Capacity {
+            slots: 8,
+            cpu_millis: 8000,
+            mem_mb: 8000,
+        },
+        labels: Default::default(),
+        queues: vec!["limited".into(), "rated".into(), "free".into()],
+        heartbeat_interval: Duration::from_millis(300),
+        drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+    };
+    let worker = tokio::spawn(flotilla_worker::run(
+        client.clone(),
+        config,
+        Arc::new(handler),
+        shutdown.clone(),
+    ));
+    let mut ids = Vec::new();
+    for q in ["limited", "rated", "free"] {
+        let specs = (0..10)
+            .map(|_| TaskSpec::new(q, q.as_bytes().to_vec()))
+            .collect();
+        ids.extend(client.submit(specs).await.unwrap());
+    }
+    for id in &ids {
+        let t = client.wait(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "max-running 2 reached, never passed"
+    );
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 10);
+    let spread = starts[9].duration_since(starts[0]);
+    assert!(
+        spread >= Duration::from_millis(1_700),
+        "10 starts at 5/s, burst 1, took {spread:?} (at least 1.8 s by the bucket)"
+    );
+
+    // The limits are replicated: after the leader dies, the new one lists and enforces them.
+    let leader = c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    c.kill(leader).unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    let list = ok(&["--json", "queue", "list"]);
+    let queues = list["queues"].as_array().unwrap();
+    let limited = queues.iter().find(|q| q["name"] == "limited").unwrap();
+    assert_eq!(limited["max_running"], 2, "{limited}");
+    let rated = queues.iter().find(|q| q["name"] == "rated").unwrap();
+    assert_eq!(
+        (
+            rated["rate_per_sec"].clone(),
+            rated["rate_burst"].clone(),
+            rated["weight"].clone()
+        ),
+        (5.into(), 1.into(), 2.into()),
+        "{rated}"
+    );
+    most.store(0, Ordering::SeqCst);
+    let more = client
+        .submit(
+            (0..6)
+                .map(|_| TaskSpec::new("limited", b"limited".to_vec()))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    for id in &more {
+        let t = client.wait(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "the new leader holds the limit too"
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+/// `flotilla bench flow`, short: the limited queue starts within 5 % of its rate (the bench
+/// itself fails otherwise) while the unlimited queue keeps running; bad flags get one line.
+#[test]
+fn workers_bench_flow_holds_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("flow.json");
+    let run = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "flow",
+            "--rate",
+            "50",
+            "--duration",
+            "4",
+            "--baseline",
+            "1",
+            "--workers",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "bench flow: {}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(r["scenario"], "flow");
+    assert_eq!(r["rate"], 50);
+    let per_s = r["limited_per_s"].as_f64().unwrap();
+    assert!((47.5..=52.5).contains(&per_s), "{r}");
+    assert!(r["free_beside_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    let bad = std::process::Command::new(bin())
+        .args(["bench", "flow", "--rate", "0"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--rate"), "{err}");
+}

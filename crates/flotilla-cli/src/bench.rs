@@ -38,6 +38,8 @@ pub enum BenchCmd {
     /// A map-reduce DAG (1,000 maps feeding 10 reducers through their results): end to end,
     /// against the same tasks without dependencies, scheduling overhead and latency per edge.
     Workflow(crate::bench_workflow::WorkflowBench),
+    /// A queue rate-limited to R tasks/s beside an unlimited one: the rate holds within 5 %.
+    Flow(crate::bench_flow::FlowBench),
 }
 
 #[derive(Args)]
@@ -131,6 +133,7 @@ pub async fn run(ctx: &Ctx, cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Steady(args) => crate::bench_steady::run(args).await,
         BenchCmd::Failover(args) => crate::bench_failover::run(args).await,
         BenchCmd::Workflow(args) => crate::bench_workflow::run(ctx, args).await,
+        BenchCmd::Flow(args) => crate::bench_flow::run(ctx, args).await,
     }
 }
 

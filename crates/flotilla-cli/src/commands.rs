@@ -441,8 +441,75 @@ pub enum QueueCmd {
         #[arg(long)]
         create: bool,
     },
-    /// List queues: policy, retention, tasks by state.
+    /// Limit how many tasks of a queue run at once: a number, or "none" to remove the limit.
+    MaxRunning {
+        queue: String,
+        limit: String,
+        /// Configure a queue no task was submitted to yet.
+        #[arg(long)]
+        create: bool,
+    },
+    /// Set a queue's share of free slots against other queues with pending tasks (default 1;
+    /// a queue of weight 3 gets three times the slots of one of weight 1).
+    Weight {
+        queue: String,
+        weight: u32,
+        /// Configure a queue no task was submitted to yet.
+        #[arg(long)]
+        create: bool,
+    },
+    /// Limit how many tasks of a queue start per second (e.g. 10 or 10/s), or "none".
+    Rate {
+        queue: String,
+        rate: String,
+        /// Most starts at once after a quiet period [default: the rate, at least 1].
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Configure a queue no task was submitted to yet.
+        #[arg(long)]
+        create: bool,
+    },
+    /// List queues: policy, retention, limits, tasks by state.
     List,
+}
+
+/// `N` or "none" for `queue max-running`.
+fn parse_max_running(s: &str) -> Result<Option<u32>> {
+    match s {
+        "none" => Ok(None),
+        _ => match s.parse::<u32>() {
+            Ok(0) => {
+                bail!("invalid max-running 0: must be at least 1 (\"none\" removes the limit)")
+            }
+            Ok(n) => Ok(Some(n)),
+            Err(_) => bail!("invalid max-running {s:?}: expected a number or \"none\""),
+        },
+    }
+}
+
+/// `R`, `R/s` or "none" for `queue rate`, with its burst.
+fn parse_rate(s: &str, burst: Option<u32>) -> Result<Option<flotilla_client::RateLimit>> {
+    if s == "none" {
+        if burst.is_some() {
+            bail!("invalid --burst: there is no rate to burst (\"none\" removes the limit)");
+        }
+        return Ok(None);
+    }
+    let per_sec = match s.strip_suffix("/s").unwrap_or(s).parse::<u32>() {
+        Ok(0) => {
+            bail!("invalid rate {s:?}: must be at least 1 task/s (\"none\" removes the limit)")
+        }
+        Ok(n) => n,
+        Err(_) => {
+            bail!("invalid rate {s:?}: expected tasks per second (e.g. 10 or 10/s) or \"none\"")
+        }
+    };
+    let burst = match burst {
+        Some(0) => bail!("invalid --burst 0: must be at least 1"),
+        Some(b) => b,
+        None => per_sec,
+    };
+    Ok(Some(flotilla_client::RateLimit { per_sec, burst }))
 }
 
 /// Parses `500ms`, `90s`, `15m`, `12h`, `7d`, or a plain number of milliseconds.
@@ -511,6 +578,67 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        QueueCmd::MaxRunning {
+            queue,
+            limit,
+            create,
+        } => {
+            let m = parse_max_running(&limit)?;
+            ctx.client()?
+                .set_queue_limit(&queue, flotilla_client::QueueLimit::MaxRunning(m), create)
+                .await?;
+            ctx.print(
+                serde_json::json!({"queue": queue, "max_running": m}),
+                match m {
+                    Some(m) => format!("queue {queue}: at most {m} running"),
+                    None => format!("queue {queue}: no limit on running tasks"),
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::Weight {
+            queue,
+            weight,
+            create,
+        } => {
+            if weight == 0 {
+                bail!("invalid weight 0: must be at least 1");
+            }
+            ctx.client()?
+                .set_queue_limit(&queue, flotilla_client::QueueLimit::Weight(weight), create)
+                .await?;
+            ctx.print(
+                serde_json::json!({"queue": queue, "weight": weight}),
+                format!("queue {queue}: weight {weight}"),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::Rate {
+            queue,
+            rate,
+            burst,
+            create,
+        } => {
+            let r = parse_rate(&rate, burst)?;
+            ctx.client()?
+                .set_queue_limit(&queue, flotilla_client::QueueLimit::Rate(r), create)
+                .await?;
+            ctx.print(
+                serde_json::json!({
+                    "queue": queue,
+                    "rate_per_sec": r.map(|r| r.per_sec),
+                    "rate_burst": r.map(|r| r.burst),
+                }),
+                match r {
+                    Some(r) => format!(
+                        "queue {queue}: at most {}/s started (burst {})",
+                        r.per_sec, r.burst
+                    ),
+                    None => format!("queue {queue}: no rate limit"),
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         QueueCmd::List => {
             let list = ctx
                 .client()?
@@ -526,6 +654,10 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
                             "policy": policy_name(q.policy),
                             "retention_ms": q.retention.map(|d| d.as_millis() as u64),
                             "oldest_pending_ms": q.oldest_pending_ms,
+                            "max_running": q.flow.max_running,
+                            "weight": q.flow.weight,
+                            "rate_per_sec": q.flow.rate.map(|r| r.per_sec),
+                            "rate_burst": q.flow.rate.map(|r| r.burst),
                         });
                         for st in TaskState::ALL {
                             v[st.as_str()] = serde_json::json!(q.count(st));
@@ -548,10 +680,11 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
                     human(list.key_retention)
                 );
                 outln!(
-                    "{:<20} {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9}",
+                    "{:<20} {:<10} {:>10} {:<22} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9}",
                     "queue",
                     "policy",
                     "retention",
+                    "limits",
                     "waiting",
                     "pending",
                     "running",
@@ -561,10 +694,11 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
                 );
                 for q in &list.queues {
                     outln!(
-                        "{:<20} {:<10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9}",
+                        "{:<20} {:<10} {:>10} {:<22} {:>8} {:>8} {:>8} {:>10} {:>8} {:>9}",
                         q.name,
                         policy_name(q.policy),
                         q.retention.map_or("default".to_string(), human),
+                        q.flow.to_string(),
                         q.count(TaskState::Waiting),
                         q.count(TaskState::Pending),
                         q.count(TaskState::Running),

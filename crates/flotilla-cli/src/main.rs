@@ -15,6 +15,7 @@ macro_rules! outln {
 mod backup;
 mod bench;
 mod bench_failover;
+mod bench_flow;
 mod bench_plot;
 mod bench_scale;
 mod bench_steady;

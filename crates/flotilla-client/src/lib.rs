@@ -34,10 +34,11 @@ pub use client::{
     ClusterStatus, Consistency, ListPage, ListQuery, Member,
 };
 pub use error::ClientError;
+pub use flotilla_core::{FlowLimits, RateLimit};
 pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
 pub use flotilla_tls::ClientTls;
 pub use membership::{AddedReplica, Transferred};
 pub use pipeline::SubmitPipeline;
-pub use queues::{QueueInfo, QueueList, TaskStatus};
+pub use queues::{QueueInfo, QueueLimit, QueueList, TaskStatus};
 pub use tonic::Code;
 pub use workers::{Assignment, WorkerEvent, WorkerInfo, WorkerStream};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_core::{QueuePolicy, Task, TaskId, TaskState};
+use flotilla_core::{FlowLimits, QueuePolicy, RateLimit, Task, TaskId, TaskState};
 use flotilla_proto::pb;
 
 use crate::client::Consistency;
@@ -32,6 +32,19 @@ pub struct QueueInfo {
     pub counts: [u64; 6],
     /// Submission time of the oldest pending task (ms since the Unix epoch).
     pub oldest_pending_ms: Option<u64>,
+    /// Flow control: max running, weight, rate.
+    pub flow: FlowLimits,
+}
+
+/// One flow-control limit of a queue, as [`Client::set_queue_limit`] sets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueLimit {
+    /// Most tasks running at once; `None` removes the limit.
+    MaxRunning(Option<u32>),
+    /// Share of free slots against other queues.
+    Weight(u32),
+    /// Tasks started per second; `None` removes the limit.
+    Rate(Option<RateLimit>),
 }
 
 impl QueueInfo {
@@ -109,6 +122,38 @@ impl Client {
         .map(|_| ())
     }
 
+    /// Sets one flow-control limit of a queue (admin); `create` configures a queue that has no
+    /// task yet. A limit of 0 is refused naming the field.
+    pub async fn set_queue_limit(
+        &self,
+        queue: &str,
+        limit: QueueLimit,
+        create: bool,
+    ) -> Result<(), ClientError> {
+        use pb::set_queue_limit_request::Limit;
+        let limit = match limit {
+            QueueLimit::MaxRunning(Some(n)) => Limit::MaxRunning(n),
+            QueueLimit::MaxRunning(None) => Limit::NoMaxRunning(true),
+            QueueLimit::Weight(w) => Limit::Weight(w),
+            QueueLimit::Rate(Some(r)) => Limit::Rate(pb::RateLimit {
+                per_sec: r.per_sec,
+                burst: r.burst,
+            }),
+            QueueLimit::Rate(None) => Limit::NoRate(true),
+        };
+        let req = pb::SetQueueLimitRequest {
+            queue: queue.into(),
+            create,
+            limit: Some(limit),
+        };
+        self.call("set-limit", Duration::ZERO, |mut c| {
+            let req = req.clone();
+            async move { c.set_queue_limit(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
     /// Every queue with tasks or settings.
     pub async fn list_queues(&self, consistency: Consistency) -> Result<QueueList, ClientError> {
         let req = pb::ListQueuesRequest {
@@ -151,6 +196,15 @@ impl Client {
                         q.cancelled,
                     ],
                     oldest_pending_ms: Some(q.oldest_pending_ms).filter(|t| *t > 0),
+                    flow: FlowLimits {
+                        max_running: Some(q.max_running).filter(|n| *n > 0),
+                        // A replica of the previous release sends 0: the default.
+                        weight: q.weight.max(1),
+                        rate: (q.rate_per_sec > 0).then_some(RateLimit {
+                            per_sec: q.rate_per_sec,
+                            burst: q.rate_burst.max(1),
+                        }),
+                    },
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

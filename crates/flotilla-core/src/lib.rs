@@ -30,8 +30,10 @@ pub use error::CommandError;
 pub use limits::{batch_bytes, validate_spec, Limits};
 pub use scheduler::{plan, queue_order, unplaceable_reason, Placement, PlanConfig};
 pub use state::{
-    ImageHeader, ImageRecord, ImageRecordRef, Lookup, QueueSetting, QueueSettings, State,
-    StateBuilder, StateView, TaskRecord, Tombstone, STATE_IMAGE_VERSION,
+    validate_max_running, validate_rate, validate_weight, Bucket, FlowLimits, ImageHeader,
+    ImageRecord, ImageRecordRef, Lookup, QueueSetting, QueueSettings, RateLimit, State,
+    StateBuilder, StateView, TaskRecord, Tombstone, MAX_RATE, MAX_RUNNING_LIMIT, MAX_WEIGHT,
+    STATE_IMAGE_VERSION,
 };
 
 pub use task::{Checkpoint, Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};

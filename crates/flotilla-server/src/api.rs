@@ -486,6 +486,39 @@ impl Flotilla for Api {
         Ok(Response::new(pb::SetQueueRetentionResponse {}))
     }
 
+    async fn set_queue_limit(
+        &self,
+        request: Request<pb::SetQueueLimitRequest>,
+    ) -> Result<Response<pb::SetQueueLimitResponse>, Status> {
+        use pb::set_queue_limit_request::Limit;
+        let req = request.into_inner();
+        let setting = match req.limit {
+            None => {
+                return Err(ApiError::Invalid {
+                    field: "limit".into(),
+                    message: "missing: give max_running, weight, rate or a no_* variant".into(),
+                }
+                .into())
+            }
+            Some(Limit::MaxRunning(n)) => QueueSetting::MaxRunning(Some(n)),
+            Some(Limit::NoMaxRunning(_)) => QueueSetting::MaxRunning(None),
+            Some(Limit::Weight(w)) => QueueSetting::Weight(w),
+            Some(Limit::Rate(r)) => QueueSetting::Rate(Some(flotilla_core::RateLimit {
+                per_sec: r.per_sec,
+                burst: r.burst,
+            })),
+            Some(Limit::NoRate(_)) => QueueSetting::Rate(None),
+        };
+        self.propose(Command::SetQueue {
+            now_ms: now_ms(),
+            queue: req.queue,
+            setting,
+            create: req.create,
+        })
+        .await?;
+        Ok(Response::new(pb::SetQueueLimitResponse {}))
+    }
+
     async fn list_queues(
         &self,
         request: Request<pb::ListQueuesRequest>,
@@ -503,6 +536,7 @@ impl Flotilla for Api {
                     QueuePolicy::ShortestJobFirst => ("sjf", 0),
                 };
                 let n = |st| s.queue_count(name, st);
+                let (flow, _) = s.queue_flow(name);
                 pb::QueueInfo {
                     name: name.to_string(),
                     policy: policy.into(),
@@ -515,6 +549,10 @@ impl Flotilla for Api {
                     failed: n(TaskState::Failed),
                     cancelled: n(TaskState::Cancelled),
                     oldest_pending_ms: s.oldest_pending_ms(name).unwrap_or(0),
+                    max_running: flow.max_running.unwrap_or(0),
+                    weight: flow.weight,
+                    rate_per_sec: flow.rate.map_or(0, |r| r.per_sec),
+                    rate_burst: flow.rate.map_or(0, |r| r.burst),
                 }
             })
             .collect();

@@ -130,6 +130,15 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
                     "data dir converted from format 1"
                 );
             }
+            2 => {
+                // The acked record exists since format 2: still required.
+                migrated_entries = migrate::from_v2(&db)
+                    .map_err(|e| corrupt(format!("converting format 2: {e}")))?;
+                tracing::info!(
+                    entries = migrated_entries,
+                    "data dir converted from format 2"
+                );
+            }
             v => return Err(corrupt(format!("unknown format version {v}"))),
         }
     }
@@ -149,7 +158,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
     .map_err(&refused)?;
 
     presize_wal(&db).map_err(|e| corrupt(format!("preparing the WAL: {e}")))?;
-    let ack = AckFile::open(dir, fresh || migrated_entries > 0 || converted).map_err(&corrupt)?;
+    let ack = AckFile::open(dir, fresh || converted).map_err(&corrupt)?;
     let stats = Arc::new(crate::stats::StoreStats::default());
     let probe = crate::stats::StoreProbe::new(db.clone(), stats.clone());
     let mut log_store = LogStore::new(db.clone(), node_id, ack, stats.clone()).map_err(corrupt)?;

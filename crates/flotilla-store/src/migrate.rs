@@ -8,8 +8,13 @@
 //!
 //! ```text
 //!  open ─▶ format key? ──current──▶ done
-//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v2
+//!              ├─2─▶ identity, vote, pointers, log: decode as they are ─▶ encode v3
+//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v3
 //! ```
+//!
+//! Format 3 only appended enum variants (`QueueSetting`'s flow limits; the image's `Flow`
+//! record), so a version 2 value decodes as the current type unchanged and a version 2
+//! snapshot file is read as it is.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +22,7 @@ use std::path::Path;
 use openraft::{Entry, EntryPayload, LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions, DB};
 
-use crate::codec::{decode, decode_version, encode, version_of, FORMAT_VERSION};
+use crate::codec::{decode_version, encode, version_of, FORMAT_VERSION};
 use crate::db::{Identity, CF_LOG, CF_META, IDENTITY_KEY};
 use crate::{Node, NodeId, TypeConfig};
 
@@ -67,7 +72,9 @@ pub(crate) fn stored_version(db: &DB) -> Result<u8, String> {
         if let Some(v) = version_of(&bytes).filter(|v| *v > FORMAT_VERSION) {
             return Err(newer(v));
         }
-        let v: u8 = decode(&bytes).map_err(|e| format!("format record: {e}"))?;
+        // The record is written in the format it names.
+        let v: u8 = decode_version(version_of(&bytes).unwrap_or(0), &bytes)
+            .map_err(|e| format!("format record: {e}"))?;
         return if v > FORMAT_VERSION {
             Err(newer(v))
         } else {
@@ -145,6 +152,47 @@ pub(crate) fn from_v1(db: &DB, dir: &Path, incarnation: &str) -> Result<usize, S
         let old: Entry<v1::V1> =
             decode_version(1, &value).map_err(|e| format!("version 1 log entry: {e}"))?;
         batch.put_cf(log, key, encode(&entry_from_v1(old)));
+        entries += 1;
+    }
+    put_format(&mut batch, db);
+    let mut wo = WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(batch, &wo).map_err(|e| e.to_string())?;
+    Ok(entries)
+}
+
+/// Converts a version 2 dir to the current format: every value decodes as the current type (its
+/// shapes are a subset of format 3's) and is written again with the current version byte, in
+/// one synced batch. Returns how many log entries were converted.
+pub(crate) fn from_v2(db: &DB) -> Result<usize, String> {
+    let meta = db.cf_handle(CF_META).expect("meta cf exists");
+    let log = db.cf_handle(CF_LOG).expect("log cf exists");
+    let mut batch = WriteBatch::default();
+    fn again<T: serde::Serialize + serde::de::DeserializeOwned>(
+        db: &DB,
+        batch: &mut WriteBatch,
+        key: &[u8],
+    ) -> Result<(), String> {
+        let meta = db.cf_handle(CF_META).expect("meta cf exists");
+        if let Some(bytes) = db.get_cf(meta, key).map_err(|e| e.to_string())? {
+            let value: T = decode_version(2, &bytes)
+                .map_err(|e| format!("version 2 {} record: {e}", String::from_utf8_lossy(key)))?;
+            batch.put_cf(meta, key, encode(&value));
+        }
+        Ok(())
+    }
+    again::<Identity>(db, &mut batch, IDENTITY_KEY)?;
+    again::<Vote<NodeId>>(db, &mut batch, b"vote")?;
+    again::<Option<LogId<NodeId>>>(db, &mut batch, b"committed")?;
+    again::<LogId<NodeId>>(db, &mut batch, b"last_purged")?;
+    again::<crate::snapshot::Pointer>(db, &mut batch, crate::state_machine::SNAPSHOT_KEY)?;
+    let _ = meta;
+    let mut entries = 0;
+    for item in db.iterator_cf(log, IteratorMode::Start) {
+        let (key, value) = item.map_err(|e| e.to_string())?;
+        let entry: Entry<TypeConfig> =
+            decode_version(2, &value).map_err(|e| format!("version 2 log entry: {e}"))?;
+        batch.put_cf(log, key, encode(&entry));
         entries += 1;
     }
     put_format(&mut batch, db);
@@ -356,7 +404,97 @@ mod tests {
             hex(encode(&membership)),
             hex(encode(&identity)),
         ];
-        assert_eq!(got, PINNED_V2, "\n{got:#?}");
+        // What format 3 writes: format 2's bytes with the new version (it only appended
+        // variants), and a flow-limit command pinned.
+        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("03{}", &h[2..])).collect();
+        assert_eq!(got.to_vec(), want, "\n{got:#?}");
+        let flow: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(leader, 42),
+            payload: EntryPayload::Normal(flotilla_core::Proposal {
+                commands: vec![flotilla_core::Command::SetQueue {
+                    now_ms: 5,
+                    queue: "q".into(),
+                    setting: flotilla_core::QueueSetting::Rate(Some(flotilla_core::RateLimit {
+                        per_sec: 5,
+                        burst: 10,
+                    })),
+                    create: true,
+                }],
+            }),
+        };
+        assert_eq!(hex(encode(&flow)), PINNED_V3_FLOW);
+        // The previous release's bytes decode as this release's types, unchanged.
+        let unhex = |h: &str| -> Vec<u8> {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[0])).unwrap();
+        assert_eq!(old, normal);
+        let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[1])).unwrap();
+        assert_eq!(old, membership);
+        let old: Identity = decode_version(2, &unhex(PINNED_V2[2])).unwrap();
+        assert_eq!(old, identity);
+    }
+
+    const PINNED_V3_FLOW: &str = "03030000000000000002000000000000002a000000000000000100000001000000000000000900000005000000000000000100000000000000710400000001050000000a00000001";
+
+    /// A data dir of the format 2 release (its log entries and identity in the bytes that
+    /// release wrote) opens: converted once, in place, every entry readable.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn format_2_data_dir_is_converted_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("node-1");
+        drop(crate::open(&dir, "c", 1).unwrap());
+        let unhex = |h: &str| -> Vec<u8> {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        {
+            // Make it a format 2 dir: format 2's identity, format record and two entries.
+            let db = DB::open_cf(
+                &rocksdb::Options::default(),
+                &dir,
+                [CF_META, CF_LOG, crate::db::CF_SM],
+            )
+            .unwrap();
+            let meta = db.cf_handle(CF_META).unwrap();
+            let log = db.cf_handle(CF_LOG).unwrap();
+            db.put_cf(meta, IDENTITY_KEY, unhex(PINNED_V2[2])).unwrap();
+            db.put_cf(meta, FORMAT_KEY, [2u8, 2]).unwrap();
+            db.put_cf(log, crate::codec::index_key(40), unhex(PINNED_V2[1]))
+                .unwrap();
+            db.put_cf(log, crate::codec::index_key(41), unhex(PINNED_V2[0]))
+                .unwrap();
+            db.flush_cf(meta).unwrap();
+            db.flush_cf(log).unwrap();
+        }
+        let mut opened = crate::open(&dir, "c", 1).unwrap();
+        assert_eq!(opened.migrated_entries, 2);
+        assert_eq!(opened.incarnation, "i1", "format 2's identity, kept");
+        let entries = opened.log_store.try_get_log_entries(40..=41).await.unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(matches!(
+            &entries[1].payload,
+            EntryPayload::Normal(p) if p.commands == vec![Command::Tick { now_ms: 5 }]
+        ));
+        drop(opened);
+        let again = crate::open(&dir, "c", 1).unwrap();
+        assert_eq!(again.migrated_entries, 0, "converted once");
+        drop(again);
+        let db = DB::open_cf(
+            &rocksdb::Options::default(),
+            &dir,
+            [CF_META, CF_LOG, crate::db::CF_SM],
+        )
+        .unwrap();
+        let log = db.cf_handle(CF_LOG).unwrap();
+        for item in db.iterator_cf(log, IteratorMode::Start) {
+            assert_eq!(item.unwrap().1[0], FORMAT_VERSION, "every entry rewritten");
+        }
     }
 
     const PINNED_V2: [&str; 3] = [

@@ -20,7 +20,7 @@ use flotilla_core::{ImageRecord, ImageRecordRef, State, StateBuilder, StateView}
 use openraft::SnapshotMeta;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::FORMAT_VERSION;
+use crate::codec::{FORMAT_VERSION, OLDEST_SNAPSHOT_VERSION};
 use crate::{Node, NodeId};
 
 const MAGIC: &[u8; 8] = b"FLOTSNAP";
@@ -198,9 +198,9 @@ pub(crate) fn read_counted<R: Read, W: Write>(
     if &head[..8] != MAGIC {
         return Err(corrupt("not a snapshot file (bad magic)"));
     }
-    if head[8] != FORMAT_VERSION {
+    if !(OLDEST_SNAPSHOT_VERSION..=FORMAT_VERSION).contains(&head[8]) {
         return Err(corrupt(format!(
-            "format version {} (this release reads {FORMAT_VERSION})",
+            "format version {} (this release reads {OLDEST_SNAPSHOT_VERSION}..={FORMAT_VERSION})",
             head[8]
         )));
     }
@@ -284,7 +284,7 @@ fn read_meta<R: Read>(input: R) -> std::io::Result<SnapshotMeta<NodeId, Node>> {
     let mut input = BufReader::new(input);
     let mut head = [0u8; 17];
     input.read_exact(&mut head)?;
-    if &head[..8] != MAGIC || head[8] != FORMAT_VERSION {
+    if &head[..8] != MAGIC || !(OLDEST_SNAPSHOT_VERSION..=FORMAT_VERSION).contains(&head[8]) {
         return Err(corrupt("not a snapshot file of this format"));
     }
     let len = u32::from_le_bytes(head[9..13].try_into().expect("4 bytes"));
@@ -438,7 +438,24 @@ mod tests {
         assert_eq!(hex, PINNED_EMPTY, "\n{hex}");
     }
 
-    const PINNED_EMPTY: &str = "464c4f54534e4150028f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c0000004113e9200100000000000000020000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
+    /// A snapshot file of the format 2 release is read as it is (format 3 only appended
+    /// variants): same meta, same (empty) state.
+    #[test]
+    fn a_format_2_snapshot_file_is_read() {
+        let bytes: Vec<u8> = (0..PINNED_EMPTY_V2.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&PINNED_EMPTY_V2[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(bytes[8], 2);
+        let (m, state) = read(&bytes[..], None::<std::io::Sink>).unwrap();
+        assert_eq!(m, meta(7));
+        assert_eq!(state.task_count(), 0);
+        assert_eq!(read_meta(&bytes[..]).unwrap(), meta(7));
+    }
+
+    const PINNED_EMPTY: &str = "464c4f54534e4150038f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c0000004cef25490100000000000000030000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
+
+    const PINNED_EMPTY_V2: &str = "464c4f54534e4150028f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c0000004113e9200100000000000000020000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
 
     #[test]
     fn other_files_are_removed() {

@@ -4,14 +4,17 @@
 //! leader then proposes. It decides nothing irrevocably: `apply` re-checks every precondition
 //! (attempt, worker, capacity), so a stale plan becomes rejected commands, never corruption.
 //!
-//! Order: queues take turns, the one with the fewest running tasks first (ties to the name),
-//! each offering its next pending task in its policy's order — kept sorted by the state as
+//! Order: queues take turns, the one with the fewest running tasks per unit of weight first
+//! (weighted fair sharing; ties to the name), each offering its next pending task in its
+//! policy's order — kept sorted by the state as
 //! tasks arrive and leave, so a plan costs what it assigns, not what is queued; a task goes to the best-fitting live worker under the placement
 //! strategy (found through an index of the workers by free slots, not a scan of them all), or
 //! is skipped (it stays pending) when none fits now. Overdue attempts come from
 //! the state's deadline index, not from a scan of the running tasks. A queue whose head tasks
 //! fit nowhere is looked at for at most `max_skipped_per_queue` tasks per plan, so planning
-//! never holds the state for long.
+//! never holds the state for long. A queue at its flow limits (`max_running`, its rate
+//! limit's bucket: [`State::flow_room`]) takes no turn once they are reached; `apply`
+//! re-checks them on every `Assign`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +30,10 @@ pub enum Placement {
     /// The emptiest worker: spreads load.
     Spread,
 }
+
+/// Running tasks per unit of weight are compared as `running * WEIGHT_SCALE / weight`
+/// (weights are at most [`crate::MAX_WEIGHT`], so shares differing by a task never tie).
+const WEIGHT_SCALE: u64 = 1 << 20;
 
 /// Leader-side planning settings (not replicated: `apply` does not depend on them).
 #[derive(Debug, Clone)]
@@ -83,25 +90,40 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
         return out;
     }
 
-    // Queues take turns, the one with the fewest running tasks first (this plan's assignments
-    // counted; ties to the name): a queue that frees a slot does not get it back while another
-    // queue, with fewer running, waits.
+    // Queues take turns, the one with the fewest running tasks per unit of weight first (this
+    // plan's assignments counted; ties to the name): a queue that frees a slot does not get it
+    // back while another queue, with fewer running for its weight, waits. A queue of weight 3
+    // so holds three times the slots of a queue of weight 1 when both have work.
     struct Turn<I> {
         ids: I,
         skipped: usize,
+        running: u64,
+        weight: u64,
+        /// Starts its flow limits still allow.
+        room: u64,
     }
+    let share = |running: u64, weight: u64| running.saturating_mul(WEIGHT_SCALE) / weight.max(1);
     let mut queues: Vec<Turn<_>> = Vec::new();
     let mut order: BTreeSet<(u64, usize)> = BTreeSet::new();
-    for (i, q) in state.pending_queues().enumerate() {
+    for q in state.pending_queues() {
+        let room = state.flow_room(q, now_ms);
+        if room == 0 {
+            continue;
+        }
+        let running = state.queue_count(q, TaskState::Running);
+        let weight = u64::from(state.queue_flow(q).0.weight);
+        order.insert((share(running, weight), queues.len()));
         queues.push(Turn {
             ids: state.pending_in(q),
             skipped: 0,
+            running,
+            weight,
+            room,
         });
-        order.insert((state.queue_count(q, TaskState::Running), i));
     }
     let mut assigned = 0usize;
     while slots_left > 0 && assigned < cfg.max_assignments {
-        let Some((running, i)) = order.pop_first() else {
+        let Some((key, i)) = order.pop_first() else {
             break;
         };
         let turn = &mut queues[i];
@@ -120,12 +142,16 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
                     worker_id: worker.to_string(),
                     attempt: task.attempts + 1,
                 });
-                order.insert((running + 1, i));
+                turn.running += 1;
+                turn.room -= 1;
+                if turn.room > 0 {
+                    order.insert((share(turn.running, turn.weight), i));
+                }
             }
             None => {
                 turn.skipped += 1;
                 if turn.skipped < cfg.max_skipped_per_queue {
-                    order.insert((running, i));
+                    order.insert((key, i));
                 }
             }
         }

@@ -9,14 +9,18 @@
 //!
 //! ```text
 //!  Header · Queue* (name order) · Worker* (id order) · (Task | Tombstone)* (id order)
+//!         · Flow* (name order; version 3)
 //! ```
 //!
 //! Versioning: [`STATE_IMAGE_VERSION`] is in the header; a change to any record's shape bumps
 //! it (golden bytes in the tests pin the encoding) and the builder of the new release reads
-//! the old one (`crate::compat`).
+//! the old one (`crate::compat`). Version 3 only added the `Flow` record (record kinds are
+//! only ever appended), so a version 2 image is a version 3 image without one and is read as
+//! it is.
 
 use serde::{Deserialize, Serialize};
 
+use super::flow::{Bucket, FlowLimits};
 use super::queues::QueueSettings;
 use super::record::{Entry, QueueName, TaskRecord, Tombstone};
 use super::table::TaskTable;
@@ -24,7 +28,9 @@ use super::State;
 use crate::{TaskId, Worker};
 
 /// Version of the image records' encoding.
-pub const STATE_IMAGE_VERSION: u32 = 2;
+pub const STATE_IMAGE_VERSION: u32 = 3;
+/// The oldest version the builder reads (2 is 3 without `Flow` records).
+pub const OLDEST_STATE_IMAGE_VERSION: u32 = 2;
 
 /// The first record: scalars and how many records of each kind follow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +56,12 @@ pub enum ImageRecord {
     Worker(Worker),
     Task(TaskRecord),
     Tombstone(Tombstone),
+    /// A queue with flow-control settings, and its bucket. (Version 3.)
+    Flow {
+        name: String,
+        limits: FlowLimits,
+        bucket: Option<Bucket>,
+    },
 }
 
 /// One record of an image, borrowed from a [`StateView`] for encoding; encodes exactly as the
@@ -64,6 +76,11 @@ pub enum ImageRecordRef<'a> {
     Worker(&'a Worker),
     Task(&'a TaskRecord),
     Tombstone(&'a Tombstone),
+    Flow {
+        name: &'a str,
+        limits: &'a FlowLimits,
+        bucket: &'a Option<Bucket>,
+    },
 }
 
 /// A frozen copy of the state proper, cheap to take (see the module docs).
@@ -73,6 +90,7 @@ pub struct StateView {
     queues: Vec<(QueueName, QueueSettings)>,
     workers: Vec<Worker>,
     tasks: TaskTable,
+    flows: Vec<(QueueName, FlowLimits, Option<Bucket>)>,
 }
 
 impl StateView {
@@ -93,6 +111,15 @@ impl StateView {
                 Entry::Task(t) => ImageRecordRef::Task(t),
                 Entry::Tombstone(t) => ImageRecordRef::Tombstone(t),
             }))
+            .chain(
+                self.flows
+                    .iter()
+                    .map(|(name, limits, bucket)| ImageRecordRef::Flow {
+                        name,
+                        limits,
+                        bucket,
+                    }),
+            )
     }
 }
 
@@ -118,6 +145,12 @@ impl State {
             queues,
             workers: self.workers.values().cloned().collect(),
             tasks: self.tasks.clone(),
+            flows: self
+                .queues
+                .iter()
+                .filter(|(_, q)| !q.flow.is_default())
+                .map(|(n, q)| (n.clone(), q.flow, q.bucket))
+                .collect(),
         }
     }
 
@@ -177,11 +210,10 @@ impl StateBuilder {
                 if self.header.is_some() {
                     return Err("second header record".into());
                 }
-                if h.version != super::STATE_IMAGE_VERSION {
+                if !(OLDEST_STATE_IMAGE_VERSION..=STATE_IMAGE_VERSION).contains(&h.version) {
                     return Err(format!(
-                        "state image version {} is not supported (expected {})",
-                        h.version,
-                        super::STATE_IMAGE_VERSION
+                        "state image version {} is not supported (this release reads {}..={})",
+                        h.version, OLDEST_STATE_IMAGE_VERSION, STATE_IMAGE_VERSION
                     ));
                 }
                 if h.next_task_id == 0 {
@@ -247,6 +279,31 @@ impl StateBuilder {
                 self.state.tombstones.insert((t.expires_at_ms, t.id));
                 self.state.tasks.insert(t.id, Entry::Tombstone(t));
                 self.seen[3] += 1;
+            }
+            ImageRecord::Flow {
+                name,
+                limits,
+                bucket,
+            } => {
+                self.enter(4, "flow")?;
+                if self.header.as_ref().is_some_and(|h| h.version < 3) {
+                    return Err("flow record in a version 2 image".into());
+                }
+                crate::limits::validate_queue_name("queue", &name).map_err(|e| e.to_string())?;
+                let bad = |e: crate::CommandError| format!("queue {name:?}: {e}");
+                super::flow::validate_max_running(limits.max_running).map_err(bad)?;
+                super::flow::validate_weight(limits.weight).map_err(bad)?;
+                super::flow::validate_rate(limits.rate).map_err(bad)?;
+                if limits.is_default() || limits.rate.is_some() != bucket.is_some() {
+                    return Err(format!("queue {name:?}: inconsistent flow record"));
+                }
+                let q = self.state.intern(&name);
+                let q = self.state.queues.get_mut(&q).expect("interned");
+                if !q.flow.is_default() {
+                    return Err(format!("queue {name:?} has two flow records"));
+                }
+                q.flow = limits;
+                q.bucket = bucket;
             }
         }
         Ok(())

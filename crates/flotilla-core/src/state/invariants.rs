@@ -137,6 +137,24 @@ impl State {
             if q.is_unused() {
                 return Err(format!("unused queue {name:?} kept"));
             }
+            match (q.flow.rate, q.bucket) {
+                (None, None) => {}
+                (Some(rate), Some(b)) => {
+                    if b.milli > u64::from(rate.burst) * 1000 || b.at_ms > self.clock_ms {
+                        return Err(format!(
+                            "queue {name:?} bucket {b:?} beyond its burst or the clock"
+                        ));
+                    }
+                }
+                (rate, bucket) => {
+                    return Err(format!(
+                        "queue {name:?} rate {rate:?} with bucket {bucket:?}"
+                    ))
+                }
+            }
+            if q.flow.weight == 0 || q.flow.max_running == Some(0) {
+                return Err(format!("queue {name:?} flow {:?}", q.flow));
+            }
         }
         let sizes = [
             ("timers", self.timers.len(), timers),

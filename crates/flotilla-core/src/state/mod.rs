@@ -13,12 +13,14 @@
 //! | `table` | the copy-on-write task table |
 //! | `keys` | the idempotency-key index |
 //! | `queues` | queue settings, pending order per policy, counts per queue |
+//! | `flow` | per-queue limits: max running, rate (a token bucket), weight |
 //! | `tasks` | task life cycle: submit, cancel, assign, complete, fail, checkpoint |
 //! | `workers` | worker registry, capacity, fit |
 //! | `retention` | removal of finished tasks, tombstones, holds of dependents |
 //! | `image` | snapshot records: the frozen view and the builder |
 //! | `invariants` | the consistency checks |
 
+mod flow;
 mod image;
 mod invariants;
 mod keys;
@@ -31,6 +33,10 @@ mod workers;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use flow::{
+    validate_max_running, validate_rate, validate_weight, Bucket, FlowLimits, RateLimit, MAX_RATE,
+    MAX_RUNNING_LIMIT, MAX_WEIGHT,
+};
 pub use image::{
     ImageHeader, ImageRecord, ImageRecordRef, StateBuilder, StateView, STATE_IMAGE_VERSION,
 };

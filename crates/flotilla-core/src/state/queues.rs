@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::flow::{Bucket, FlowLimits, RateLimit};
 use super::record::{QueueName, TaskRecord};
 use super::State;
 use crate::{CommandError, QueuePolicy, TaskId};
@@ -29,11 +30,19 @@ impl QueueSettings {
 }
 
 /// A change to one queue setting.
+///
+/// Persisted in the log: variants are only ever appended (an older entry decodes unchanged).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum QueueSetting {
     Policy(QueuePolicy),
     /// `None` goes back to the cluster default.
     RetentionMs(Option<u64>),
+    /// Most tasks running at once; `None` removes the limit. (Format 3.)
+    MaxRunning(Option<u32>),
+    /// Share of free slots against other queues. (Format 3.)
+    Weight(u32),
+    /// Most tasks started per second; `None` removes the limit. (Format 3.)
+    Rate(Option<RateLimit>),
 }
 
 /// One queue's state and indexes.
@@ -46,6 +55,10 @@ pub(crate) struct QueueState {
     pub pending: BTreeSet<(i64, TaskId)>,
     /// Finished tasks no unfinished task depends on, by the time they finished.
     pub expirable: BTreeSet<(u64, TaskId)>,
+    /// Flow-control settings (state proper).
+    pub flow: FlowLimits,
+    /// The rate limit's bucket: `Some` exactly when `flow.rate` is (state proper).
+    pub bucket: Option<Bucket>,
 }
 
 impl QueueState {
@@ -55,12 +68,14 @@ impl QueueState {
             counts: [0; 6],
             pending: BTreeSet::new(),
             expirable: BTreeSet::new(),
+            flow: FlowLimits::default(),
+            bucket: None,
         }
     }
 
     /// Nothing to keep: no task and default settings.
     pub(crate) fn is_unused(&self) -> bool {
-        self.counts.iter().all(|c| *c == 0) && self.settings.is_default()
+        self.counts.iter().all(|c| *c == 0) && self.settings.is_default() && self.flow.is_default()
     }
 
     /// Waiting plus pending: the backlog that admission limits bound.
@@ -111,6 +126,9 @@ impl State {
                     "must be at least 1 ms",
                 ))
             }
+            QueueSetting::MaxRunning(m) => super::flow::validate_max_running(*m)?,
+            QueueSetting::Weight(w) => super::flow::validate_weight(*w)?,
+            QueueSetting::Rate(r) => super::flow::validate_rate(*r)?,
             _ => {}
         }
         if !create && !self.queues.contains_key(queue) {
@@ -129,6 +147,17 @@ impl State {
                 }
             }
             QueueSetting::RetentionMs(r) => q.settings.retention_ms = *r,
+            QueueSetting::MaxRunning(m) => q.flow.max_running = *m,
+            QueueSetting::Weight(w) => q.flow.weight = *w,
+            QueueSetting::Rate(r) => {
+                let now = self.clock_ms;
+                q.bucket = match (*r, q.flow.rate, q.bucket) {
+                    (None, _, _) => None,
+                    (Some(new), Some(old), Some(b)) => Some(b.rerated(old, new, now)),
+                    (Some(new), _, _) => Some(Bucket::full(new, now)),
+                };
+                q.flow.rate = *r;
+            }
         }
         self.drop_queue_if_unused(&name);
         Ok(())

@@ -206,6 +206,8 @@ impl State {
             });
         }
         self.check_fit(task, worker_id)?;
+        let queue = task.queue.clone();
+        self.check_start(&queue)?;
         let worker = worker_id.to_string();
         self.set_state(now_ms, id, TaskState::Running, |t| {
             t.attempts = attempt;
@@ -214,6 +216,7 @@ impl State {
                 r.started_at_ms = Some(now_ms);
             });
         });
+        self.record_start(&queue);
         Ok(Response::Assigned {
             task_id: id,
             attempt,

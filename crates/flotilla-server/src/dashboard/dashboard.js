@@ -86,6 +86,7 @@ function renderQueues(o) {
     q.name, q.policy, ...STATES.map((s) => q.by_state[s]),
     age(q.oldest_pending_age_ms),
     q.retention_ms === null ? "default" : age(q.retention_ms),
+    q.limits,
   ])));
 }
 

@@ -78,6 +78,8 @@ pub struct QueueView {
     pub name: String,
     pub policy: String,
     pub retention_ms: Option<u64>,
+    /// Flow limits in one cell ("max 3, w 2, 5/s burst 10", or "-").
+    pub limits: String,
     pub by_state: BTreeMap<&'static str, u64>,
     pub oldest_pending_age_ms: Option<u64>,
 }
@@ -149,6 +151,7 @@ pub fn overview(
             name: name.to_string(),
             policy: policy_name(settings.policy),
             retention_ms: settings.retention_ms,
+            limits: state.queue_flow(name).0.to_string(),
             by_state: by_state(&|s| state.queue_count(name, s)),
             oldest_pending_age_ms: state.oldest_pending_ms(name).map(|t| now.saturating_sub(t)),
         })

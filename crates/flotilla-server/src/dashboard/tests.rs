@@ -43,6 +43,15 @@ fn overview_counts_queues_workers_and_recent_tasks() {
             create: true,
         },
     );
+    apply(
+        &mut st,
+        Command::SetQueue {
+            now_ms: 1_000,
+            queue: "urgent".into(),
+            setting: QueueSetting::MaxRunning(Some(2)),
+            create: true,
+        },
+    );
     let mut specs = vec![
         TaskSpec::new("default", b"a".to_vec()),
         TaskSpec::new("default", b"b".to_vec()),
@@ -109,10 +118,12 @@ fn overview_counts_queues_workers_and_recent_tasks() {
     assert_eq!(default.by_state["pending"], 1);
     assert_eq!(default.by_state["succeeded"], 1);
     assert_eq!(default.oldest_pending_age_ms, Some(7_000));
+    assert_eq!(default.limits, "-");
     let urgent = &o.queues[1];
     assert_eq!(urgent.policy, "sjf");
     assert_eq!(urgent.by_state["running"], 1);
     assert_eq!(urgent.oldest_pending_age_ms, None);
+    assert_eq!(urgent.limits, "max 2");
 
     assert_eq!(
         o.workers,

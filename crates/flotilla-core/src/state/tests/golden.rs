@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::{
-    AdmissionLimits, Capacity, QueuePolicy, QueueSetting, Resources, WorkerSpec,
+    AdmissionLimits, Capacity, QueuePolicy, QueueSetting, RateLimit, Resources, WorkerSpec,
     STATE_IMAGE_VERSION,
 };
 
@@ -106,10 +106,32 @@ pub(super) fn sample_commands() -> Vec<Command> {
             key_retention_ms: 14,
             max_removals: 15,
         },
+        // Format 3: settings appended to `QueueSetting`; the 12 above encode as in format 2.
+        Command::SetQueue {
+            now_ms: 16,
+            queue: "q".into(),
+            setting: QueueSetting::MaxRunning(Some(3)),
+            create: false,
+        },
+        Command::SetQueue {
+            now_ms: 17,
+            queue: "q".into(),
+            setting: QueueSetting::Weight(2),
+            create: false,
+        },
+        Command::SetQueue {
+            now_ms: 18,
+            queue: "q".into(),
+            setting: QueueSetting::Rate(Some(RateLimit {
+                per_sec: 5,
+                burst: 10,
+            })),
+            create: false,
+        },
     ]
 }
 
-const COMMANDS: [&str; 12] = [
+const COMMANDS: [&str; 15] = [
     "000000000100000000000000010000000000000006000000000000006275696c647304000000000000006d616b65f9ffffff0101000000000000006b01dc05000000000000fa0000004000000001000000000000000300000000000000677075030000000000000079657301000000000000000100000000000000040000000109000000000000000160ea000000000000010a0000000000000000",
     "0100000002000000000000000300000000000000",
     "020000000300000000000000",
@@ -122,6 +144,9 @@ const COMMANDS: [&str; 12] = [
     "090000000a000000000000000100000000000000710000000001000000640000000000000001",
     "090000000b000000000000000100000000000000710100000001050000000000000000",
     "0a0000000c000000000000000d000000000000000e000000000000000f000000",
+    "09000000100000000000000001000000000000007102000000010300000000",
+    "090000001100000000000000010000000000000071030000000200000000",
+    "0900000012000000000000000100000000000000710400000001050000000a00000000",
 ];
 
 #[test]
@@ -185,15 +210,83 @@ pub(super) fn sample_state() -> State {
     s
 }
 
-const IMAGE: &str = "000000000200000004000000000000006400000000000000010000000000000001000000000000000100000000000000020000000000000001000000010000000000000071020000000002000000020000000000000077310200000000000000733104000000a00f000000200000010000000000000003000000000000006770750300000000000000796573010000000000000006000000000000006275696c6473040000000000000004000000010000000000000001000000000000007102000000000000006b61050000000000000000000000000000001400000000000000fc030000000000000001090000000000000063616e63656c6c6564030000000200000000000000010000000000000000000000000000000000000000000000010000000000000071010000000000000062000000000003000000000000000000000000000004000000030000000000000006000000000000006275696c647301000000000000006b050000000000000001000000000000000200000000000000ea030000000000000001090000000000000063616e63656c6c6564";
+/// The image of [`sample_state`] as version 2 wrote it (no flow records).
+const IMAGE_V2: &str = "000000000200000004000000000000006400000000000000010000000000000001000000000000000100000000000000020000000000000001000000010000000000000071020000000002000000020000000000000077310200000000000000733104000000a00f000000200000010000000000000003000000000000006770750300000000000000796573010000000000000006000000000000006275696c6473040000000000000004000000010000000000000001000000000000007102000000000000006b61050000000000000000000000000000001400000000000000fc030000000000000001090000000000000063616e63656c6c6564030000000200000000000000010000000000000000000000000000000000000000000000010000000000000071010000000000000062000000000003000000000000000000000000000004000000030000000000000006000000000000006275696c647301000000000000006b050000000000000001000000000000000200000000000000ea030000000000000001090000000000000063616e63656c6c6564";
+
+/// [`sample_state`] with flow limits on its queue, set at an earlier `now_ms` than its clock
+/// (100), so the bucket dates from 100.
+fn sample_state_v3() -> State {
+    let mut s = sample_state();
+    for c in sample_commands().into_iter().skip(12) {
+        let Command::SetQueue { setting, .. } = c else {
+            unreachable!()
+        };
+        let r = s.apply(&Command::SetQueue {
+            now_ms: 50,
+            queue: "q".into(),
+            setting,
+            create: false,
+        });
+        assert_eq!(r, Response::QueueSet);
+    }
+    s
+}
+
+/// Version 3: the version 2 image with version 3 in its header, then the flow record.
+fn image_v3() -> String {
+    let flow = concat!(
+        "05000000",           // Flow
+        "0100000000000000",   // name: 1 byte
+        "71",                 // "q"
+        "0103000000",         // max_running: Some(3)
+        "02000000",           // weight 2
+        "01050000000a000000", // rate: Some(5/s, burst 10)
+        "01",                 // bucket: Some
+        "1027000000000000",   // 10,000 thousandths: full
+        "6400000000000000",   // at 100
+    );
+    format!("0000000003000000{}{flow}", &IMAGE_V2[16..])
+}
 
 #[test]
 fn image_encoding_is_pinned() {
-    assert_eq!(STATE_IMAGE_VERSION, 2);
-    let bytes = hex(&image_bytes(&sample_state()));
-    assert_eq!(bytes, IMAGE, "the image encodes differently:\n{bytes}");
+    assert_eq!(STATE_IMAGE_VERSION, 3);
+    let bytes = hex(&image_bytes(&sample_state_v3()));
+    assert_eq!(bytes, image_v3(), "the image encodes differently:\n{bytes}");
     assert_eq!(
-        image_bytes(&restore(&sample_state())),
-        image_bytes(&sample_state())
+        image_bytes(&restore(&sample_state_v3())),
+        image_bytes(&sample_state_v3())
     );
+}
+
+/// A version 2 image (the previous release's snapshot) is read as it is: the same state.
+#[test]
+fn a_version_2_image_is_read() {
+    let bytes: Vec<u8> = (0..IMAGE_V2.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&IMAGE_V2[i..i + 2], 16).unwrap())
+        .collect();
+    let mut cursor = std::io::Cursor::new(&bytes[..]);
+    let mut records: Vec<ImageRecord> = Vec::new();
+    while (cursor.position() as usize) < bytes.len() {
+        records.push(bincode::deserialize_from(&mut cursor).unwrap());
+    }
+    let state = State::from_records(records.clone()).unwrap();
+    assert_eq!(
+        hex(&image_bytes(&state)),
+        format!("0000000003000000{}", &IMAGE_V2[16..]),
+        "the same state, written as version 3"
+    );
+    assert_eq!(image_bytes(&state), image_bytes(&sample_state()));
+    // A flow record has no place in a version 2 image.
+    records.push(ImageRecord::Flow {
+        name: "q".into(),
+        limits: crate::FlowLimits {
+            weight: 2,
+            ..Default::default()
+        },
+        bucket: None,
+    });
+    let err = State::from_records(records).unwrap_err();
+    assert!(err.contains("version 2"), "{err}");
 }
