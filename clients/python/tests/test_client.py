@@ -3,6 +3,8 @@ bad input, leader hints, cluster status."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 
 import grpc
@@ -248,3 +250,36 @@ def test_workers_and_queue_policy(client):
     client.set_queue_policy(queue(), "priority", aging_ms=1000, create=True)
     with pytest.raises(flotilla.InvalidArgumentError):
         client.set_queue_policy(queue(), "random", create=True)
+
+
+def test_queue_flow_limits(cluster, client):
+    """Flow limits set from Python are what the Rust CLI lists; 0 is refused naming the field."""
+    q = queue()
+    client.set_queue_max_running(q, 2, create=True)
+    client.set_queue_weight(q, 3)
+    client.set_queue_rate(q, 50, burst=5)
+    for call, field in [
+        (lambda: client.set_queue_max_running(q, 0), "max_running"),
+        (lambda: client.set_queue_weight(q, 0), "weight"),
+        (lambda: client.set_queue_rate(q, 0), "rate.per_sec"),
+        (lambda: client.set_queue_rate(q, 5, burst=0), "rate.burst"),
+    ]:
+        with pytest.raises(flotilla.InvalidArgumentError) as e:
+            call()
+        assert e.value.field == field, e.value.message
+
+    def listed():
+        out = subprocess.run(
+            [str(cluster.bin), "--cluster", ",".join(cluster.addrs), "--json", "queue", "list"],
+            check=True, capture_output=True, text=True, timeout=30,
+        )
+        return {x["name"]: x for x in json.loads(out.stdout)["queues"]}[q]
+
+    row = listed()
+    assert (row["max_running"], row["weight"], row["rate_per_sec"], row["rate_burst"]) == (2, 3, 50, 5)
+    client.set_queue_max_running(q, None)
+    client.set_queue_rate(q, None)
+    row = listed()
+    assert (row["max_running"], row["weight"], row["rate_per_sec"]) == (None, 3, None)
+    with pytest.raises(ValueError):
+        client.set_queue_rate(q, None, burst=3)

@@ -502,6 +502,36 @@ class Client:
         )
         self._flotilla("set-policy", "SetQueuePolicy", request)
 
+    def set_queue_max_running(self, queue: str, limit: Optional[int], create: bool = False) -> None:
+        """At most ``limit`` tasks of the queue running at once; ``None`` removes the limit.
+        A limit of 0 is refused (``InvalidArgumentError``, field ``max_running``). Admin."""
+        if limit is None:
+            request = pb.SetQueueLimitRequest(queue=queue, create=create, no_max_running=True)
+        else:
+            request = pb.SetQueueLimitRequest(queue=queue, create=create, max_running=limit)
+        self._flotilla("set-limit", "SetQueueLimit", request)
+
+    def set_queue_weight(self, queue: str, weight: int, create: bool = False) -> None:
+        """The queue's share of free slots against other queues with pending tasks (default
+        1). A weight of 0 is refused (field ``weight``). Admin."""
+        request = pb.SetQueueLimitRequest(queue=queue, create=create, weight=weight)
+        self._flotilla("set-limit", "SetQueueLimit", request)
+
+    def set_queue_rate(
+        self, queue: str, per_sec: Optional[int], burst: Optional[int] = None, create: bool = False
+    ) -> None:
+        """At most ``per_sec`` tasks of the queue started per second, ``burst`` (default
+        ``per_sec``) at once; ``None`` removes the limit. 0 is refused (fields
+        ``rate.per_sec``, ``rate.burst``). Admin."""
+        if per_sec is None:
+            if burst is not None:
+                raise ValueError("burst without a rate: per_sec=None removes the limit")
+            request = pb.SetQueueLimitRequest(queue=queue, create=create, no_rate=True)
+        else:
+            rate = pb.RateLimit(per_sec=per_sec, burst=per_sec if burst is None else burst)
+            request = pb.SetQueueLimitRequest(queue=queue, create=create, rate=rate)
+        self._flotilla("set-limit", "SetQueueLimit", request)
+
     # -- the worker protocol (used by flotilla.Worker) ---------------------------------------
 
     def _workers(self, what: str, method: str, request, **kw):
