@@ -86,6 +86,26 @@ fn rust_worker(
     ))
 }
 
+/// The `flotilla` CLI run against the cluster at `addrs`.
+fn cli(addrs: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .env("FLOTILLA_CLUSTER", addrs)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The JSON a CLI command that must succeed printed.
+fn cli_json(addrs: &str, args: &[&str]) -> serde_json::Value {
+    let out = cli(addrs, args);
+    assert!(
+        out.status.success(),
+        "flotilla {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -848,22 +868,8 @@ async fn workers_flow_limits_hold_on_a_live_cluster() {
     let mut c = cluster(dir.path(), 3000).await;
     let client = c.client();
     let addrs = c.addrs().join(",");
-    let flotilla = |args: &[&str]| {
-        std::process::Command::new(bin())
-            .env("FLOTILLA_CLUSTER", &addrs)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let ok = |args: &[&str]| {
-        let out = flotilla(args);
-        assert!(
-            out.status.success(),
-            "flotilla {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
-    };
+    let flotilla = |args: &[&str]| cli(&addrs, args);
+    let ok = |args: &[&str]| cli_json(&addrs, args);
     let set = ok(&["--json", "queue", "max-running", "limited", "2", "--create"]);
     assert_eq!(set["max_running"], 2, "{set}");
     let set = ok(&[
@@ -1055,4 +1061,176 @@ fn workers_bench_flow_holds_the_rate() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--rate"), "{err}");
+}
+
+/// A workflow from a YAML file, its tasks listed children first, runs as one DAG: maps, then a
+/// reduce fed by their results; a retry of the same file finds the same workflow; a bad file is
+/// refused whole naming the task; the record survives a leader kill; cancel stops what has not
+/// finished, the running command included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_workflow_from_a_file_runs_as_one_dag_and_cancels_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("wf", &["--slots", "4"]).unwrap();
+    let addrs = c.addrs().join(",");
+    let flotilla = |args: &[&str]| cli(&addrs, args);
+    let ok = |args: &[&str]| cli_json(&addrs, args);
+    let mut yaml = String::from(
+        "tasks:\n  - name: reduce\n    key: wf-reduce\n    after: [map-0, map-1, map-2]\n    command: [sh, -c, 'total=0; for p in $FLOTILLA_PARENTS; do total=$((total + $(cat \"$FLOTILLA_INPUTS/$p\"))); done; printf %s $total > \"$FLOTILLA_OUTPUT\"']\n",
+    );
+    for (i, text) in ["a b c", "d e", "f g h i j k"].iter().enumerate() {
+        let file = dir.path().join(format!("text-{i}"));
+        std::fs::write(&file, text).unwrap();
+        yaml.push_str(&format!(
+            "  - name: map-{i}\n    key: wf-map-{i}\n    command: [sh, -c, 'wc -w < {} | tr -d \" \\n\" > \"$FLOTILLA_OUTPUT\"']\n",
+            file.display()
+        ));
+    }
+    let file = dir.path().join("wordcount.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let file = file.to_str().unwrap();
+
+    let submitted = ok(&["--json", "workflow", "submit", file]);
+    let workflow = submitted["workflow"].as_u64().unwrap();
+    let ids = &submitted["tasks"];
+    assert_eq!(
+        workflow,
+        ids["map-0"].as_u64().unwrap(),
+        "a workflow is known by its first task (in topological order): {submitted}"
+    );
+    let status = ok(&[
+        "--json",
+        "workflow",
+        "status",
+        &workflow.to_string(),
+        "--wait",
+        "30",
+    ]);
+    let tasks = status["tasks"].as_array().unwrap();
+    let names: Vec<&str> = tasks.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["map-0", "map-1", "map-2", "reduce"],
+        "parents first"
+    );
+    assert!(tasks.iter().all(|t| t["state"] == "succeeded"), "{status}");
+    assert_eq!(tasks[3]["result"], "11", "3 + 2 + 6 words: {status}");
+    assert_eq!(
+        tasks[3]["after"],
+        serde_json::json!(["map-0", "map-1", "map-2"])
+    );
+    let reduce = client
+        .get(TaskId(ids["reduce"].as_u64().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(reduce.spec.depends_on.len(), 3);
+
+    // The same file again (same keys): the same workflow, nothing created.
+    let again = ok(&["--json", "workflow", "submit", file]);
+    assert_eq!(again, submitted);
+    let count = |c: &Client| {
+        let c = c.clone();
+        async move {
+            c.list(&flotilla_client::ListQuery {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .tasks
+            .len()
+        }
+    };
+    let before = count(&client).await;
+    assert_eq!(before, 4);
+
+    // Bad workflows: one line naming the task, exit 1, nothing of the batch applied.
+    for (text, want) in [
+        (
+            r#"{"tasks": [{"name": "a", "command": ["true"], "after": ["b"]}, {"name": "b", "command": ["true"], "after": ["a"]}]}"#,
+            "tasks[0].after: cycle a → b → a",
+        ),
+        (
+            r#"{"tasks": [{"name": "a", "command": ["true"]}, {"name": "b", "command": ["true"], "after": ["nope"]}]}"#,
+            "tasks[1].after: task \"b\" runs after unknown task \"nope\"",
+        ),
+        (
+            r#"{"tasks": [{"name": "a", "command": ["true"]}, {"name": "b", "command": ["true"], "depends_on": [999]}]}"#,
+            "tasks[1].depends_on: unknown task 999",
+        ),
+        (
+            r#"{"tasks": [{"name": "a", "command": ["true"], "queue": ""}]}"#,
+            "tasks[0].queue",
+        ),
+    ] {
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, text).unwrap();
+        let out = flotilla(&["workflow", "submit", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{text}: {err}");
+        assert!(err.contains(want), "{text}: wanted {want:?} in {err}");
+    }
+    assert_eq!(
+        count(&client).await,
+        before,
+        "nothing of a refused workflow"
+    );
+
+    // The workflow is replicated state: a new leader knows it.
+    let leader = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    c.kill(leader).unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    let after_kill = ok(&["--json", "workflow", "status", &workflow.to_string()]);
+    assert_eq!(after_kill["tasks"], status["tasks"]);
+
+    // Cancel: a running first task (its command is stopped) and two waiting after it.
+    let marker = dir.path().join("pid");
+    let slow = serde_json::json!({"tasks": [
+        {"name": "slow", "command": ["sh", "-c", format!("echo $$ > {}; exec sleep 60", marker.display())]},
+        {"name": "next", "command": ["true"], "after": ["slow"]},
+        {"name": "last", "command": ["true"], "after": ["next"]},
+    ]});
+    let slow_file = dir.path().join("slow.json");
+    std::fs::write(&slow_file, slow.to_string()).unwrap();
+    let w = ok(&["--json", "workflow", "submit", slow_file.to_str().unwrap()]);
+    let id = w["workflow"].as_u64().unwrap();
+    let pid: i32 = support::eventually(
+        "the slow command wrote its pid",
+        Duration::from_secs(30),
+        || {
+            let f = marker.clone();
+            async move { std::fs::read_to_string(&f).ok()?.trim().parse().ok() }
+        },
+    )
+    .await;
+    let alive = move || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let cancelled = ok(&["--json", "workflow", "cancel", &id.to_string()]);
+    let want: Vec<u64> = ["last", "next", "slow"]
+        .iter()
+        .map(|n| w["tasks"][n].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        cancelled["cancelled"],
+        serde_json::json!(want),
+        "children first"
+    );
+    let out = flotilla(&["workflow", "status", &id.to_string(), "--wait", "10"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a cancelled workflow did not succeed"
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 cancelled"), "{text}");
+    support::eventually(
+        "the cancelled command stopped",
+        Duration::from_secs(15),
+        || async move { (!alive()).then_some(()) },
+    )
+    .await;
+    let out = flotilla(&["workflow", "status", "999"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workflow 999 not found"));
 }

@@ -283,3 +283,44 @@ def test_queue_flow_limits(cluster, client):
     assert (row["max_running"], row["weight"], row["rate_per_sec"]) == (None, 3, None)
     with pytest.raises(ValueError):
         client.set_queue_rate(q, None, burst=3)
+
+
+def test_workflow_submit_status_cancel(client):
+    """A DAG in one call (listed children first), read back parents first, a retry finds the
+    same workflow, a cycle is refused naming the task and creates nothing, cancel is whole."""
+    q = queue()
+    spec = lambda key: TaskSpec(queue=q, payload=b"x", idempotency_key=f"{q}-{key}")
+    tasks = [
+        flotilla.WorkflowTask("reduce", spec("r"), after=["a", "b"]),
+        flotilla.WorkflowTask("a", spec("a")),
+        flotilla.WorkflowTask("b", spec("b"), after=["a"]),
+    ]
+    w = client.submit_workflow(tasks)
+    assert w.id == w.ids["a"], "known by its first task in topological order"
+    assert w.created == {"reduce": True, "a": True, "b": True}
+    again = client.submit_workflow(tasks)
+    assert (again.id, again.ids) == (w.id, w.ids)
+    assert not any(again.created.values())
+
+    got = client.workflow(w.id)
+    assert [m.name for m in got.members] == ["a", "b", "reduce"]
+    assert got.members[2].after == ["a", "b"]
+    states = [m.task.state for m in got.members]
+    assert states == [TaskState.PENDING, TaskState.WAITING, TaskState.WAITING]
+    assert not got.finished
+
+    before = len(client.list(queue=q).tasks)
+    with pytest.raises(flotilla.InvalidArgumentError) as e:
+        client.submit_workflow([
+            flotilla.WorkflowTask("x", TaskSpec(queue=q), after=["y"]),
+            flotilla.WorkflowTask("y", TaskSpec(queue=q), after=["x"]),
+        ])
+    assert e.value.field == "tasks[0].after", e.value.message
+    assert "cycle x → y → x" in e.value.message
+    assert len(client.list(queue=q).tasks) == before
+
+    cancelled = client.cancel_workflow(w.id)
+    assert cancelled == [w.ids["reduce"], w.ids["b"], w.ids["a"]], "children first"
+    assert client.workflow(w.id).finished
+    with pytest.raises(flotilla.NotFoundError):
+        client.workflow(w.ids["reduce"])

@@ -2,8 +2,9 @@
 //! `--maps` map tasks feeding `--reducers` reducers, each reducer depending on an equal share
 //! of the maps and summing their results (which reach it through `TaskContext::inputs`).
 //!
-//! Measures the DAG end to end (first submit to the last reducer succeeded), the same tasks
-//! without dependencies (the flat baseline), the scheduling overhead per edge
+//! Each graph is submitted as one workflow (`SubmitWorkflow`, all or nothing), the flat one
+//! without edges. Measures the DAG end to end (its submit to the last reducer succeeded),
+//! the same tasks without dependencies (the flat baseline), the scheduling overhead per edge
 //! (`(dag - flat) / edges`), and the edge latency: from the last of a reducer's parents
 //! returning its result on a worker to the reducer starting on one (the completion's commit,
 //! the unblocking, a plan, the assignment's commit, the push and the fetch of the inputs).
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use flotilla_client::{Client, ListQuery, TaskId, TaskSpec, TaskState};
+use flotilla_client::{Client, ListQuery, NamedTask, TaskId, TaskSpec, TaskState};
 use flotilla_worker::{Outcome, TaskContext};
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -206,8 +207,9 @@ struct Ran {
     reducers: Vec<(TaskId, Vec<TaskId>)>,
 }
 
-/// Submits the maps (payload: their number, 1-based) and the reducers (with dependencies when
-/// `linked`), waits for every reducer, and checks their sums.
+/// Submits the maps (payload: their number, 1-based) and the reducers as one workflow — each
+/// reducer after its share of the maps when `linked`, without edges otherwise — waits for
+/// every reducer, and checks their sums.
 async fn run_graph(
     client: &Client,
     queue: &str,
@@ -215,32 +217,36 @@ async fn run_graph(
     linked: bool,
 ) -> Result<Ran> {
     let t0 = Instant::now();
-    let mut maps = Vec::with_capacity(args.maps);
     let numbers: Vec<u64> = (1..=args.maps as u64).collect();
-    for chunk in numbers.chunks(flotilla_core::Limits::MAX_BATCH_TASKS.min(500)) {
-        let specs = chunk
-            .iter()
-            .map(|n| TaskSpec::new(queue, n.to_string().into_bytes()))
-            .collect();
-        maps.extend(client.submit(specs).await?);
-    }
     let share = args.maps.div_ceil(args.reducers);
+    // Both graphs go in one workflow call, so that they differ only by their edges.
+    let mut tasks: Vec<NamedTask> = numbers
+        .iter()
+        .map(|n| NamedTask {
+            name: format!("map-{n}"),
+            spec: TaskSpec::new(queue, n.to_string().into_bytes()),
+            after: Vec::new(),
+        })
+        .collect();
+    for (i, ns) in numbers.chunks(share).enumerate() {
+        tasks.push(NamedTask {
+            name: format!("reduce-{i}"),
+            spec: TaskSpec::new(queue, b"reduce".to_vec()),
+            after: if linked {
+                ns.iter().map(|n| format!("map-{n}")).collect()
+            } else {
+                Vec::new()
+            },
+        });
+    }
+    let w = client.submit_workflow(tasks).await?;
+    let (maps, reducers) = w.ids.split_at(args.maps);
+    let (maps, reducers) = (maps.to_vec(), reducers.to_vec());
     let groups: Vec<(Vec<TaskId>, u64)> = maps
         .chunks(share)
         .zip(numbers.chunks(share))
         .map(|(ids, ns)| (ids.to_vec(), ns.iter().sum()))
         .collect();
-    let specs = groups
-        .iter()
-        .map(|(parents, _)| {
-            let mut s = TaskSpec::new(queue, b"reduce".to_vec());
-            if linked {
-                s.depends_on = parents.clone();
-            }
-            s
-        })
-        .collect();
-    let reducers = client.submit(specs).await?;
     for (id, (parents, want)) in reducers.iter().zip(&groups) {
         let t = client.wait(*id, Duration::from_secs(600)).await?;
         if t.state != TaskState::Succeeded {

@@ -40,7 +40,7 @@ impl Ctx {
         Client::with_config(self.cluster.split(','), config).context("invalid --cluster")
     }
 
-    fn print(&self, json: Value, text: String) {
+    pub(crate) fn print(&self, json: Value, text: String) {
         if self.json {
             outln!("{json}");
         } else {
@@ -101,18 +101,14 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
     spec.max_attempts = args.max_attempts;
     spec.resources.cpu_millis = args.cpu;
     spec.resources.mem_mb = args.mem_mb;
-    if let Some(secs) = args.estimate {
-        if !(secs.is_finite() && secs >= 0.0) {
-            bail!("invalid --estimate {secs}: must be a non-negative number of seconds");
-        }
-        spec.estimate_ms = Some((secs * 1000.0) as u64);
-    }
-    if let Some(secs) = args.timeout {
-        if !(secs.is_finite() && secs > 0.0) {
-            bail!("invalid --timeout {secs}: must be a positive number of seconds");
-        }
-        spec.timeout_ms = Some((secs * 1000.0) as u64);
-    }
+    spec.estimate_ms = args
+        .estimate
+        .map(|secs| seconds_ms("--estimate", secs, false))
+        .transpose()?;
+    spec.timeout_ms = args
+        .timeout
+        .map(|secs| seconds_ms("--timeout", secs, true))
+        .transpose()?;
     spec.labels = parse_labels(&args.labels)?;
     spec.not_before_ms = not_before_ms(
         args.delay.as_deref(),
@@ -123,6 +119,16 @@ pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
     let id = ids[0];
     ctx.print(serde_json::json!({ "id": id.0 }), id.to_string());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `secs` seconds in ms; refused naming `what` unless finite and non-negative (positive when
+/// `positive`).
+pub(crate) fn seconds_ms(what: &str, secs: f64, positive: bool) -> Result<u64> {
+    if !(secs.is_finite() && secs >= 0.0 && (secs > 0.0 || !positive)) {
+        let kind = if positive { "positive" } else { "non-negative" };
+        bail!("invalid {what} {secs}: must be a {kind} number of seconds");
+    }
+    Ok((secs * 1000.0) as u64)
 }
 
 /// Parses repeated `KEY=VALUE` flags.
@@ -740,7 +746,7 @@ pub fn human(d: Duration) -> String {
 
 /// The wall-clock time (Unix ms) a task submitted at `now` with `--delay` or `--at` may start
 /// from; `None` without either.
-fn not_before_ms(
+pub(crate) fn not_before_ms(
     delay: Option<&str>,
     at: Option<&str>,
     now: std::time::SystemTime,

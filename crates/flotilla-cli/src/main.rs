@@ -33,6 +33,7 @@ mod settings;
 mod simulate;
 mod token;
 mod worker;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -111,6 +112,11 @@ enum Cmd {
     Wait(commands::WaitArgs),
     /// Cancel a task.
     Cancel(commands::IdArgs),
+    /// Workflows: a DAG of tasks from a file in one call (all or nothing), its status, cancel.
+    Workflow {
+        #[command(subcommand)]
+        command: workflow::WorkflowCmd,
+    },
     /// List tasks.
     List(commands::ListArgs),
     /// Run a worker that executes command tasks.
@@ -228,6 +234,7 @@ fn main() -> ExitCode {
             Cmd::Submit(args) => commands::submit(&ctx, args).await,
             Cmd::Status(args) => commands::status(&ctx, args).await,
             Cmd::Wait(args) => commands::wait(&ctx, args).await,
+            Cmd::Workflow { command } => workflow::run(&ctx, command).await,
             Cmd::Cancel(args) => commands::cancel(&ctx, args).await,
             Cmd::List(args) => commands::list(&ctx, args).await,
             Cmd::Cluster { command } => commands::cluster(&ctx, command).await,

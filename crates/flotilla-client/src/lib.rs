@@ -27,6 +27,7 @@ mod pipeline;
 mod queues;
 mod routing;
 mod workers;
+mod workflows;
 
 pub use backup::SnapshotExport;
 pub use client::{
@@ -35,10 +36,11 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use flotilla_core::{FlowLimits, RateLimit};
-pub use flotilla_core::{Task, TaskId, TaskSpec, TaskState};
+pub use flotilla_core::{NamedTask, Task, TaskId, TaskSpec, TaskState};
 pub use flotilla_tls::ClientTls;
 pub use membership::{AddedReplica, Transferred};
 pub use pipeline::SubmitPipeline;
 pub use queues::{QueueInfo, QueueLimit, QueueList, TaskStatus};
 pub use tonic::Code;
 pub use workers::{Assignment, WorkerEvent, WorkerInfo, WorkerStream};
+pub use workflows::{SubmittedWorkflow, WorkflowStatus, WorkflowTaskStatus};

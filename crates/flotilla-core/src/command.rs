@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CommandError, QueueSetting, TaskId, TaskSpec, TaskState, WorkerSpec};
+use crate::{CommandError, QueueSetting, TaskId, TaskSpec, TaskState, WorkerSpec, WorkflowTask};
 
 /// One Raft log entry's payload: the commands of many client requests folded together by the
 /// leader's group commit. Each command is applied on its own, all-or-nothing; one rejected
@@ -87,6 +87,15 @@ pub enum Command {
         key_retention_ms: u64,
         max_removals: u32,
     },
+    /// Create a workflow: its tasks, each running after the earlier ones its `after` names,
+    /// all or nothing. (Format 4.)
+    SubmitWorkflow {
+        now_ms: u64,
+        tasks: Vec<WorkflowTask>,
+        limits: AdmissionLimits,
+    },
+    /// Cancel every unfinished task of a workflow. (Format 4.)
+    CancelWorkflow { now_ms: u64, workflow: TaskId },
 }
 
 /// Caps on the backlog a submit may grow to, stamped into the command by the leader from its
@@ -113,7 +122,9 @@ impl Command {
             | Command::Fail { now_ms, .. }
             | Command::SaveCheckpoint { now_ms, .. }
             | Command::SetQueue { now_ms, .. }
-            | Command::Sweep { now_ms, .. } => *now_ms,
+            | Command::Sweep { now_ms, .. }
+            | Command::SubmitWorkflow { now_ms, .. }
+            | Command::CancelWorkflow { now_ms, .. } => *now_ms,
         }
     }
 
@@ -178,4 +189,16 @@ pub enum Response {
         forgotten: u32,
     },
     Rejected(CommandError),
+    /// The workflow (the id of its first task) and one id per task of the command, in its
+    /// order; `created` as for [`Response::Submitted`] (all false for a retried workflow).
+    WorkflowSubmitted {
+        workflow: TaskId,
+        ids: Vec<TaskId>,
+        created: Vec<bool>,
+    },
+    /// The tasks cancelled, children first, with the state each was in.
+    WorkflowCancelled {
+        workflow: TaskId,
+        cancelled: Vec<(TaskId, TaskState)>,
+    },
 }

@@ -43,6 +43,9 @@ pub enum CommandError {
         state: TaskState,
         message: String,
     },
+    /// No workflow has this id (never, or removed with its last task by retention).
+    #[error("workflow {0} not found")]
+    UnknownWorkflow(TaskId),
 }
 
 impl CommandError {

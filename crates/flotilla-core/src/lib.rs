@@ -24,6 +24,7 @@ pub mod simulate;
 mod state;
 mod task;
 mod worker;
+pub mod workflow;
 
 pub use command::{AdmissionLimits, Command, Proposal, Response};
 pub use error::CommandError;
@@ -38,3 +39,4 @@ pub use state::{
 
 pub use task::{Checkpoint, Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};
 pub use worker::{Capacity, QueuePolicy, Worker, WorkerSpec};
+pub use workflow::{NamedTask, Workflow, WorkflowMember, WorkflowTask};

@@ -12,6 +12,9 @@ impl Limits {
     pub const MAX_QUEUE_NAME_LEN: usize = 128;
     pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
     pub const MAX_BATCH_TASKS: usize = 1000;
+    /// Tasks of one workflow, at most (a workflow is one batch; its bytes are still bounded by
+    /// [`Limits::MAX_BATCH_BYTES`]).
+    pub const MAX_WORKFLOW_TASKS: usize = 10_000;
     /// Bytes of one submitted batch, at most (payloads, keys, labels and queue names): every
     /// accepted batch fits one Raft entry that replicates well within a heartbeat interval.
     pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
@@ -38,9 +41,9 @@ impl Limits {
 }
 
 /// The bytes of a batch that count against [`Limits::MAX_BATCH_BYTES`].
-pub fn batch_bytes(specs: &[crate::TaskSpec]) -> usize {
+pub fn batch_bytes<'a>(specs: impl IntoIterator<Item = &'a crate::TaskSpec>) -> usize {
     specs
-        .iter()
+        .into_iter()
         .map(|s| {
             s.payload.len()
                 + s.queue.len()

@@ -70,7 +70,7 @@ pub struct Api {
 }
 
 impl Api {
-    async fn propose(&self, command: Command) -> Result<CoreResponse, ApiError> {
+    pub(crate) async fn propose(&self, command: Command) -> Result<CoreResponse, ApiError> {
         match self.proposer.propose(command).await? {
             CoreResponse::Rejected(e) => Err(e.into()),
             other => Ok(other),
@@ -220,7 +220,7 @@ impl Api {
         Ok(done)
     }
 
-    async fn read_consistency(&self, raw: i32) -> Result<(), ApiError> {
+    pub(crate) async fn read_consistency(&self, raw: i32) -> Result<(), ApiError> {
         match pb::ReadConsistency::try_from(raw) {
             Ok(pb::ReadConsistency::Linearizable) => self.linearize().await,
             Ok(pb::ReadConsistency::Stale) => Ok(()),
@@ -369,6 +369,37 @@ impl Flotilla for Api {
             }
             other => Err(ApiError::Internal(format!("unexpected response {other:?}")).into()),
         }
+    }
+
+    async fn submit_workflow(
+        &self,
+        request: Request<pb::SubmitWorkflowRequest>,
+    ) -> Result<Response<pb::SubmitWorkflowResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        Ok(Response::new(
+            self.submit_workflow_call(request.into_inner(), caller.as_ref())
+                .await?,
+        ))
+    }
+
+    async fn get_workflow(
+        &self,
+        request: Request<pb::GetWorkflowRequest>,
+    ) -> Result<Response<pb::GetWorkflowResponse>, Status> {
+        Ok(Response::new(
+            self.get_workflow_call(request.into_inner()).await?,
+        ))
+    }
+
+    async fn cancel_workflow(
+        &self,
+        request: Request<pb::CancelWorkflowRequest>,
+    ) -> Result<Response<pb::CancelWorkflowResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        Ok(Response::new(
+            self.cancel_workflow_call(request.into_inner(), caller.as_ref())
+                .await?,
+        ))
     }
 
     async fn list_tasks(

@@ -72,8 +72,15 @@ impl Role {
             "ClusterStatus",
             "ListWorkers",
             "ListQueues",
+            "GetWorkflow",
         ];
-        const SUBMIT: &[&str] = &["SubmitTasks", "SubmitStream", "CancelTask"];
+        const SUBMIT: &[&str] = &[
+            "SubmitTasks",
+            "SubmitStream",
+            "CancelTask",
+            "SubmitWorkflow",
+            "CancelWorkflow",
+        ];
         // Admin only, besides everything else: a backup holds every task's payload and result
         // of every queue, so no narrower role may take one.
         const ADMIN: &[&str] = &["ExportSnapshot"];
@@ -473,6 +480,15 @@ mod tests {
         );
         assert_eq!(call("ts", policy), Err(PermissionDenied));
         assert_eq!(call("ts", complete), Err(PermissionDenied));
+        let workflow = "/flotilla.v1.Flotilla/SubmitWorkflow";
+        let cancel_workflow = "/flotilla.v1.Flotilla/CancelWorkflow";
+        let get_workflow = "/flotilla.v1.Flotilla/GetWorkflow";
+        assert_eq!(call("ts", workflow), Ok("s".into()));
+        assert_eq!(call("ts", cancel_workflow), Ok("s".into()));
+        assert_eq!(call("tr", get_workflow), Ok("r".into()));
+        assert_eq!(call("tr", workflow), Err(PermissionDenied));
+        assert_eq!(call("tr", cancel_workflow), Err(PermissionDenied));
+        assert_eq!(call("tw", get_workflow), Err(PermissionDenied));
         assert_eq!(call("tw", complete), Ok("w".into()));
         assert_eq!(
             call("tw", "/flotilla.v1.Flotilla/ClusterStatus"),

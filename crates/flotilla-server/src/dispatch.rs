@@ -564,6 +564,8 @@ fn kind(c: &Command) -> &'static str {
         Command::SaveCheckpoint { .. } => "save checkpoint",
         Command::SetQueue { .. } => "set queue",
         Command::Sweep { .. } => "sweep",
+        Command::SubmitWorkflow { .. } => "submit workflow",
+        Command::CancelWorkflow { .. } => "cancel workflow",
     }
 }
 

@@ -66,6 +66,7 @@ impl From<CommandError> for ApiError {
             | CommandError::DoesNotFit { .. }) => ApiError::FailedPrecondition(e.to_string()),
             e @ CommandError::UnknownWorker(_) => ApiError::NotFound(e.to_string()),
             e @ CommandError::DuplicateWorker(_) => ApiError::AlreadyExists(e.to_string()),
+            e @ CommandError::UnknownWorkflow(_) => ApiError::NotFound(e.to_string()),
         }
     }
 }

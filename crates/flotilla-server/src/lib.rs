@@ -41,6 +41,7 @@ mod raft_service;
 mod rejections;
 mod telemetry;
 mod worker_service;
+mod workflow_api;
 
 pub use config::{default_max_request_bytes_in_flight, parse_peers, ServerConfig};
 pub use error::ServerError;

@@ -130,14 +130,11 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
                     "data dir converted from format 1"
                 );
             }
-            2 => {
+            v @ (2 | 3) => {
                 // The acked record exists since format 2: still required.
-                migrated_entries = migrate::from_v2(&db)
-                    .map_err(|e| corrupt(format!("converting format 2: {e}")))?;
-                tracing::info!(
-                    entries = migrated_entries,
-                    "data dir converted from format 2"
-                );
+                migrated_entries = migrate::from_appended(&db, v)
+                    .map_err(|e| corrupt(format!("converting format {v}: {e}")))?;
+                tracing::info!(entries = migrated_entries, from = v, "data dir converted");
             }
             v => return Err(corrupt(format!("unknown format version {v}"))),
         }

@@ -8,13 +8,13 @@
 //!
 //! ```text
 //!  open ─▶ format key? ──current──▶ done
-//!              ├─2─▶ identity, vote, pointers, log: decode as they are ─▶ encode v3
-//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v3
+//!              ├─2, 3─▶ identity, vote, pointers, log: decode as they are ─▶ encode v4
+//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v4
 //! ```
 //!
-//! Format 3 only appended enum variants (`QueueSetting`'s flow limits; the image's `Flow`
-//! record), so a version 2 value decodes as the current type unchanged and a version 2
-//! snapshot file is read as it is.
+//! Formats 3 and 4 only appended enum variants (3: `QueueSetting`'s flow limits, the image's
+//! `Flow` record; 4: the workflow commands, the image's `Workflow` record), so a version 2 or 3
+//! value decodes as the current type unchanged and such snapshot files are read as they are.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -154,52 +154,60 @@ pub(crate) fn from_v1(db: &DB, dir: &Path, incarnation: &str) -> Result<usize, S
         batch.put_cf(log, key, encode(&entry_from_v1(old)));
         entries += 1;
     }
-    put_format(&mut batch, db);
-    let mut wo = WriteOptions::default();
-    wo.set_sync(true);
-    db.write_opt(batch, &wo).map_err(|e| e.to_string())?;
+    write_converted(db, batch)?;
     Ok(entries)
 }
 
-/// Converts a version 2 dir to the current format: every value decodes as the current type (its
-/// shapes are a subset of format 3's) and is written again with the current version byte, in
-/// one synced batch. Returns how many log entries were converted.
-pub(crate) fn from_v2(db: &DB) -> Result<usize, String> {
-    let meta = db.cf_handle(CF_META).expect("meta cf exists");
+/// Converts a version 2 or 3 dir to the current format: every value decodes as the current
+/// type (formats 3 and 4 only appended enum variants, so older shapes are a subset of today's)
+/// and is written again with the current version byte, in one synced batch. Returns how many
+/// log entries were converted.
+pub(crate) fn from_appended(db: &DB, version: u8) -> Result<usize, String> {
+    debug_assert!((2..FORMAT_VERSION).contains(&version));
     let log = db.cf_handle(CF_LOG).expect("log cf exists");
     let mut batch = WriteBatch::default();
     fn again<T: serde::Serialize + serde::de::DeserializeOwned>(
         db: &DB,
         batch: &mut WriteBatch,
+        version: u8,
         key: &[u8],
     ) -> Result<(), String> {
         let meta = db.cf_handle(CF_META).expect("meta cf exists");
         if let Some(bytes) = db.get_cf(meta, key).map_err(|e| e.to_string())? {
-            let value: T = decode_version(2, &bytes)
-                .map_err(|e| format!("version 2 {} record: {e}", String::from_utf8_lossy(key)))?;
+            let value: T = decode_version(version, &bytes).map_err(|e| {
+                format!(
+                    "version {version} {} record: {e}",
+                    String::from_utf8_lossy(key)
+                )
+            })?;
             batch.put_cf(meta, key, encode(&value));
         }
         Ok(())
     }
-    again::<Identity>(db, &mut batch, IDENTITY_KEY)?;
-    again::<Vote<NodeId>>(db, &mut batch, b"vote")?;
-    again::<Option<LogId<NodeId>>>(db, &mut batch, b"committed")?;
-    again::<LogId<NodeId>>(db, &mut batch, b"last_purged")?;
-    again::<crate::snapshot::Pointer>(db, &mut batch, crate::state_machine::SNAPSHOT_KEY)?;
-    let _ = meta;
+    again::<Identity>(db, &mut batch, version, IDENTITY_KEY)?;
+    again::<Vote<NodeId>>(db, &mut batch, version, b"vote")?;
+    again::<Option<LogId<NodeId>>>(db, &mut batch, version, b"committed")?;
+    again::<LogId<NodeId>>(db, &mut batch, version, b"last_purged")?;
+    again::<crate::snapshot::Pointer>(db, &mut batch, version, crate::state_machine::SNAPSHOT_KEY)?;
     let mut entries = 0;
     for item in db.iterator_cf(log, IteratorMode::Start) {
         let (key, value) = item.map_err(|e| e.to_string())?;
-        let entry: Entry<TypeConfig> =
-            decode_version(2, &value).map_err(|e| format!("version 2 log entry: {e}"))?;
+        let entry: Entry<TypeConfig> = decode_version(version, &value)
+            .map_err(|e| format!("version {version} log entry: {e}"))?;
         batch.put_cf(log, key, encode(&entry));
         entries += 1;
     }
+    write_converted(db, batch)?;
+    Ok(entries)
+}
+
+/// Adds the current format record to `batch` and writes it, synced: the conversion happens
+/// whole or not at all.
+fn write_converted(db: &DB, mut batch: WriteBatch) -> Result<(), String> {
     put_format(&mut batch, db);
     let mut wo = WriteOptions::default();
     wo.set_sync(true);
-    db.write_opt(batch, &wo).map_err(|e| e.to_string())?;
-    Ok(entries)
+    db.write_opt(batch, &wo).map_err(|e| e.to_string())
 }
 
 fn read_v1<T: serde::de::DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, String> {
@@ -404,9 +412,9 @@ mod tests {
             hex(encode(&membership)),
             hex(encode(&identity)),
         ];
-        // What format 3 writes: format 2's bytes with the new version (it only appended
-        // variants), and a flow-limit command pinned.
-        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("03{}", &h[2..])).collect();
+        // What format 4 writes: format 2's bytes with the new version (3 and 4 only appended
+        // variants), a flow-limit command (format 3) and a workflow command pinned.
+        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("04{}", &h[2..])).collect();
         assert_eq!(got.to_vec(), want, "\n{got:#?}");
         let flow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 42),
@@ -422,14 +430,26 @@ mod tests {
                 }],
             }),
         };
-        assert_eq!(hex(encode(&flow)), PINNED_V3_FLOW);
-        // The previous release's bytes decode as this release's types, unchanged.
+        assert_eq!(hex(encode(&flow)), format!("04{}", &PINNED_V3_FLOW[2..]));
+        let workflow: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(leader, 43),
+            payload: EntryPayload::Normal(flotilla_core::Proposal {
+                commands: vec![Command::CancelWorkflow {
+                    now_ms: 6,
+                    workflow: flotilla_core::TaskId(7),
+                }],
+            }),
+        };
+        assert_eq!(hex(encode(&workflow)), PINNED_V4_WORKFLOW);
+        // The previous releases' bytes decode as this release's types, unchanged.
         let unhex = |h: &str| -> Vec<u8> {
             (0..h.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
                 .collect()
         };
+        let old: Entry<TypeConfig> = decode_version(3, &unhex(PINNED_V3_FLOW)).unwrap();
+        assert_eq!(old, flow);
         let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[0])).unwrap();
         assert_eq!(old, normal);
         let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[1])).unwrap();
@@ -438,12 +458,26 @@ mod tests {
         assert_eq!(old, identity);
     }
 
+    const PINNED_V4_WORKFLOW: &str = "04030000000000000002000000000000002b000000000000000100000001000000000000000c00000006000000000000000700000000000000";
+
     const PINNED_V3_FLOW: &str = "03030000000000000002000000000000002a000000000000000100000001000000000000000900000005000000000000000100000000000000710400000001050000000a00000001";
 
     /// A data dir of the format 2 release (its log entries and identity in the bytes that
     /// release wrote) opens: converted once, in place, every entry readable.
     #[tokio::test(flavor = "multi_thread")]
     async fn format_2_data_dir_is_converted_in_place() {
+        converted_in_place(2, PINNED_V2[2]).await;
+    }
+
+    /// The same for the format 3 release: its identity has format 2's shape; its log also holds
+    /// a flow-limit entry.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn format_3_data_dir_is_converted_in_place() {
+        let identity = format!("03{}", &PINNED_V2[2][2..]);
+        converted_in_place(3, &identity).await;
+    }
+
+    async fn converted_in_place(version: u8, identity: &str) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("node-1");
         drop(crate::open(&dir, "c", 1).unwrap());
@@ -454,7 +488,8 @@ mod tests {
                 .collect()
         };
         {
-            // Make it a format 2 dir: format 2's identity, format record and two entries.
+            // Make it a format `version` dir: its identity, format record and entries (a format 2
+            // entry's bytes are those of format 3 but for the version byte).
             let db = DB::open_cf(
                 &rocksdb::Options::default(),
                 &dir,
@@ -463,20 +498,30 @@ mod tests {
             .unwrap();
             let meta = db.cf_handle(CF_META).unwrap();
             let log = db.cf_handle(CF_LOG).unwrap();
-            db.put_cf(meta, IDENTITY_KEY, unhex(PINNED_V2[2])).unwrap();
-            db.put_cf(meta, FORMAT_KEY, [2u8, 2]).unwrap();
-            db.put_cf(log, crate::codec::index_key(40), unhex(PINNED_V2[1]))
+            let at = |h: &str| unhex(&format!("{version:02x}{}", &h[2..]));
+            db.put_cf(meta, IDENTITY_KEY, unhex(identity)).unwrap();
+            db.put_cf(meta, FORMAT_KEY, [version, version]).unwrap();
+            db.put_cf(log, crate::codec::index_key(40), at(PINNED_V2[1]))
                 .unwrap();
-            db.put_cf(log, crate::codec::index_key(41), unhex(PINNED_V2[0]))
+            db.put_cf(log, crate::codec::index_key(41), at(PINNED_V2[0]))
                 .unwrap();
+            if version == 3 {
+                db.put_cf(log, crate::codec::index_key(42), unhex(PINNED_V3_FLOW))
+                    .unwrap();
+            }
             db.flush_cf(meta).unwrap();
             db.flush_cf(log).unwrap();
         }
         let mut opened = crate::open(&dir, "c", 1).unwrap();
-        assert_eq!(opened.migrated_entries, 2);
-        assert_eq!(opened.incarnation, "i1", "format 2's identity, kept");
-        let entries = opened.log_store.try_get_log_entries(40..=41).await.unwrap();
-        assert_eq!(entries.len(), 2);
+        let n = if version == 3 { 3 } else { 2 };
+        assert_eq!(opened.migrated_entries, n);
+        assert_eq!(opened.incarnation, "i1", "the old identity, kept");
+        let entries = opened
+            .log_store
+            .try_get_log_entries(40..40 + n as u64)
+            .await
+            .unwrap();
+        assert_eq!(entries.len(), n);
         assert!(matches!(
             &entries[1].payload,
             EntryPayload::Normal(p) if p.commands == vec![Command::Tick { now_ms: 5 }]

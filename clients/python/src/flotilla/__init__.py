@@ -36,6 +36,10 @@ from .types import (
     TaskSpec,
     TaskState,
     WorkerInfo,
+    Workflow,
+    WorkflowMember,
+    WorkflowTask,
+    SubmittedWorkflow,
 )
 from .worker import TaskContext, TaskFailed, Worker
 
@@ -56,6 +60,7 @@ __all__ = [
     "PermissionDeniedError",
     "RejectedError",
     "Submitted",
+    "SubmittedWorkflow",
     "Task",
     "TaskContext",
     "TaskFailed",
@@ -66,5 +71,8 @@ __all__ = [
     "UnavailableError",
     "Worker",
     "WorkerInfo",
+    "Workflow",
+    "WorkflowMember",
+    "WorkflowTask",
     "command_payload",
 ]

@@ -42,6 +42,9 @@ from .types import (
     TaskSpec,
     TaskState,
     WorkerInfo,
+    SubmittedWorkflow,
+    Workflow,
+    WorkflowTask,
 )
 
 log = logging.getLogger("flotilla.client")
@@ -407,6 +410,51 @@ class Client:
                 f"{len(resp.ids)} ids and {len(resp.created)} created flags for {len(keyed)} tasks"
             )
         return [Submitted(i, c) for i, c in zip(resp.ids, resp.created)]
+
+    # -- workflows ---------------------------------------------------------------------------
+
+    def submit_workflow(self, tasks: Sequence[WorkflowTask]) -> SubmittedWorkflow:
+        """Submits a DAG of tasks naming each other (``after``), all or nothing.
+
+        A cycle, an unknown or a repeated name raises InvalidArgumentError whose ``field`` names
+        the task (``tasks[0].after``). Tasks without an idempotency key get a fresh uuid4, so a
+        retry inside this call finds the same workflow.
+        """
+        tasks = list(tasks)
+        request = pb.SubmitWorkflowRequest(
+            tasks=[
+                pb.WorkflowTask(
+                    name=t.name,
+                    spec=(
+                        t.spec
+                        if t.spec.idempotency_key is not None
+                        else dataclasses.replace(t.spec, idempotency_key=str(uuid.uuid4()))
+                    ).to_pb(),
+                    after=list(t.after),
+                )
+                for t in tasks
+            ]
+        )
+        resp = self._flotilla("submit workflow", "SubmitWorkflow", request)
+        if len(resp.ids) != len(tasks) or len(resp.created) != len(tasks):
+            raise errors.BadResponseError(f"{len(resp.ids)} ids for {len(tasks)} tasks")
+        return SubmittedWorkflow(
+            id=resp.workflow_id,
+            ids={t.name: i for t, i in zip(tasks, resp.ids)},
+            created={t.name: c for t, c in zip(tasks, resp.created)},
+        )
+
+    def workflow(
+        self, workflow_id: int, consistency: Consistency = Consistency.LINEARIZABLE
+    ) -> Workflow:
+        """A workflow's tasks with their states, parents first; NotFoundError if there is none."""
+        request = pb.GetWorkflowRequest(workflow_id=workflow_id, consistency=consistency.value)
+        return Workflow.from_pb(self._flotilla("get workflow", "GetWorkflow", request))
+
+    def cancel_workflow(self, workflow_id: int) -> List[int]:
+        """Cancels every unfinished task of a workflow; returns those cancelled, children first."""
+        request = pb.CancelWorkflowRequest(workflow_id=workflow_id)
+        return list(self._flotilla("cancel workflow", "CancelWorkflow", request).cancelled)
 
     def get(self, task_id: int, consistency: Consistency = Consistency.LINEARIZABLE) -> Task:
         """The task; NotFoundError if there is none with that id."""

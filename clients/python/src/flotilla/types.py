@@ -253,3 +253,63 @@ class WorkerInfo:
             connected=m.connected,
             registered_at_ms=m.registered_at_ms,
         )
+
+
+@dataclass
+class WorkflowTask:
+    """One task of a workflow: ``after`` names other tasks of the same workflow."""
+
+    name: str
+    spec: TaskSpec
+    after: Sequence[str] = ()
+
+
+@dataclass
+class SubmittedWorkflow:
+    """The answer to a workflow submit: its id (its first task's) and each task's id by name."""
+
+    id: int
+    ids: Dict[str, int]
+    #: False where the task existed already (a retried workflow).
+    created: Dict[str, bool]
+
+
+@dataclass
+class WorkflowMember:
+    name: str
+    id: int
+    #: The task without its payload; for one removed by retention, what its tombstone
+    #: remembers, or None once that is gone too.
+    task: Optional[Task]
+    removed: bool
+    after: List[str]
+
+
+@dataclass
+class Workflow:
+    """A workflow's tasks, parents before children."""
+
+    id: int
+    submitted_at_ms: int
+    members: List[WorkflowMember]
+
+    @property
+    def finished(self) -> bool:
+        return all(m.removed or (m.task is not None and m.task.terminal) for m in self.members)
+
+    @classmethod
+    def from_pb(cls, m: pb.GetWorkflowResponse) -> "Workflow":
+        return cls(
+            id=m.workflow_id,
+            submitted_at_ms=m.submitted_at_ms,
+            members=[
+                WorkflowMember(
+                    name=x.name,
+                    id=x.id,
+                    task=Task.from_pb(x.task) if x.HasField("task") else None,
+                    removed=x.removed,
+                    after=list(x.after),
+                )
+                for x in m.members
+            ],
+        )

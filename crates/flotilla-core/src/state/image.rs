@@ -9,14 +9,14 @@
 //!
 //! ```text
 //!  Header · Queue* (name order) · Worker* (id order) · (Task | Tombstone)* (id order)
-//!         · Flow* (name order; version 3)
+//!         · Flow* (name order; version 3) · Workflow* (id order; version 4)
 //! ```
 //!
 //! Versioning: [`STATE_IMAGE_VERSION`] is in the header; a change to any record's shape bumps
 //! it (golden bytes in the tests pin the encoding) and the builder of the new release reads
-//! the old one (`crate::compat`). Version 3 only added the `Flow` record (record kinds are
-//! only ever appended), so a version 2 image is a version 3 image without one and is read as
-//! it is.
+//! the old one (`crate::compat`). Versions 3 and 4 only added the `Flow` and `Workflow`
+//! records (record kinds are only ever appended), so a version 2 or 3 image is a version 4
+//! image without them and is read as it is.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,11 +25,11 @@ use super::queues::QueueSettings;
 use super::record::{Entry, QueueName, TaskRecord, Tombstone};
 use super::table::TaskTable;
 use super::State;
-use crate::{TaskId, Worker};
+use crate::{TaskId, Worker, Workflow};
 
 /// Version of the image records' encoding.
-pub const STATE_IMAGE_VERSION: u32 = 3;
-/// The oldest version the builder reads (2 is 3 without `Flow` records).
+pub const STATE_IMAGE_VERSION: u32 = 4;
+/// The oldest version the builder reads (2 is 4 without `Flow` and `Workflow` records).
 pub const OLDEST_STATE_IMAGE_VERSION: u32 = 2;
 
 /// The first record: scalars and how many records of each kind follow.
@@ -62,6 +62,8 @@ pub enum ImageRecord {
         limits: FlowLimits,
         bucket: Option<Bucket>,
     },
+    /// A workflow. (Version 4.)
+    Workflow(Workflow),
 }
 
 /// One record of an image, borrowed from a [`StateView`] for encoding; encodes exactly as the
@@ -81,6 +83,7 @@ pub enum ImageRecordRef<'a> {
         limits: &'a FlowLimits,
         bucket: &'a Option<Bucket>,
     },
+    Workflow(&'a Workflow),
 }
 
 /// A frozen copy of the state proper, cheap to take (see the module docs).
@@ -91,6 +94,7 @@ pub struct StateView {
     workers: Vec<Worker>,
     tasks: TaskTable,
     flows: Vec<(QueueName, FlowLimits, Option<Bucket>)>,
+    workflows: Vec<Workflow>,
 }
 
 impl StateView {
@@ -120,6 +124,7 @@ impl StateView {
                         bucket,
                     }),
             )
+            .chain(self.workflows.iter().map(ImageRecordRef::Workflow))
     }
 }
 
@@ -151,6 +156,7 @@ impl State {
                 .filter(|(_, q)| !q.flow.is_default())
                 .map(|(n, q)| (n.clone(), q.flow, q.bucket))
                 .collect(),
+            workflows: self.workflows.values().cloned().collect(),
         }
     }
 
@@ -169,9 +175,11 @@ impl State {
 pub struct StateBuilder {
     state: State,
     header: Option<ImageHeader>,
-    /// Kind of the last record pushed (0 header, 1 queue, 2 worker, 3 task/tombstone).
+    /// Kind of the last record pushed (0 header, 1 queue, 2 worker, 3 task/tombstone, 4 flow,
+    /// 5 workflow).
     phase: u8,
     last_id: u64,
+    last_workflow: u64,
     seen: [u64; 4],
 }
 
@@ -188,6 +196,7 @@ impl StateBuilder {
             header: None,
             phase: 0,
             last_id: 0,
+            last_workflow: 0,
             seen: [0; 4],
         }
     }
@@ -304,6 +313,38 @@ impl StateBuilder {
                 }
                 q.flow = limits;
                 q.bucket = bucket;
+            }
+            ImageRecord::Workflow(w) => {
+                self.enter(5, "workflow")?;
+                if self.header.as_ref().is_some_and(|h| h.version < 4) {
+                    return Err("workflow record in an image older than version 4".into());
+                }
+                if w.id.0 <= self.last_workflow {
+                    return Err(format!("workflow {} out of order or listed twice", w.id));
+                }
+                self.last_workflow = w.id.0;
+                let mut names = std::collections::BTreeSet::new();
+                for (i, m) in w.members.iter().enumerate() {
+                    crate::workflow::validate_task_name(&format!("members[{i}].name"), &m.name)
+                        .map_err(|e| format!("workflow {}: {e}", w.id))?;
+                    if !names.insert(m.name.as_str()) {
+                        return Err(format!("workflow {}: name {:?} twice", w.id, m.name));
+                    }
+                    if self.state.member_of.contains_key(&m.task) {
+                        return Err(format!(
+                            "workflow {}: task {} in two workflows",
+                            w.id, m.task
+                        ));
+                    }
+                }
+                if w.members.first().map(|m| m.task) != Some(w.id) {
+                    return Err(format!("workflow {} is not named by its first task", w.id));
+                }
+                let id = w.id;
+                self.state.add_workflow(w);
+                if self.state.workflow(id).is_none() {
+                    return Err(format!("workflow {id} holds no task"));
+                }
             }
         }
         Ok(())

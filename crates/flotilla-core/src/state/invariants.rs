@@ -207,6 +207,37 @@ impl State {
         if self.on_worker.values().any(BTreeSet::is_empty) {
             return Err("empty task set for a worker".into());
         }
+        self.check_workflows()
+    }
+
+    /// Each workflow is keyed by its first task, has a held task, and its held tasks are
+    /// exactly those indexed as its members; no task is in two workflows.
+    fn check_workflows(&self) -> Result<(), String> {
+        let mut member_of: BTreeMap<TaskId, TaskId> = BTreeMap::new();
+        let mut members_held: BTreeMap<TaskId, u32> = BTreeMap::new();
+        for (id, w) in &self.workflows {
+            if w.id != *id || w.members.first().map(|m| m.task) != Some(*id) {
+                return Err(format!("workflow {id} is not keyed by its first task"));
+            }
+            for m in &w.members {
+                if m.task.0 == 0 || m.task.0 >= self.next_task_id {
+                    return Err(format!("workflow {id} names unallocated task {}", m.task));
+                }
+                if self.record(m.task).is_none() {
+                    continue;
+                }
+                if let Some(other) = member_of.insert(m.task, *id) {
+                    return Err(format!("task {} is in workflows {other} and {id}", m.task));
+                }
+                *members_held.entry(*id).or_default() += 1;
+            }
+            if !members_held.contains_key(id) {
+                return Err(format!("workflow {id} holds no task"));
+            }
+        }
+        if member_of != self.member_of || members_held != self.members_held {
+            return Err("workflow member index differs from the workflows".into());
+        }
         Ok(())
     }
 }

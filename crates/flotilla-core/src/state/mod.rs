@@ -17,6 +17,7 @@
 //! | `tasks` | task life cycle: submit, cancel, assign, complete, fail, checkpoint |
 //! | `workers` | worker registry, capacity, fit |
 //! | `retention` | removal of finished tasks, tombstones, holds of dependents |
+//! | `workflows` | workflows: submit all or nothing, cancel, forget with their last task |
 //! | `image` | snapshot records: the frozen view and the builder |
 //! | `invariants` | the consistency checks |
 
@@ -30,6 +31,7 @@ mod retention;
 mod table;
 mod tasks;
 mod workers;
+mod workflows;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +64,8 @@ pub struct State {
     workers: BTreeMap<String, Worker>,
     /// Queues with tasks or settings, by name (settings are state proper, the rest derived).
     queues: BTreeMap<QueueName, QueueState>,
+    /// Workflows by the id of their first task.
+    workflows: BTreeMap<TaskId, crate::Workflow>,
 
     // ---- derived indexes ----
     /// Idempotency key -> task or tombstone.
@@ -82,6 +86,10 @@ pub struct State {
     tombstones: BTreeSet<(u64, TaskId)>,
     /// Number of tasks per state, indexed by `TaskState as usize`.
     counts: [u64; 6],
+    /// Held task -> the workflow it belongs to.
+    member_of: BTreeMap<TaskId, TaskId>,
+    /// Workflow -> how many of its tasks are held (> 0).
+    members_held: BTreeMap<TaskId, u32>,
 }
 
 /// What the state knows of an id.
@@ -393,6 +401,16 @@ impl State {
                 max_removals,
             } => self
                 .sweep(*now_ms, *retention_ms, *key_retention_ms, *max_removals)
+                .unwrap_or_else(Response::Rejected),
+            Command::SubmitWorkflow {
+                now_ms,
+                tasks,
+                limits,
+            } => self
+                .submit_workflow(*now_ms, tasks, limits)
+                .unwrap_or_else(Response::Rejected),
+            Command::CancelWorkflow { now_ms, workflow } => self
+                .cancel_workflow(*now_ms, *workflow)
                 .unwrap_or_else(Response::Rejected),
         };
         #[cfg(any(debug_assertions, test))]

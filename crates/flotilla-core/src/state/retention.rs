@@ -111,6 +111,7 @@ impl State {
                 unreachable!("expirable tasks exist")
             };
             self.index_remove(&t);
+            self.forget_member(id);
             self.counts[t.state.index()] -= 1;
             if let Some(q) = self.queues.get_mut(&*t.queue) {
                 q.counts[t.state.index()] -= 1;

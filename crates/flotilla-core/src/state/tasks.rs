@@ -25,20 +25,46 @@ impl State {
         limits: &AdmissionLimits,
     ) -> Result<(Vec<TaskId>, Vec<bool>), CommandError> {
         // Validate everything before touching anything: all or nothing.
+        let refs: Vec<&TaskSpec> = specs.iter().collect();
+        self.check_batch(&refs, Limits::MAX_BATCH_TASKS, 0)?;
+        self.admit(&refs, limits)?;
+
+        let mut ids = Vec::with_capacity(specs.len());
+        let mut created = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if let Some(existing) = spec
+                .idempotency_key
+                .as_deref()
+                .and_then(|k| self.task_by_key(k))
+            {
+                ids.push(existing);
+                created.push(false);
+                continue;
+            }
+            ids.push(self.insert_new(now_ms, spec));
+            created.push(true);
+        }
+        Ok((ids, created))
+    }
+
+    /// Checks a batch of at most `max_tasks` specs in isolation and their dependencies on
+    /// existing tasks; `extra_bytes` count against the batch's size limit besides the specs'.
+    pub(super) fn check_batch(
+        &self,
+        specs: &[&TaskSpec],
+        max_tasks: usize,
+        extra_bytes: usize,
+    ) -> Result<(), CommandError> {
         if specs.is_empty() {
             return Err(CommandError::invalid("tasks", "batch is empty"));
         }
-        if specs.len() > Limits::MAX_BATCH_TASKS {
+        if specs.len() > max_tasks {
             return Err(CommandError::invalid(
                 "tasks",
-                format!(
-                    "batch of {} tasks exceeds limit {}",
-                    specs.len(),
-                    Limits::MAX_BATCH_TASKS
-                ),
+                format!("batch of {} tasks exceeds limit {max_tasks}", specs.len()),
             ));
         }
-        let bytes = crate::limits::batch_bytes(specs);
+        let bytes = crate::limits::batch_bytes(specs.iter().copied()) + extra_bytes;
         if bytes > Limits::MAX_BATCH_BYTES {
             return Err(CommandError::invalid(
                 "tasks",
@@ -61,28 +87,15 @@ impl State {
                 }
             }
         }
-        self.admit(specs, limits)?;
-
-        let mut ids = Vec::with_capacity(specs.len());
-        let mut created = Vec::with_capacity(specs.len());
-        for spec in specs {
-            if let Some(existing) = spec
-                .idempotency_key
-                .as_deref()
-                .and_then(|k| self.task_by_key(k))
-            {
-                ids.push(existing);
-                created.push(false);
-                continue;
-            }
-            ids.push(self.insert_new(now_ms, spec));
-            created.push(true);
-        }
-        Ok((ids, created))
+        Ok(())
     }
 
     /// Checks the admission limits for the tasks `specs` would create.
-    fn admit(&self, specs: &[TaskSpec], limits: &AdmissionLimits) -> Result<(), CommandError> {
+    pub(super) fn admit(
+        &self,
+        specs: &[&TaskSpec],
+        limits: &AdmissionLimits,
+    ) -> Result<(), CommandError> {
         if limits.max_pending.is_none() && limits.max_pending_per_queue.is_none() {
             return Ok(());
         }
@@ -125,7 +138,7 @@ impl State {
         Ok(())
     }
 
-    fn insert_new(&mut self, now_ms: u64, spec: &TaskSpec) -> TaskId {
+    pub(super) fn insert_new(&mut self, now_ms: u64, spec: &TaskSpec) -> TaskId {
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
         let mut spec = spec.clone();

@@ -128,10 +128,31 @@ pub(super) fn sample_commands() -> Vec<Command> {
             })),
             create: false,
         },
+        // Format 4: workflows.
+        Command::SubmitWorkflow {
+            now_ms: 19,
+            tasks: vec![
+                crate::WorkflowTask {
+                    name: "a".into(),
+                    spec: TaskSpec::new("q", b"x".to_vec()),
+                    after: vec![],
+                },
+                crate::WorkflowTask {
+                    name: "b".into(),
+                    spec: TaskSpec::new("q", b"y".to_vec()),
+                    after: vec![0],
+                },
+            ],
+            limits: AdmissionLimits::default(),
+        },
+        Command::CancelWorkflow {
+            now_ms: 20,
+            workflow: TaskId(21),
+        },
     ]
 }
 
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 17] = [
     "000000000100000000000000010000000000000006000000000000006275696c647304000000000000006d616b65f9ffffff0101000000000000006b01dc05000000000000fa0000004000000001000000000000000300000000000000677075030000000000000079657301000000000000000100000000000000040000000109000000000000000160ea000000000000010a0000000000000000",
     "0100000002000000000000000300000000000000",
     "020000000300000000000000",
@@ -147,6 +168,8 @@ const COMMANDS: [&str; 15] = [
     "09000000100000000000000001000000000000007102000000010300000000",
     "090000001100000000000000010000000000000071030000000200000000",
     "0900000012000000000000000100000000000000710400000001050000000a00000000",
+    "0b0000001300000000000000020000000000000001000000000000006101000000000000007101000000000000007800000000000000000000000000000000000000000000000000000000000003000000000000000000000000000100000000000000620100000000000000710100000000000000790000000000000000000000000000000000000000000000000000000000000300000000000100000000000000000000000000",
+    "0c00000014000000000000001500000000000000",
 ];
 
 #[test]
@@ -217,7 +240,7 @@ const IMAGE_V2: &str = "00000000020000000400000000000000640000000000000001000000
 /// (100), so the bucket dates from 100.
 fn sample_state_v3() -> State {
     let mut s = sample_state();
-    for c in sample_commands().into_iter().skip(12) {
+    for c in sample_commands().into_iter().skip(12).take(3) {
         let Command::SetQueue { setting, .. } = c else {
             unreachable!()
         };
@@ -248,34 +271,94 @@ fn image_v3() -> String {
     format!("0000000003000000{}{flow}", &IMAGE_V2[16..])
 }
 
-#[test]
-fn image_encoding_is_pinned() {
-    assert_eq!(STATE_IMAGE_VERSION, 3);
-    let bytes = hex(&image_bytes(&sample_state_v3()));
-    assert_eq!(bytes, image_v3(), "the image encodes differently:\n{bytes}");
-    assert_eq!(
-        image_bytes(&restore(&sample_state_v3())),
-        image_bytes(&sample_state_v3())
-    );
+/// [`sample_state_v3`] with a workflow: "a", then "b" after it (tasks 4 and 5), at 200.
+fn sample_state_v4() -> State {
+    let mut s = sample_state_v3();
+    let tasks = crate::workflow::resolve(vec![
+        crate::NamedTask {
+            name: "b".into(),
+            spec: TaskSpec::new("q", b"b".to_vec()),
+            after: vec!["a".into()],
+        },
+        crate::NamedTask {
+            name: "a".into(),
+            spec: TaskSpec::new("q", b"a".to_vec()),
+            after: vec![],
+        },
+    ])
+    .unwrap()
+    .0;
+    let r = s.apply(&Command::SubmitWorkflow {
+        now_ms: 200,
+        tasks,
+        limits: AdmissionLimits::default(),
+    });
+    assert!(matches!(r, Response::WorkflowSubmitted { .. }), "{r:?}");
+    s
 }
 
-/// A version 2 image (the previous release's snapshot) is read as it is: the same state.
+/// Version 4: version 3 with the two tasks of [`sample_state_v4`]'s workflow and the workflow
+/// record at the end.
+const IMAGE_V4: &str = "00000000040000000600000000000000c800000000000000010000000000000001000000000000000300000000000000020000000000000001000000010000000000000071020000000002000000020000000000000077310200000000000000733104000000a00f000000200000010000000000000003000000000000006770750300000000000000796573010000000000000006000000000000006275696c6473040000000000000004000000010000000000000001000000000000007102000000000000006b61050000000000000000000000000000001400000000000000fc030000000000000001090000000000000063616e63656c6c6564030000000200000000000000010000000000000000000000000000000000000000000000010000000000000071010000000000000062000000000003000000000000000000000000000004000000030000000000000006000000000000006275696c647301000000000000006b050000000000000001000000000000000200000000000000ea030000000000000001090000000000000063616e63656c6c65640300000004000000000000000100000000000000c800000000000000c80000000000000001000000000000007101000000000000006100000000000300000000000000000000000000000300000005000000000000000000000000000000c800000000000000c800000000000000010000000000000071010000000000000062000000000003000000000000000000000000010000000000000000010000000000000004000000000000000000000500000001000000000000007101030000000200000001050000000a0000000110270000000000006400000000000000060000000400000000000000c800000000000000020000000000000001000000000000006104000000000000000100000000000000620500000000000000";
+
 #[test]
-fn a_version_2_image_is_read() {
-    let bytes: Vec<u8> = (0..IMAGE_V2.len())
+fn image_encoding_is_pinned() {
+    assert_eq!(STATE_IMAGE_VERSION, 4);
+    let state = sample_state_v4();
+    let bytes = hex(&image_bytes(&state));
+    assert_eq!(bytes, IMAGE_V4, "the image encodes differently:\n{bytes}");
+    // The workflow record, derived by hand.
+    let workflow = concat!(
+        "06000000",         // Workflow
+        "0400000000000000", // id: task 4
+        "c800000000000000", // submitted at 200
+        "0200000000000000", // 2 members
+        "0100000000000000", // name: 1 byte
+        "61",               // "a"
+        "0400000000000000", // task 4
+        "0100000000000000", // name: 1 byte
+        "62",               // "b"
+        "0500000000000000", // task 5
+    );
+    assert!(bytes.ends_with(workflow), "{bytes}");
+    assert_eq!(image_bytes(&restore(&state)), image_bytes(&state));
+}
+
+/// The records of an image given in hex.
+fn decode_image(hex: &str) -> Vec<ImageRecord> {
+    let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&IMAGE_V2[i..i + 2], 16).unwrap())
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
         .collect();
     let mut cursor = std::io::Cursor::new(&bytes[..]);
     let mut records: Vec<ImageRecord> = Vec::new();
     while (cursor.position() as usize) < bytes.len() {
         records.push(bincode::deserialize_from(&mut cursor).unwrap());
     }
+    records
+}
+
+/// A version 3 image (the previous release's snapshot) is read as it is: the same state.
+#[test]
+fn a_version_3_image_is_read() {
+    let state = State::from_records(decode_image(&image_v3())).unwrap();
+    assert_eq!(
+        hex(&image_bytes(&state)),
+        format!("0000000004000000{}", &image_v3()[16..]),
+        "the same state, written as version 4"
+    );
+    assert_eq!(image_bytes(&state), image_bytes(&sample_state_v3()));
+}
+
+/// A version 2 image (the previous release's snapshot) is read as it is: the same state.
+#[test]
+fn a_version_2_image_is_read() {
+    let mut records = decode_image(IMAGE_V2);
     let state = State::from_records(records.clone()).unwrap();
     assert_eq!(
         hex(&image_bytes(&state)),
-        format!("0000000003000000{}", &IMAGE_V2[16..]),
-        "the same state, written as version 3"
+        format!("0000000004000000{}", &IMAGE_V2[16..]),
+        "the same state, written as version 4"
     );
     assert_eq!(image_bytes(&state), image_bytes(&sample_state()));
     // A flow record has no place in a version 2 image.

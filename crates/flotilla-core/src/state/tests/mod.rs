@@ -6,6 +6,7 @@ mod admission;
 mod flow;
 mod golden;
 mod retention;
+mod workflows;
 
 use super::super::*;
 use crate::{CommandError, ImageHeader, ImageRecord, QueueSetting, TaskSpec};
@@ -394,6 +395,26 @@ fn arb_command() -> impl Strategy<Value = Command> {
             },
             create,
         }),
+        // Workflows: mostly well formed (parents before children), sometimes a forward
+        // reference or a repeated name (refused whole).
+        2 => (0u64..200, proptest::collection::vec((arb_spec(30), proptest::collection::vec(0u32..4, 0..3)), 1..4), 0u8..8, proptest::option::of(1u64..25))
+            .prop_map(|(now_ms, tasks, bad, max_pending)| Command::SubmitWorkflow {
+                now_ms,
+                tasks: tasks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (spec, after))| crate::WorkflowTask {
+                        name: if bad == 1 { "n".into() } else { format!("n{i}") },
+                        spec,
+                        after: after
+                            .into_iter()
+                            .filter(|p| bad == 0 || (*p as usize) < i)
+                            .collect(),
+                    })
+                    .collect(),
+                limits: crate::AdmissionLimits { max_pending, max_pending_per_queue: None },
+            }),
+        1 => (0u64..200, 0u64..40).prop_map(|(now_ms, id)| Command::CancelWorkflow { now_ms, workflow: TaskId(id) }),
     ]
 }
 
@@ -424,6 +445,8 @@ enum Step {
     Later(u64),
     /// Limit the queue of a running task to 1 running (so its next start is refused).
     Throttle(usize, u64),
+    /// Cancel a workflow that holds an unfinished task.
+    CancelWorkflow(usize, u64),
 }
 
 /// The answer an intent must get. A step that found nothing to act on resolves to a `Tick`
@@ -508,6 +531,28 @@ impl Step {
         let fallback = |now_ms| (Command::Tick { now_ms }, Expect::Anything);
         match self {
             Step::Raw(c) => (c.clone(), Expect::Anything),
+            Step::CancelWorkflow(i, now_ms) => {
+                let open: Vec<TaskId> = s
+                    .workflows
+                    .values()
+                    .filter(|w| {
+                        w.members
+                            .iter()
+                            .any(|m| s.record(m.task).is_some_and(|t| !t.state.is_terminal()))
+                    })
+                    .map(|w| w.id)
+                    .collect();
+                match open.get(i % open.len().max(1)) {
+                    Some(w) => (
+                        Command::CancelWorkflow {
+                            now_ms: *now_ms,
+                            workflow: *w,
+                        },
+                        Expect::Anything,
+                    ),
+                    None => fallback(*now_ms),
+                }
+            }
             Step::Submit(now_ms, specs) => {
                 let existing: Vec<TaskId> = s
                     .list(None, None, None, usize::MAX)
@@ -713,6 +758,7 @@ fn arb_step() -> impl Strategy<Value = Step> {
         1 => (0usize..50, 0u64..200).prop_map(|(i, t)| Step::Resubmit(i, t)),
         1 => (200u64..2000).prop_map(Step::Later),
         2 => (0usize..50, 0u64..200).prop_map(|(i, t)| Step::Throttle(i, t)),
+        1 => (0usize..50, 0u64..200).prop_map(|(i, t)| Step::CancelWorkflow(i, t)),
     ]
 }
 
@@ -765,6 +811,10 @@ enum Path {
     FlowLimit,
     /// Any other rejection.
     OtherRejection,
+    /// A workflow created (a task of it at least).
+    WorkflowCreated,
+    /// A workflow's unfinished tasks cancelled.
+    WorkflowCancelled,
     /// (restore) the snapshot restored had running attempts.
     RestoredRunning,
     /// (restore) the snapshot restored had tombstones.
@@ -840,6 +890,12 @@ impl Case {
                 self.hit(Path::CapacityExhausted)
             }
             (_, Response::Rejected(_)) => self.hit(Path::OtherRejection),
+            (_, Response::WorkflowSubmitted { created, .. }) if created.contains(&true) => {
+                self.hit(Path::WorkflowCreated)
+            }
+            (_, Response::WorkflowCancelled { cancelled, .. }) if !cancelled.is_empty() => {
+                self.hit(Path::WorkflowCancelled)
+            }
             (_, Response::Submitted { ids, created }) => {
                 for (id, new) in ids.iter().zip(created) {
                     if !new && matches!(prev.lookup(*id), crate::Lookup::Removed(Some(_))) {
@@ -932,6 +988,8 @@ const STEP_PATHS: &[Path] = &[
     Path::AdmissionLimit,
     Path::FlowLimit,
     Path::OtherRejection,
+    Path::WorkflowCreated,
+    Path::WorkflowCancelled,
 ];
 
 fn runner(cases: u32) -> proptest::test_runner::TestRunner {
