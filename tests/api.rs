@@ -50,6 +50,7 @@ async fn api_follower_hints_leader_and_serves_stale_reads() {
         .get_task(pb::GetTaskRequest {
             id: id.0,
             consistency: 0,
+            explain: false,
         })
         .await
         .unwrap_err();
@@ -71,6 +72,7 @@ async fn api_follower_hints_leader_and_serves_stale_reads() {
             .get_task(pb::GetTaskRequest {
                 id: id2.0,
                 consistency: pb::ReadConsistency::Stale as i32,
+                explain: false,
             })
             .await;
         match got {

@@ -1234,3 +1234,66 @@ async fn workers_workflow_from_a_file_runs_as_one_dag_and_cancels_whole() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("workflow 999 not found"));
 }
+
+/// `flotilla why` explains a task from the replicated state: no worker for its queue, waiting
+/// on its parent, running where, how it ended; a new leader gives the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_why_explains_a_task_from_the_replicated_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    let addrs = c.addrs().join(",");
+    let why = |id: TaskId| -> Vec<String> {
+        let out = cli_json(&addrs, &["--json", "why", &id.to_string()]);
+        out["why"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut parent = sh("sleep 2");
+    parent.queue = "why".into();
+    let parent = client.submit(vec![parent]).await.unwrap()[0];
+    let mut child = sh("true");
+    child.queue = "why".into();
+    child.depends_on = vec![parent];
+    let child = client.submit(vec![child]).await.unwrap()[0];
+    let lines = why(parent);
+    assert!(
+        lines[0].starts_with("submitted to queue \"why\""),
+        "{lines:?}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["cannot run on any registered worker: no registered worker serves queue \"why\""]
+    );
+    assert_eq!(
+        why(child)[1..],
+        [format!("waits for task {parent} (pending)")]
+    );
+    // A new leader explains the same.
+    let leader = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    c.kill(leader).unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(
+        why(child)[1..],
+        [format!("waits for task {parent} (pending)")]
+    );
+
+    c.start_worker("why-worker", &["--queue", "why"]).unwrap();
+    wait_state(&client, parent, TaskState::Running, 20).await;
+    assert_eq!(
+        why(parent)[1..],
+        ["attempt 1 of 3 running on worker why-worker"]
+    );
+    wait_state(&client, child, TaskState::Succeeded, 30).await;
+    let end = why(child);
+    assert!(end[1].starts_with("succeeded after 1 attempts"), "{end:?}");
+    let text = cli(&addrs, &["why", &child.to_string()]);
+    assert!(text.status.success());
+    assert!(String::from_utf8_lossy(&text.stdout).contains("succeeded after 1 attempts"));
+    let missing = cli(&addrs, &["why", "9999"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+}

@@ -3,8 +3,9 @@ protocol), against a real 3-replica cluster of the `flotilla` binary.
 
 Checks, failing with one line naming what was wrong:
 - the leader's page loads with no console error, no uncaught exception and no failed request;
-- it shows the leader, every member, the queue and the tasks this test submitted, and its
-  throughput chart gets points (it refreshes by itself);
+- it shows the leader, every member, the queue and the tasks this test submitted (a pending
+  one with why it does not run), and its throughput chart gets points (it refreshes by
+  itself);
 - it is read-only until an admin token is entered; with one, its cancel button cancels a task,
   and the CLI then reports that task cancelled;
 - a follower's page says it follows the leader; the HTTP actions refuse no token, a read token,
@@ -248,6 +249,10 @@ def main() -> None:
                     f"document.querySelector('#tasks tr[data-task-id=\"{tid}\"]')?.dataset.state === 'pending'"))
             if "dashboard-test" not in text("#queues tbody"):
                 fail(f"the queues table does not list the test's queue: {text('#queues tbody')!r}")
+            # Why a task does not run, as `flotilla why` says it.
+            await_true(f"task {kept} to say why it does not run", lambda: (
+                'no registered worker serves queue "dashboard-test"'
+                in text(f'#tasks tr[data-task-id="{kept}"]')))
             await_true("the workers table to show the worker with its lease renewed", lambda: (
                 "w-dashboard" in text("#workers tbody") and " ago" in text("#workers tbody")
                 and "(leader only)" not in text("#workers tbody")))

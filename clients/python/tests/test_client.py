@@ -324,3 +324,14 @@ def test_workflow_submit_status_cancel(client):
     assert client.workflow(w.id).finished
     with pytest.raises(flotilla.NotFoundError):
         client.workflow(w.ids["reduce"])
+
+
+def test_why_explains_a_pending_task(client):
+    """`why` reads the planner's reason from the replicated state: no worker serves the queue."""
+    q = queue()
+    tid = client.submit(b"x", queue=q)
+    lines = client.why(tid)
+    assert lines[0][0] is not None and lines[0][1].startswith(f'submitted to queue "{q}"'), lines
+    assert lines[1] == (None, f'cannot run on any registered worker: no registered worker serves queue "{q}"'), lines
+    with pytest.raises(flotilla.NotFoundError):
+        client.why(10**9)

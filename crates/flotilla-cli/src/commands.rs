@@ -171,6 +171,49 @@ pub async fn status(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `flotilla why ID`: the task's state and why it is in it, line by line, from the replicated
+/// state (the leader's reading, or the asked replica's with --stale).
+pub async fn why(ctx: &Ctx, args: IdArgs) -> Result<ExitCode> {
+    let consistency = if args.stale {
+        flotilla_client::Consistency::Stale
+    } else {
+        flotilla_client::Consistency::Linearizable
+    };
+    let status = ctx
+        .client()?
+        .status_explained(TaskId(args.id), consistency, true)
+        .await?;
+    let t = &status.task;
+    let json = serde_json::json!({
+        "id": t.id.0,
+        "state": t.state.as_str(),
+        "removed": status.removed,
+        "why": status.why.iter().map(|l| serde_json::json!({
+            "at_ms": l.at_ms,
+            "text": l.text,
+        })).collect::<Vec<_>>(),
+    });
+    let mut text = format!("task {}  {}  queue={}", t.id, t.state, t.spec.queue);
+    if status.removed {
+        text.push_str(&format!(
+            "\n  removed by retention after it {}: only the outcome and key are remembered",
+            t.state
+        ));
+    }
+    for l in &status.why {
+        let when = l.at_ms.map_or_else(
+            || " ".repeat(24),
+            |ms| {
+                humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                    .to_string()
+            },
+        );
+        text.push_str(&format!("\n  {when}  {}", l.text));
+    }
+    ctx.print(json, text);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(Args)]
 pub struct WaitArgs {
     /// Task id.

@@ -108,6 +108,9 @@ enum Cmd {
     Submit(commands::SubmitArgs),
     /// Show a task.
     Status(commands::IdArgs),
+    /// Why a task is in its state: what it waits for, why it does not start, where it runs,
+    /// how it ended.
+    Why(commands::IdArgs),
     /// Wait until a task finishes; exit 0 only if it succeeded.
     Wait(commands::WaitArgs),
     /// Cancel a task.
@@ -233,6 +236,7 @@ fn main() -> ExitCode {
             Cmd::Dev(args) => dev::run(args).await,
             Cmd::Submit(args) => commands::submit(&ctx, args).await,
             Cmd::Status(args) => commands::status(&ctx, args).await,
+            Cmd::Why(args) => commands::why(&ctx, args).await,
             Cmd::Wait(args) => commands::wait(&ctx, args).await,
             Cmd::Workflow { command } => workflow::run(&ctx, command).await,
             Cmd::Cancel(args) => commands::cancel(&ctx, args).await,

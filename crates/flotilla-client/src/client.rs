@@ -753,6 +753,7 @@ impl Client {
         let req = pb::GetTaskRequest {
             id: id.0,
             consistency: consistency.to_pb(),
+            explain: false,
         };
         let resp = self
             .read(

@@ -36,7 +36,7 @@ pub use client::{
 };
 pub use error::ClientError;
 pub use flotilla_core::{FlowLimits, RateLimit};
-pub use flotilla_core::{NamedTask, Task, TaskId, TaskSpec, TaskState};
+pub use flotilla_core::{NamedTask, Task, TaskId, TaskSpec, TaskState, WhyLine};
 pub use flotilla_tls::ClientTls;
 pub use membership::{AddedReplica, Transferred};
 pub use pipeline::SubmitPipeline;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use flotilla_core::{FlowLimits, QueuePolicy, RateLimit, Task, TaskId, TaskState};
+use flotilla_core::{FlowLimits, QueuePolicy, RateLimit, Task, TaskId, TaskState, WhyLine};
 use flotilla_proto::pb;
 
 use crate::client::Consistency;
@@ -19,6 +19,8 @@ pub struct TaskStatus {
     pub pending_reason: Option<String>,
     /// Removed by retention (its idempotency key still remembered).
     pub removed: bool,
+    /// Why it is in its state, when asked for ([`Client::status_explained`]).
+    pub why: Vec<WhyLine>,
 }
 
 /// A queue with its settings and tasks by state.
@@ -234,9 +236,21 @@ impl Client {
         id: TaskId,
         consistency: Consistency,
     ) -> Result<TaskStatus, ClientError> {
+        self.status_explained(id, consistency, false).await
+    }
+
+    /// [`Client::status`] with, when `explain`, why the task is in its state (`why`; empty for
+    /// a task removed by retention).
+    pub async fn status_explained(
+        &self,
+        id: TaskId,
+        consistency: Consistency,
+        explain: bool,
+    ) -> Result<TaskStatus, ClientError> {
         let req = pb::GetTaskRequest {
             id: id.0,
             consistency: consistency.to_pb(),
+            explain,
         };
         let resp = self
             .read(
@@ -255,6 +269,14 @@ impl Client {
             task,
             pending_reason,
             removed: resp.removed,
+            why: resp
+                .why
+                .into_iter()
+                .map(|l| WhyLine {
+                    at_ms: Some(l.at_ms).filter(|t| *t > 0),
+                    text: l.text,
+                })
+                .collect(),
         })
     }
 }

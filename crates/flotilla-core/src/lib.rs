@@ -29,6 +29,7 @@ pub mod workflow;
 pub use command::{AdmissionLimits, Command, Proposal, Response};
 pub use error::CommandError;
 pub use limits::{batch_bytes, validate_spec, Limits};
+pub use scheduler::why::{why, why_id, WhyLine};
 pub use scheduler::{plan, queue_order, unplaceable_reason, Placement, PlanConfig};
 pub use state::{
     validate_max_running, validate_rate, validate_weight, Bucket, FlowLimits, ImageHeader,

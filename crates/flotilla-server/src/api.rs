@@ -290,9 +290,23 @@ impl Flotilla for Api {
         let req = request.into_inner();
         self.read_consistency(req.consistency).await?;
         let (task, removed) = self.task(req.id)?;
+        let why = if req.explain {
+            let applied = self.state.read();
+            flotilla_core::why_id(&applied.state, TaskId(req.id), now_ms())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|l| pb::WhyLine {
+                    at_ms: l.at_ms.unwrap_or(0),
+                    text: l.text,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Response::new(pb::GetTaskResponse {
             task: Some(task),
             removed,
+            why,
         }))
     }
 

@@ -465,6 +465,14 @@ class Client:
             raise errors.BadResponseError("task missing from the answer")
         return Task.from_pb(resp.task)
 
+    def why(self, task_id: int) -> List[Tuple[Optional[int], str]]:
+        """Why the task is in its state, line by line (as ``flotilla why``): ``(at_ms, text)``
+        pairs, ``at_ms`` None when a line is not about a moment. Empty for a task removed by
+        retention."""
+        request = pb.GetTaskRequest(id=task_id, explain=True)
+        resp = self._flotilla("why", "GetTask", request)
+        return [(line.at_ms or None, line.text) for line in resp.why]
+
     def wait(self, task_id: int, timeout: float = 60.0) -> Task:
         """Waits until the task is terminal or ``timeout`` seconds pass; returns it either way
         (check ``task.terminal``)."""

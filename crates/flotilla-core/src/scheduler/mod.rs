@@ -273,5 +273,7 @@ pub fn unplaceable_reason(state: &State, task: &Task) -> Option<String> {
     None
 }
 
+pub mod why;
+
 #[cfg(test)]
 mod tests;

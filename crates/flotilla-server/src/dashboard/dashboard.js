@@ -111,7 +111,8 @@ function renderTasks(o) {
     }
     const progress = t.progress_permille === null ? "" : " " + (t.progress_permille / 10).toFixed(1) + "%";
     const tr = row([t.id, t.queue, el("td", t.state + progress, "state-" + t.state), t.attempts,
-      t.priority, t.worker || "–", age(t.age_ms), el("td", t.reason || "", "reason"), action]);
+      t.priority, t.worker || "–", age(t.age_ms),
+      el("td", t.why.length ? t.why.join(" · ") : (t.reason || ""), "reason"), action]);
     tr.dataset.taskId = t.id;
     tr.dataset.state = t.state;
     return tr;

@@ -108,6 +108,9 @@ pub struct TaskView {
     pub worker: Option<String>,
     pub reason: Option<String>,
     pub progress_permille: Option<u32>,
+    /// For an unfinished task: why it is in its state (`flotilla why`, without the line that it
+    /// was submitted).
+    pub why: Vec<String>,
 }
 
 /// What the leader knows of a worker's lease (nothing on a follower).
@@ -186,6 +189,15 @@ pub fn overview(
             worker: t.worker.clone(),
             reason: t.reason.clone(),
             progress_permille: t.checkpoint.as_ref().map(|c| c.progress_permille),
+            why: if t.state.is_terminal() {
+                Vec::new()
+            } else {
+                flotilla_core::why(state, &t, now)
+                    .into_iter()
+                    .skip(1)
+                    .map(|l| l.text)
+                    .collect()
+            },
         })
         .collect();
     tasks.reverse();

@@ -147,6 +147,11 @@ fn overview_counts_queues_workers_and_recent_tasks() {
     assert_eq!(o.tasks[2].state, "succeeded");
     assert_eq!(o.tasks[2].attempts, 1);
     assert_eq!(o.tasks[1].age_ms, 7_000);
+    // Unfinished tasks say why (as `flotilla why` does); finished ones only their reason.
+    assert_eq!(o.tasks[0].why, ["attempt 1 of 3 running on worker w1"]);
+    assert!(o.tasks[2].why.is_empty());
+    assert_eq!(o.tasks[1].state, "pending", "{:?}", o.tasks[1]);
+    assert!(!o.tasks[1].why.is_empty(), "{:?}", o.tasks[1]);
 }
 
 /// A follower reports no lease; the recent-task window holds the newest tasks only.
