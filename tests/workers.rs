@@ -1297,3 +1297,244 @@ async fn workers_why_explains_a_task_from_the_replicated_state() {
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
 }
+
+/// A cron schedule on a real cluster, driven by the real CLI: each second's tick creates one
+/// task, run by a worker; across a leader kill and a whole-cluster outage every tick is
+/// accounted for exactly once (fired, skipped or missed: after the outage only the latest
+/// missed tick fires); pause stops it, resume restarts it from the next tick, delete
+/// removes it; bad input is one line naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_schedule_fires_each_tick_once_across_a_leader_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    c.start_worker("sw", &["--slots", "4", "--queue", "sched"])
+        .unwrap();
+    let addrs = c.addrs().join(",");
+    let flotilla = |args: &[&str]| cli(&addrs, args);
+    let ok = |args: &[&str]| cli_json(&addrs, args);
+    let add = [
+        "--json",
+        "schedule",
+        "add",
+        "tick",
+        "--cron",
+        "* * * * * *",
+        "--overlap",
+        "allow",
+        "--queue",
+        "sched",
+        "--",
+        "sh",
+        "-c",
+        "echo ran",
+    ];
+    let added = ok(&add);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let next = added["next_tick_ms"].as_u64().unwrap();
+    assert!(next % 1000 == 0 && next > now_ms - 2000, "{added}");
+    assert_eq!(added["overlap"], "allow");
+    assert_eq!(
+        added["command"],
+        serde_json::json!(["sh", "-c", "echo ran"])
+    );
+    // The same add again is a retry: it succeeds.
+    assert_eq!(ok(&add)["name"], "tick");
+
+    // Bad input: one line naming what is wrong, exit 1, nothing added.
+    for (args, want) in [
+        (
+            vec!["schedule", "add", "x", "--cron", "61 * * * *", "--", "true"],
+            "cron",
+        ),
+        (
+            vec![
+                "schedule",
+                "add",
+                "a:b",
+                "--cron",
+                "* * * * *",
+                "--",
+                "true",
+            ],
+            "name",
+        ),
+        (
+            vec![
+                "schedule",
+                "add",
+                "tick",
+                "--cron",
+                "0 3 * * *",
+                "--",
+                "true",
+            ],
+            "exists with another spec",
+        ),
+        (
+            vec![
+                "schedule",
+                "add",
+                "y",
+                "--cron",
+                "* * * * *",
+                "--queue",
+                "",
+                "--",
+                "true",
+            ],
+            "task.queue",
+        ),
+        (vec!["schedule", "pause", "nope"], "not found"),
+    ] {
+        let out = flotilla(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: wanted {want:?} in {err}");
+    }
+    let list = ok(&["--json", "schedule", "list"]);
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+
+    let schedule = |c: &Client| {
+        let c = c.clone();
+        async move {
+            let all = c
+                .schedules(flotilla_client::Consistency::Linearizable)
+                .await
+                .unwrap();
+            assert_eq!(all.len(), 1);
+            all.into_iter().next().unwrap()
+        }
+    };
+    let tasks = |c: &Client| {
+        let c = c.clone();
+        async move {
+            c.list(&flotilla_client::ListQuery {
+                queue: Some("sched".into()),
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .tasks
+        }
+    };
+    // Ticks fire and the worker runs their tasks.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tasks(&client).await.len() < 3 {
+        assert!(Instant::now() < deadline, "three ticks within 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Kill the leader: the new one goes on from the replicated schedule.
+    let leader = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    c.kill(leader).unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    let fired_then = schedule(&client).await.fired;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while schedule(&client).await.fired < fired_then + 3 {
+        assert!(Instant::now() < deadline, "three more ticks after the kill");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A whole-cluster outage: every replica frozen for 3.5 s. The ticks meanwhile are missed;
+    // once the cluster is back, only the latest of them fires.
+    let before = schedule(&client).await;
+    let up: Vec<u64> = c.ids().into_iter().filter(|id| c.is_running(*id)).collect();
+    for id in &up {
+        c.pause(*id).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for id in &up {
+        c.resume(*id).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while schedule(&client).await.fired < before.fired + 2 {
+        assert!(Instant::now() < deadline, "ticks after the outage");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = schedule(&client).await;
+    assert!(
+        after.missed >= before.missed + 2,
+        "ticks of the outage missed: {before:?} then {after:?}"
+    );
+    let paused = ok(&["--json", "schedule", "pause", "tick"]);
+    assert_eq!(paused["paused"], true, "{paused}");
+
+    // Every tick from the first to the last is accounted for once: a task (one per tick, its
+    // key naming the tick), a skip, or a miss.
+    let s = schedule(&client).await;
+    let all = tasks(&client).await;
+    let ticks: Vec<u64> = all
+        .iter()
+        .map(|t| {
+            let key = t.spec.idempotency_key.as_deref().unwrap();
+            key.strip_prefix("schedule:tick:")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or_else(|| panic!("key {key:?}"))
+        })
+        .collect();
+    assert!(
+        ticks.windows(2).all(|w| w[0] < w[1]),
+        "one task per tick, in order: {ticks:?}"
+    );
+    assert!(ticks.iter().all(|t| t % 1000 == 0), "{ticks:?}");
+    assert_eq!(s.fired, all.len() as u64, "a task per fired tick");
+    assert_eq!(s.last_task, all.last().map(|t| t.id));
+    let span = (s.last_tick_ms.unwrap() - ticks[0]) / 1000 + 1;
+    eprintln!(
+        "{span} ticks: fired {}, skipped {}, missed {}",
+        s.fired, s.skipped, s.missed
+    );
+    assert_eq!(
+        s.fired + s.skipped + s.missed,
+        span,
+        "each tick of {span} fired, skipped or missed once: {s:?}"
+    );
+
+    // Paused: nothing more fires.
+    let count = all.len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        tasks(&client).await.len(),
+        count,
+        "a paused schedule fires nothing"
+    );
+    let resumed = ok(&["--json", "schedule", "resume", "tick"]);
+    assert_eq!(resumed["paused"], false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tasks(&client).await.len() <= count {
+        assert!(Instant::now() < deadline, "a tick after the resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        schedule(&client).await.missed,
+        s.missed,
+        "paused ticks are not missed ones"
+    );
+
+    // The worker ran the ticks' tasks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = tasks(&client).await;
+        if done
+            .iter()
+            .take(count)
+            .all(|t| t.state == TaskState::Succeeded)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let deleted = ok(&["--json", "schedule", "delete", "tick"]);
+    assert_eq!(deleted["deleted"], "tick");
+    assert_eq!(ok(&["--json", "schedule", "list"]), serde_json::json!([]));
+    let out = flotilla(&["schedule", "delete", "tick"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}

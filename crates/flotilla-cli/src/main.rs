@@ -28,6 +28,7 @@ mod output;
 mod payload;
 mod probe;
 mod progress;
+mod schedule;
 mod server;
 mod settings;
 mod simulate;
@@ -119,6 +120,12 @@ enum Cmd {
     Workflow {
         #[command(subcommand)]
         command: workflow::WorkflowCmd,
+    },
+    /// Cron schedules: a command task at every tick (UTC), each tick once across leader
+    /// changes; add, list, pause, resume, delete.
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCmd,
     },
     /// List tasks.
     List(commands::ListArgs),
@@ -239,6 +246,7 @@ fn main() -> ExitCode {
             Cmd::Why(args) => commands::why(&ctx, args).await,
             Cmd::Wait(args) => commands::wait(&ctx, args).await,
             Cmd::Workflow { command } => workflow::run(&ctx, command).await,
+            Cmd::Schedule { command } => schedule::run(&ctx, command).await,
             Cmd::Cancel(args) => commands::cancel(&ctx, args).await,
             Cmd::List(args) => commands::list(&ctx, args).await,
             Cmd::Cluster { command } => commands::cluster(&ctx, command).await,

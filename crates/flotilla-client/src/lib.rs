@@ -26,6 +26,7 @@ mod membership;
 mod pipeline;
 mod queues;
 mod routing;
+mod schedules;
 mod workers;
 mod workflows;
 
@@ -37,6 +38,7 @@ pub use client::{
 pub use error::ClientError;
 pub use flotilla_core::{FlowLimits, RateLimit};
 pub use flotilla_core::{NamedTask, Task, TaskId, TaskSpec, TaskState, WhyLine};
+pub use flotilla_core::{Overlap, Schedule, ScheduleSpec};
 pub use flotilla_tls::ClientTls;
 pub use membership::{AddedReplica, Transferred};
 pub use pipeline::SubmitPipeline;

@@ -7,7 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CommandError, QueueSetting, TaskId, TaskSpec, TaskState, WorkerSpec, WorkflowTask};
+use crate::{
+    CommandError, QueueSetting, ScheduleSpec, TaskId, TaskSpec, TaskState, TickOutcome, WorkerSpec,
+    WorkflowTask,
+};
 
 /// One Raft log entry's payload: the commands of many client requests folded together by the
 /// leader's group commit. Each command is applied on its own, all-or-nothing; one rejected
@@ -96,6 +99,35 @@ pub enum Command {
     },
     /// Cancel every unfinished task of a workflow. (Format 4.)
     CancelWorkflow { now_ms: u64, workflow: TaskId },
+    /// Create a schedule; `next_tick_ms` is its first tick after `now_ms`, computed by the
+    /// leader's calendar. Boxed: a spec is large and commands are moved around a lot (the
+    /// encoding is the spec's). (Format 5.)
+    AddSchedule {
+        now_ms: u64,
+        schedule: Box<ScheduleSpec>,
+        next_tick_ms: Option<u64>,
+    },
+    /// Pause or resume a schedule; a resumed one next fires at `next_tick_ms`, the leader's
+    /// first tick after `now_ms`. (Format 5.)
+    PauseSchedule {
+        now_ms: u64,
+        name: String,
+        paused: bool,
+        next_tick_ms: Option<u64>,
+    },
+    /// Delete a schedule (the tasks it created stay). (Format 5.)
+    DeleteSchedule { now_ms: u64, name: String },
+    /// Fire tick `tick_ms` of a schedule: refused unless it is at or after the schedule's next
+    /// tick, so each tick fires at most once; the schedule then waits for `next_tick_ms`.
+    /// `missed` ticks between were passed over (the catch-up rule). (Format 5.)
+    FireSchedule {
+        now_ms: u64,
+        name: String,
+        tick_ms: u64,
+        next_tick_ms: Option<u64>,
+        missed: u32,
+        limits: AdmissionLimits,
+    },
 }
 
 /// Caps on the backlog a submit may grow to, stamped into the command by the leader from its
@@ -124,7 +156,11 @@ impl Command {
             | Command::SetQueue { now_ms, .. }
             | Command::Sweep { now_ms, .. }
             | Command::SubmitWorkflow { now_ms, .. }
-            | Command::CancelWorkflow { now_ms, .. } => *now_ms,
+            | Command::CancelWorkflow { now_ms, .. }
+            | Command::AddSchedule { now_ms, .. }
+            | Command::PauseSchedule { now_ms, .. }
+            | Command::DeleteSchedule { now_ms, .. }
+            | Command::FireSchedule { now_ms, .. } => *now_ms,
         }
     }
 
@@ -200,5 +236,15 @@ pub enum Response {
     WorkflowCancelled {
         workflow: TaskId,
         cancelled: Vec<(TaskId, TaskState)>,
+    },
+    /// A schedule was added, paused, resumed or deleted.
+    ScheduleSet {
+        name: String,
+    },
+    /// A schedule's tick fired: the task it created, or why none.
+    ScheduleFired {
+        name: String,
+        tick_ms: u64,
+        outcome: TickOutcome,
     },
 }

@@ -46,6 +46,9 @@ pub enum CommandError {
     /// No workflow has this id (never, or removed with its last task by retention).
     #[error("workflow {0} not found")]
     UnknownWorkflow(TaskId),
+    /// No schedule has this name.
+    #[error("schedule {0:?} not found")]
+    UnknownSchedule(String),
 }
 
 impl CommandError {

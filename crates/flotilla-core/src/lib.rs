@@ -19,6 +19,7 @@ pub mod leader;
 mod limits;
 #[cfg(test)]
 mod reached;
+pub mod schedule;
 mod scheduler;
 pub mod simulate;
 mod state;
@@ -29,6 +30,7 @@ pub mod workflow;
 pub use command::{AdmissionLimits, Command, Proposal, Response};
 pub use error::CommandError;
 pub use limits::{batch_bytes, validate_spec, Limits};
+pub use schedule::{Calendar, Overlap, Schedule, ScheduleSpec, TickOutcome};
 pub use scheduler::why::{why, why_id, WhyLine};
 pub use scheduler::{plan, queue_order, unplaceable_reason, Placement, PlanConfig};
 pub use state::{

@@ -258,6 +258,8 @@ fn engine_config(planted: bool) -> EngineConfig {
         },
         plan: PlanConfig::default(),
         push_before_commit: planted,
+        calendar: std::sync::Arc::new(flotilla_core::schedule::IntervalCalendar),
+        admission: flotilla_core::AdmissionLimits::default(),
     }
 }
 

@@ -172,6 +172,47 @@ pub fn state_from_pb(field: &str, raw: i32) -> Result<Option<TaskState>, Convert
     })
 }
 
+/// A schedule as the API shows it (the task's payload included).
+pub fn schedule_to_pb(s: &flotilla_core::Schedule) -> pb::Schedule {
+    pb::Schedule {
+        name: s.spec.name.clone(),
+        cron: s.spec.cron.clone(),
+        task: Some(spec_to_pb(&s.spec.task, true)),
+        overlap: s.spec.overlap.as_str().into(),
+        paused: s.paused,
+        next_tick_ms: s.next_tick_ms.unwrap_or(0),
+        last_tick_ms: s.last_tick_ms.unwrap_or(0),
+        last_task_id: s.last_task.map_or(0, |t| t.0),
+        fired: s.fired,
+        skipped: s.skipped,
+        missed: s.missed,
+        created_at_ms: s.created_at_ms,
+    }
+}
+
+/// Converts an add request's schedule (not yet checked beyond its shape).
+pub fn schedule_from_pb(
+    req: pb::AddScheduleRequest,
+) -> Result<flotilla_core::ScheduleSpec, ConvertError> {
+    let overlap = match req.overlap.as_str() {
+        "" => flotilla_core::Overlap::Skip,
+        o => flotilla_core::Overlap::parse(o).ok_or_else(|| ConvertError {
+            field: "overlap".into(),
+            message: format!("{o:?} is not skip or allow"),
+        })?,
+    };
+    let task = req.task.ok_or_else(|| ConvertError {
+        field: "task".into(),
+        message: "missing".into(),
+    })?;
+    Ok(flotilla_core::ScheduleSpec {
+        name: req.name,
+        cron: req.cron,
+        task: spec_from_pb("task", task)?,
+        overlap,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,8 +14,8 @@ pub mod raftpb {
 mod convert;
 
 pub use convert::{
-    spec_from_pb, spec_to_pb, state_from_pb, state_to_pb, task_from_pb, task_to_pb,
-    worker_spec_from_pb, worker_spec_to_pb, ConvertError,
+    schedule_from_pb, schedule_to_pb, spec_from_pb, spec_to_pb, state_from_pb, state_to_pb,
+    task_from_pb, task_to_pb, worker_spec_from_pb, worker_spec_to_pb, ConvertError,
 };
 
 /// gRPC metadata key carrying the leader hint, `ID=HOST:PORT`.

@@ -416,6 +416,48 @@ impl Flotilla for Api {
         ))
     }
 
+    async fn add_schedule(
+        &self,
+        request: Request<pb::AddScheduleRequest>,
+    ) -> Result<Response<pb::AddScheduleResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        Ok(Response::new(
+            self.add_schedule_call(request.into_inner(), caller.as_ref())
+                .await?,
+        ))
+    }
+
+    async fn list_schedules(
+        &self,
+        request: Request<pb::ListSchedulesRequest>,
+    ) -> Result<Response<pb::ListSchedulesResponse>, Status> {
+        Ok(Response::new(
+            self.list_schedules_call(request.into_inner()).await?,
+        ))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<pb::PauseScheduleRequest>,
+    ) -> Result<Response<pb::PauseScheduleResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        Ok(Response::new(
+            self.pause_schedule_call(request.into_inner(), caller.as_ref())
+                .await?,
+        ))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<pb::DeleteScheduleRequest>,
+    ) -> Result<Response<pb::DeleteScheduleResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        Ok(Response::new(
+            self.delete_schedule_call(request.into_inner(), caller.as_ref())
+                .await?,
+        ))
+    }
+
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,

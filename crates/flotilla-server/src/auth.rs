@@ -73,6 +73,7 @@ impl Role {
             "ListWorkers",
             "ListQueues",
             "GetWorkflow",
+            "ListSchedules",
         ];
         const SUBMIT: &[&str] = &[
             "SubmitTasks",
@@ -80,6 +81,9 @@ impl Role {
             "CancelTask",
             "SubmitWorkflow",
             "CancelWorkflow",
+            "AddSchedule",
+            "PauseSchedule",
+            "DeleteSchedule",
         ];
         // Admin only, besides everything else: a backup holds every task's payload and result
         // of every queue, so no narrower role may take one.
@@ -489,6 +493,12 @@ mod tests {
         assert_eq!(call("tr", workflow), Err(PermissionDenied));
         assert_eq!(call("tr", cancel_workflow), Err(PermissionDenied));
         assert_eq!(call("tw", get_workflow), Err(PermissionDenied));
+        let add_schedule = "/flotilla.v1.Flotilla/AddSchedule";
+        let list_schedules = "/flotilla.v1.Flotilla/ListSchedules";
+        assert_eq!(call("ts", add_schedule), Ok("s".into()));
+        assert_eq!(call("tr", list_schedules), Ok("r".into()));
+        assert_eq!(call("tr", add_schedule), Err(PermissionDenied));
+        assert_eq!(call("tw", list_schedules), Err(PermissionDenied));
         assert_eq!(call("tw", complete), Ok("w".into()));
         assert_eq!(
             call("tw", "/flotilla.v1.Flotilla/ClusterStatus"),

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use flotilla_core::leader::{Effect, EngineConfig, Event, LeaderEngine, Now, PushReason};
-use flotilla_core::{Command, Response, Task, TaskId, WorkerSpec};
+use flotilla_core::{Command, Response, Task, TaskId, TickOutcome, WorkerSpec};
 use flotilla_proto::pb;
 use flotilla_store::SharedState;
 use futures::future::join_all;
@@ -443,11 +443,32 @@ impl Dispatcher {
                     ) => {
                         debug!(removed, tombstoned, forgotten, "retention sweep")
                     }
-                    (Command::Sweep { .. } | Command::Tick { .. }, Ok(Response::Rejected(e))) => {
+                    (
+                        Command::FireSchedule { missed, .. },
+                        Ok(Response::ScheduleFired {
+                            name,
+                            tick_ms,
+                            outcome,
+                        }),
+                    ) => match outcome {
+                        TickOutcome::Created { task, .. } => {
+                            info!(schedule = %name, tick_ms, task = %task, missed, "schedule tick fired")
+                        }
+                        TickOutcome::Skipped(why) => {
+                            info!(schedule = %name, tick_ms, why, missed, "schedule tick skipped")
+                        }
+                    },
+                    (
+                        Command::Sweep { .. } | Command::Tick { .. } | Command::FireSchedule { .. },
+                        Ok(Response::Rejected(e)),
+                    ) => {
                         warn!(command = ?command, error = %e, "timer command refused")
                     }
                     (
-                        Command::Sweep { .. } | Command::Tick { .. } | Command::ExpireWorker { .. },
+                        Command::Sweep { .. }
+                        | Command::Tick { .. }
+                        | Command::ExpireWorker { .. }
+                        | Command::FireSchedule { .. },
                         Err(e),
                     ) => {
                         warn!(error = %e, "not committed: {}", kind(&command))
@@ -566,6 +587,10 @@ fn kind(c: &Command) -> &'static str {
         Command::Sweep { .. } => "sweep",
         Command::SubmitWorkflow { .. } => "submit workflow",
         Command::CancelWorkflow { .. } => "cancel workflow",
+        Command::AddSchedule { .. } => "add schedule",
+        Command::PauseSchedule { .. } => "pause schedule",
+        Command::DeleteSchedule { .. } => "delete schedule",
+        Command::FireSchedule { .. } => "fire schedule",
     }
 }
 

@@ -67,6 +67,7 @@ impl From<CommandError> for ApiError {
             e @ CommandError::UnknownWorker(_) => ApiError::NotFound(e.to_string()),
             e @ CommandError::DuplicateWorker(_) => ApiError::AlreadyExists(e.to_string()),
             e @ CommandError::UnknownWorkflow(_) => ApiError::NotFound(e.to_string()),
+            e @ CommandError::UnknownSchedule(_) => ApiError::NotFound(e.to_string()),
         }
     }
 }

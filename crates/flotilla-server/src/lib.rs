@@ -18,6 +18,7 @@
 
 mod api;
 pub mod auth;
+pub mod calendar;
 mod config;
 mod damage;
 mod dashboard;
@@ -39,6 +40,7 @@ pub mod planted;
 pub mod proposer;
 mod raft_service;
 mod rejections;
+mod schedule_api;
 mod telemetry;
 mod worker_service;
 mod workflow_api;

@@ -338,6 +338,8 @@ pub async fn start(
                 },
                 push_before_commit: planted
                     == Some(crate::planted::PlantedBug::DispatchBeforeCommit),
+                calendar: Arc::new(crate::calendar::CronCalendar),
+                admission: config.admission(),
             },
             interval: Duration::from_millis(50),
             stream_limit: config.worker_stream_limit,

@@ -158,8 +158,8 @@ pub(crate) fn from_v1(db: &DB, dir: &Path, incarnation: &str) -> Result<usize, S
     Ok(entries)
 }
 
-/// Converts a version 2 or 3 dir to the current format: every value decodes as the current
-/// type (formats 3 and 4 only appended enum variants, so older shapes are a subset of today's)
+/// Converts a version 2, 3 or 4 dir to the current format: every value decodes as the current
+/// type (formats 3, 4 and 5 only appended enum variants, so older shapes are a subset of today's)
 /// and is written again with the current version byte, in one synced batch. Returns how many
 /// log entries were converted.
 pub(crate) fn from_appended(db: &DB, version: u8) -> Result<usize, String> {
@@ -412,9 +412,10 @@ mod tests {
             hex(encode(&membership)),
             hex(encode(&identity)),
         ];
-        // What format 4 writes: format 2's bytes with the new version (3 and 4 only appended
-        // variants), a flow-limit command (format 3) and a workflow command pinned.
-        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("04{}", &h[2..])).collect();
+        // What format 5 writes: format 2's bytes with the new version (3, 4 and 5 only appended
+        // variants), a flow-limit command (format 3), a workflow command (format 4) and a
+        // schedule command pinned.
+        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("05{}", &h[2..])).collect();
         assert_eq!(got.to_vec(), want, "\n{got:#?}");
         let flow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 42),
@@ -430,7 +431,7 @@ mod tests {
                 }],
             }),
         };
-        assert_eq!(hex(encode(&flow)), format!("04{}", &PINNED_V3_FLOW[2..]));
+        assert_eq!(hex(encode(&flow)), format!("05{}", &PINNED_V3_FLOW[2..]));
         let workflow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 43),
             payload: EntryPayload::Normal(flotilla_core::Proposal {
@@ -440,7 +441,20 @@ mod tests {
                 }],
             }),
         };
-        assert_eq!(hex(encode(&workflow)), PINNED_V4_WORKFLOW);
+        assert_eq!(
+            hex(encode(&workflow)),
+            format!("05{}", &PINNED_V4_WORKFLOW[2..])
+        );
+        let schedule: Entry<TypeConfig> = Entry {
+            log_id: LogId::new(leader, 44),
+            payload: EntryPayload::Normal(flotilla_core::Proposal {
+                commands: vec![Command::DeleteSchedule {
+                    now_ms: 8,
+                    name: "n".into(),
+                }],
+            }),
+        };
+        assert_eq!(hex(encode(&schedule)), PINNED_V5_SCHEDULE);
         // The previous releases' bytes decode as this release's types, unchanged.
         let unhex = |h: &str| -> Vec<u8> {
             (0..h.len())
@@ -450,6 +464,8 @@ mod tests {
         };
         let old: Entry<TypeConfig> = decode_version(3, &unhex(PINNED_V3_FLOW)).unwrap();
         assert_eq!(old, flow);
+        let old: Entry<TypeConfig> = decode_version(4, &unhex(PINNED_V4_WORKFLOW)).unwrap();
+        assert_eq!(old, workflow);
         let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[0])).unwrap();
         assert_eq!(old, normal);
         let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[1])).unwrap();
@@ -457,6 +473,8 @@ mod tests {
         let old: Identity = decode_version(2, &unhex(PINNED_V2[2])).unwrap();
         assert_eq!(old, identity);
     }
+
+    const PINNED_V5_SCHEDULE: &str = "05030000000000000002000000000000002c000000000000000100000001000000000000000f000000080000000000000001000000000000006e";
 
     const PINNED_V4_WORKFLOW: &str = "04030000000000000002000000000000002b000000000000000100000001000000000000000c00000006000000000000000700000000000000";
 
@@ -475,6 +493,13 @@ mod tests {
     async fn format_3_data_dir_is_converted_in_place() {
         let identity = format!("03{}", &PINNED_V2[2][2..]);
         converted_in_place(3, &identity).await;
+    }
+
+    /// The same for the format 4 release: its log also holds a flow-limit and a workflow entry.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn format_4_data_dir_is_converted_in_place() {
+        let identity = format!("04{}", &PINNED_V2[2][2..]);
+        converted_in_place(4, &identity).await;
     }
 
     async fn converted_in_place(version: u8, identity: &str) {
@@ -505,15 +530,19 @@ mod tests {
                 .unwrap();
             db.put_cf(log, crate::codec::index_key(41), at(PINNED_V2[0]))
                 .unwrap();
-            if version == 3 {
-                db.put_cf(log, crate::codec::index_key(42), unhex(PINNED_V3_FLOW))
+            if version >= 3 {
+                db.put_cf(log, crate::codec::index_key(42), at(PINNED_V3_FLOW))
+                    .unwrap();
+            }
+            if version >= 4 {
+                db.put_cf(log, crate::codec::index_key(43), unhex(PINNED_V4_WORKFLOW))
                     .unwrap();
             }
             db.flush_cf(meta).unwrap();
             db.flush_cf(log).unwrap();
         }
         let mut opened = crate::open(&dir, "c", 1).unwrap();
-        let n = if version == 3 { 3 } else { 2 };
+        let n = version as usize; // 2 entries in format 2, one more per format since
         assert_eq!(opened.migrated_entries, n);
         assert_eq!(opened.incarnation, "i1", "the old identity, kept");
         let entries = opened

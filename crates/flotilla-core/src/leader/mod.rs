@@ -4,8 +4,8 @@
 //! It owns the leader's in-memory bookkeeping — worker leases, the grace period after a
 //! leader change, which workers have a stream to this leader, attempts a worker's heartbeats
 //! did not list, drains, the token a worker registered with — and decides, on each tick, which
-//! leases expired, whether the replicated clock must advance (`not_before` timers) or finished
-//! tasks be swept, and what to assign (the pure [`crate::plan`]). It owns no clock, no socket
+//! leases expired, whether the replicated clock must advance (`not_before` timers), finished
+//! tasks be swept or a schedule's tick fire, and what to assign (the pure [`crate::plan`]). It owns no clock, no socket
 //! and no task: time comes in each event ([`Now`]), the applied [`State`] is lent to each call,
 //! and the I/O shell (`flotilla-server`'s `dispatch`) carries out the effects — proposes the
 //! commands, pushes assignments and cancellations down worker streams, closes streams — and
@@ -35,7 +35,8 @@ mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{plan, Command, PlanConfig, Response, State, TaskId};
+use crate::schedule::{due_tick, Calendar};
+use crate::{plan, AdmissionLimits, Command, PlanConfig, Response, State, TaskId};
 
 /// The time an event happened, as two clocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,10 @@ pub struct RetentionConfig {
 /// The engine's settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Computes schedules' ticks (pure; the server's reads cron expressions).
+    pub calendar: std::sync::Arc<dyn Calendar>,
+    /// Admission limits stamped into each [`Command::FireSchedule`], as into a submit.
+    pub admission: AdmissionLimits,
     /// A worker not heard from for this long is expired.
     pub lease_ttl_ms: u64,
     /// How often the `not_before` timers and the retention sweep are looked at.
@@ -354,6 +359,24 @@ impl LeaderEngine {
                     retention_ms: r.retention_ms,
                     key_retention_ms: r.key_retention_ms,
                     max_removals: r.max_removals,
+                }));
+            }
+            // Each due tick once per look: the shell awaits these proposals before the next
+            // tick, and `apply` refuses a tick that fired already.
+            for (schedule, due_ms) in state.due_schedules() {
+                if due_ms > now.wall_ms {
+                    continue;
+                }
+                let cron = &schedule.spec.cron;
+                let (tick_ms, next_tick_ms, missed) =
+                    due_tick(&*self.config.calendar, cron, due_ms, now.wall_ms);
+                out.push(Effect::Propose(Command::FireSchedule {
+                    now_ms: now.wall_ms,
+                    name: schedule.spec.name.clone(),
+                    tick_ms,
+                    next_tick_ms,
+                    missed,
+                    limits: self.config.admission,
                 }));
             }
         }

@@ -29,6 +29,8 @@ fn config() -> EngineConfig {
         },
         plan: PlanConfig::default(),
         push_before_commit: false,
+        calendar: std::sync::Arc::new(crate::schedule::IntervalCalendar),
+        admission: crate::AdmissionLimits::default(),
     }
 }
 
@@ -681,4 +683,85 @@ fn a_worker_that_left_is_forgotten_and_its_stream_closed() {
         }]
     );
     assert_eq!(h.engine.lease("w1"), None);
+}
+
+fn add_schedule(h: &mut Harness, now: Now, name: &str, every_ms: u64) {
+    let r = h.apply(Command::AddSchedule {
+        now_ms: now.wall_ms,
+        schedule: Box::new(crate::ScheduleSpec {
+            name: name.into(),
+            cron: format!("every:{every_ms}"),
+            task: TaskSpec::new("cron", b"x".to_vec()),
+            overlap: crate::Overlap::Allow,
+        }),
+        next_tick_ms: Some((now.wall_ms / every_ms + 1) * every_ms),
+    });
+    assert_eq!(r, Response::ScheduleSet { name: name.into() });
+}
+
+fn fire(now: Now, name: &str, tick_ms: u64, next_tick_ms: u64, missed: u32) -> Effect {
+    Effect::Propose(Command::FireSchedule {
+        now_ms: now.wall_ms,
+        name: name.into(),
+        tick_ms,
+        next_tick_ms: Some(next_tick_ms),
+        missed,
+        limits: crate::AdmissionLimits::default(),
+    })
+}
+
+#[test]
+fn a_due_tick_is_fired_once_and_a_late_leader_fires_only_the_latest() {
+    let mut h = Harness::new(config());
+    h.event(Event::BecameLeader { now: at(0) });
+    add_schedule(&mut h, at(0), "s", 1_000);
+    let first = (WALL0 / 1_000 + 1) * 1_000;
+    let before = at(first - WALL0 - 1);
+    assert_eq!(h.tick(before), vec![], "not due yet");
+    let on_time = at(first - WALL0 + 1 + TIMERS);
+    assert_eq!(
+        h.tick(on_time),
+        vec![fire(on_time, "s", first, first + 1_000, 0)]
+    );
+    // Proposed again by a leader that did not see the commit: refused, nothing created.
+    let again = h.apply(match fire(on_time, "s", first, first + 1_000, 0) {
+        Effect::Propose(c) => c,
+        _ => unreachable!(),
+    });
+    assert!(matches!(again, Response::Rejected(_)), "{again:?}");
+    assert_eq!(h.state.task_count(), 1);
+    assert_eq!(
+        h.tick(at(on_time.mono_ms + TIMERS)),
+        vec![],
+        "fired: next due later"
+    );
+
+    // The leader goes away for 5.5 s; a new one fires the latest tick once, 4 missed.
+    h.event(Event::LostLeadership);
+    h.event(Event::BecameLeader {
+        now: at(on_time.mono_ms + 5_500),
+    });
+    let late = at(first - WALL0 + 5_500);
+    assert_eq!(
+        h.tick(late),
+        vec![fire(late, "s", first + 5_000, first + 6_000, 4)]
+    );
+    let s = h.state.schedule("s").unwrap();
+    assert_eq!(
+        (s.fired, s.missed, s.next_tick_ms),
+        (2, 4, Some(first + 6_000))
+    );
+    assert_eq!(h.state.task_count(), 2);
+    assert!(h
+        .state
+        .task_by_key(&crate::schedule::tick_key("s", first + 5_000))
+        .is_some());
+    // A paused schedule is not fired.
+    h.apply(Command::PauseSchedule {
+        now_ms: late.wall_ms,
+        name: "s".into(),
+        paused: true,
+        next_tick_ms: None,
+    });
+    assert_eq!(h.tick(at(late.mono_ms + 10_000)), vec![]);
 }

@@ -10,13 +10,14 @@
 //! ```text
 //!  Header · Queue* (name order) · Worker* (id order) · (Task | Tombstone)* (id order)
 //!         · Flow* (name order; version 3) · Workflow* (id order; version 4)
+//!         · Schedule* (name order; version 5)
 //! ```
 //!
 //! Versioning: [`STATE_IMAGE_VERSION`] is in the header; a change to any record's shape bumps
 //! it (golden bytes in the tests pin the encoding) and the builder of the new release reads
-//! the old one (`crate::compat`). Versions 3 and 4 only added the `Flow` and `Workflow`
-//! records (record kinds are only ever appended), so a version 2 or 3 image is a version 4
-//! image without them and is read as it is.
+//! the old one (`crate::compat`). Versions 3, 4 and 5 only added the `Flow`, `Workflow` and
+//! `Schedule` records (record kinds are only ever appended), so a version 2, 3 or 4 image is a
+//! version 5 image without them and is read as it is.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,11 +26,12 @@ use super::queues::QueueSettings;
 use super::record::{Entry, QueueName, TaskRecord, Tombstone};
 use super::table::TaskTable;
 use super::State;
-use crate::{TaskId, Worker, Workflow};
+use crate::{Schedule, TaskId, Worker, Workflow};
 
 /// Version of the image records' encoding.
-pub const STATE_IMAGE_VERSION: u32 = 4;
-/// The oldest version the builder reads (2 is 4 without `Flow` and `Workflow` records).
+pub const STATE_IMAGE_VERSION: u32 = 5;
+/// The oldest version the builder reads (2 is 5 without `Flow`, `Workflow` and `Schedule`
+/// records).
 pub const OLDEST_STATE_IMAGE_VERSION: u32 = 2;
 
 /// The first record: scalars and how many records of each kind follow.
@@ -64,6 +66,8 @@ pub enum ImageRecord {
     },
     /// A workflow. (Version 4.)
     Workflow(Workflow),
+    /// A schedule. (Version 5.)
+    Schedule(Schedule),
 }
 
 /// One record of an image, borrowed from a [`StateView`] for encoding; encodes exactly as the
@@ -84,6 +88,7 @@ pub enum ImageRecordRef<'a> {
         bucket: &'a Option<Bucket>,
     },
     Workflow(&'a Workflow),
+    Schedule(&'a Schedule),
 }
 
 /// A frozen copy of the state proper, cheap to take (see the module docs).
@@ -95,6 +100,7 @@ pub struct StateView {
     tasks: TaskTable,
     flows: Vec<(QueueName, FlowLimits, Option<Bucket>)>,
     workflows: Vec<Workflow>,
+    schedules: Vec<Schedule>,
 }
 
 impl StateView {
@@ -125,6 +131,7 @@ impl StateView {
                     }),
             )
             .chain(self.workflows.iter().map(ImageRecordRef::Workflow))
+            .chain(self.schedules.iter().map(ImageRecordRef::Schedule))
     }
 }
 
@@ -157,6 +164,7 @@ impl State {
                 .map(|(n, q)| (n.clone(), q.flow, q.bucket))
                 .collect(),
             workflows: self.workflows.values().cloned().collect(),
+            schedules: self.schedules.values().cloned().collect(),
         }
     }
 
@@ -176,7 +184,7 @@ pub struct StateBuilder {
     state: State,
     header: Option<ImageHeader>,
     /// Kind of the last record pushed (0 header, 1 queue, 2 worker, 3 task/tombstone, 4 flow,
-    /// 5 workflow).
+    /// 5 workflow, 6 schedule).
     phase: u8,
     last_id: u64,
     last_workflow: u64,
@@ -345,6 +353,24 @@ impl StateBuilder {
                 if self.state.workflow(id).is_none() {
                     return Err(format!("workflow {id} holds no task"));
                 }
+            }
+            ImageRecord::Schedule(s) => {
+                self.enter(6, "schedule")?;
+                if self.header.as_ref().is_some_and(|h| h.version < 5) {
+                    return Err("schedule record in an image older than version 5".into());
+                }
+                let name = s.spec.name.clone();
+                if self
+                    .state
+                    .schedules
+                    .last_key_value()
+                    .is_some_and(|(last, _)| *last >= name)
+                {
+                    return Err(format!("schedule {name:?} out of order or listed twice"));
+                }
+                crate::schedule::validate_schedule(&s.spec)
+                    .map_err(|e| format!("schedule {name:?}: {e}"))?;
+                self.state.schedules.insert(name, s);
             }
         }
         Ok(())

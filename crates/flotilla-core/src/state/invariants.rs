@@ -207,7 +207,8 @@ impl State {
         if self.on_worker.values().any(BTreeSet::is_empty) {
             return Err("empty task set for a worker".into());
         }
-        self.check_workflows()
+        self.check_workflows()?;
+        self.check_schedules()
     }
 
     /// Each workflow is keyed by its first task, has a held task, and its held tasks are

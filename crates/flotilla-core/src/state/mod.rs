@@ -1,9 +1,9 @@
 //! The replicated state machine: the task table, its indexes and [`State::apply`].
 //!
 //! The state proper is the task table (tasks and tombstones), the registered workers, the
-//! queue settings, `next_task_id` and the replicated clock — what a snapshot holds. Everything
-//! else is an index derived from it, rebuilt when a snapshot is loaded ([`StateBuilder`]) and
-//! checked by [`State::check_invariants`].
+//! queue settings, workflows, schedules, `next_task_id` and the replicated clock — what a
+//! snapshot holds. Everything else is an index derived from it, rebuilt when a snapshot is
+//! loaded ([`StateBuilder`]) and checked by [`State::check_invariants`].
 //!
 //! Modules, by responsibility:
 //!
@@ -18,6 +18,7 @@
 //! | `workers` | worker registry, capacity, fit |
 //! | `retention` | removal of finished tasks, tombstones, holds of dependents |
 //! | `workflows` | workflows: submit all or nothing, cancel, forget with their last task |
+//! | `schedules` | schedules: add, pause, resume, delete, fire a tick at most once |
 //! | `image` | snapshot records: the frozen view and the builder |
 //! | `invariants` | the consistency checks |
 
@@ -28,6 +29,7 @@ mod keys;
 mod queues;
 pub(crate) mod record;
 mod retention;
+mod schedules;
 mod table;
 mod tasks;
 mod workers;
@@ -66,6 +68,8 @@ pub struct State {
     queues: BTreeMap<QueueName, QueueState>,
     /// Workflows by the id of their first task.
     workflows: BTreeMap<TaskId, crate::Workflow>,
+    /// Schedules by name.
+    schedules: BTreeMap<String, crate::Schedule>,
 
     // ---- derived indexes ----
     /// Idempotency key -> task or tombstone.
@@ -411,6 +415,34 @@ impl State {
                 .unwrap_or_else(Response::Rejected),
             Command::CancelWorkflow { now_ms, workflow } => self
                 .cancel_workflow(*now_ms, *workflow)
+                .unwrap_or_else(Response::Rejected),
+            Command::AddSchedule {
+                now_ms,
+                schedule,
+                next_tick_ms,
+            } => self
+                .add_schedule(*now_ms, schedule, *next_tick_ms)
+                .unwrap_or_else(Response::Rejected),
+            Command::PauseSchedule {
+                now_ms,
+                name,
+                paused,
+                next_tick_ms,
+            } => self
+                .pause_schedule(*now_ms, name, *paused, *next_tick_ms)
+                .unwrap_or_else(Response::Rejected),
+            Command::DeleteSchedule { name, .. } => self
+                .delete_schedule(name)
+                .unwrap_or_else(Response::Rejected),
+            Command::FireSchedule {
+                now_ms,
+                name,
+                tick_ms,
+                next_tick_ms,
+                missed,
+                limits,
+            } => self
+                .fire_schedule(*now_ms, name, *tick_ms, *next_tick_ms, *missed, limits)
                 .unwrap_or_else(Response::Rejected),
         };
         #[cfg(any(debug_assertions, test))]
