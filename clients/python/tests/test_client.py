@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 
 import grpc
@@ -324,6 +325,45 @@ def test_workflow_submit_status_cancel(client):
     assert client.workflow(w.id).finished
     with pytest.raises(flotilla.NotFoundError):
         client.workflow(w.ids["reduce"])
+
+
+def test_schedule_add_fires_pause_delete(client):
+    """A schedule every second creates one task per tick (keyed by the tick), a retry of the
+    add succeeds, another spec under the name and a bad expression are refused naming the
+    field, pause stops it and delete removes it."""
+    q = queue()
+    name = f"s-{q}"
+    task = TaskSpec(queue=q, payload=b"x")
+    s = client.add_schedule(name, "* * * * * *", task, overlap="allow")
+    assert (s.name, s.cron, s.overlap, s.paused, s.task.queue) == (name, "* * * * * *", "allow", False, q)
+    assert s.next_tick_ms is not None and s.next_tick_ms % 1000 == 0
+    assert client.add_schedule(name, "* * * * * *", task, overlap="allow").name == name
+    for cron, overlap, field in [("0 3 * * *", "allow", "name"), ("61 * * * *", "skip", "cron")]:
+        other = name if field == "name" else f"{name}-x"
+        with pytest.raises(flotilla.InvalidArgumentError) as e:
+            client.add_schedule(other, cron, task, overlap=overlap)
+        assert e.value.field == field, e.value.message
+    with pytest.raises(flotilla.InvalidArgumentError) as e:
+        client.add_schedule(f"{name}-k", "* * * * *", TaskSpec(queue=q, idempotency_key="k"))
+    assert e.value.field == "task.idempotency_key"
+
+    deadline = time.monotonic() + 20
+    while len(client.list(queue=q).tasks) < 2:
+        assert time.monotonic() < deadline, "two ticks within 20 s"
+        time.sleep(0.2)
+    paused = client.pause_schedule(name)
+    assert paused.paused and paused.fired >= 2
+    tasks = client.list(queue=q).tasks
+    keys = [t.spec.idempotency_key for t in tasks]
+    assert all(k.startswith(f"schedule:{name}:") for k in keys), keys
+    assert len(set(keys)) == len(keys) == paused.fired
+    assert [s.name for s in client.schedules()].count(name) == 1
+    client.delete_schedule(name)
+    assert name not in [s.name for s in client.schedules()]
+    with pytest.raises(flotilla.NotFoundError):
+        client.delete_schedule(name)
+    with pytest.raises(flotilla.NotFoundError):
+        client.pause_schedule(name, paused=False)
 
 
 def test_why_explains_a_pending_task(client):

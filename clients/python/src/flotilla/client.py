@@ -36,6 +36,7 @@ from .command import CommandPayload
 from .types import (
     ClusterStatus,
     Consistency,
+    Schedule,
     Submitted,
     Task,
     TaskPage,
@@ -455,6 +456,33 @@ class Client:
         """Cancels every unfinished task of a workflow; returns those cancelled, children first."""
         request = pb.CancelWorkflowRequest(workflow_id=workflow_id)
         return list(self._flotilla("cancel workflow", "CancelWorkflow", request).cancelled)
+
+    def add_schedule(
+        self, name: str, cron: str, task: TaskSpec, overlap: str = "skip"
+    ) -> Schedule:
+        """Adds a cron schedule (UTC; 5 fields, or 6 with seconds first): ``task`` is created at
+        every tick, each tick at most once. The same schedule again succeeds (a retry);
+        another under the same name raises InvalidArgumentError with ``field == "name"``; an
+        expression the server cannot read, with ``field == "cron"``. The task may not set
+        ``idempotency_key``, ``depends_on`` or ``not_before_ms``."""
+        request = pb.AddScheduleRequest(name=name, cron=cron, task=task.to_pb(), overlap=overlap)
+        return Schedule.from_pb(self._flotilla("add schedule", "AddSchedule", request).schedule)
+
+    def schedules(self, consistency: Consistency = Consistency.LINEARIZABLE) -> List[Schedule]:
+        """Every schedule, by name."""
+        request = pb.ListSchedulesRequest(consistency=consistency.value)
+        resp = self._flotilla("list schedules", "ListSchedules", request)
+        return [Schedule.from_pb(s) for s in resp.schedules]
+
+    def pause_schedule(self, name: str, paused: bool = True) -> Schedule:
+        """Pauses (or, with ``paused=False``, resumes from its first tick after now) a
+        schedule; NotFoundError if there is none."""
+        request = pb.PauseScheduleRequest(name=name, paused=paused)
+        return Schedule.from_pb(self._flotilla("pause schedule", "PauseSchedule", request).schedule)
+
+    def delete_schedule(self, name: str) -> None:
+        """Deletes a schedule (the tasks it created stay); NotFoundError if there is none."""
+        self._flotilla("delete schedule", "DeleteSchedule", pb.DeleteScheduleRequest(name=name))
 
     def get(self, task_id: int, consistency: Consistency = Consistency.LINEARIZABLE) -> Task:
         """The task; NotFoundError if there is none with that id."""

@@ -313,3 +313,43 @@ class Workflow:
                 for x in m.members
             ],
         )
+
+
+@dataclass
+class Schedule:
+    """A cron schedule: ``task`` created at every tick of ``cron`` (UTC), each tick at most
+    once across leader changes."""
+
+    name: str
+    #: Five fields (minute hour day-of-month month day-of-week), or six with seconds first.
+    cron: str
+    task: TaskSpec
+    #: "skip": a tick while the previous tick's task has not finished creates nothing;
+    #: "allow": it creates a task anyway.
+    overlap: str = "skip"
+    paused: bool = False
+    next_tick_ms: Optional[int] = None
+    last_tick_ms: Optional[int] = None
+    last_task_id: Optional[int] = None
+    #: Ticks that created a task / created none / passed while no leader could fire them.
+    fired: int = 0
+    skipped: int = 0
+    missed: int = 0
+    created_at_ms: int = 0
+
+    @classmethod
+    def from_pb(cls, m: pb.Schedule) -> "Schedule":
+        return cls(
+            name=m.name,
+            cron=m.cron,
+            task=TaskSpec.from_pb(m.task),
+            overlap=m.overlap,
+            paused=m.paused,
+            next_tick_ms=m.next_tick_ms or None,
+            last_tick_ms=m.last_tick_ms or None,
+            last_task_id=m.last_task_id or None,
+            fired=m.fired,
+            skipped=m.skipped,
+            missed=m.missed,
+            created_at_ms=m.created_at_ms,
+        )
