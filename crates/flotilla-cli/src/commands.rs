@@ -49,20 +49,15 @@ impl Ctx {
     }
 }
 
+/// The options of a command task that `submit` and `schedule add` share.
 #[derive(Args)]
-pub struct SubmitArgs {
+pub struct TaskOptions {
     /// Queue to submit to.
     #[arg(long, default_value = "default")]
     queue: String,
     /// Priority, -1000..=1000 (higher runs first under the priority policy).
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     priority: i32,
-    /// Idempotency key: resubmitting with the same key returns the original task.
-    #[arg(long)]
-    key: Option<String>,
-    /// Run only after this task succeeded (repeatable).
-    #[arg(long = "after", value_name = "ID")]
-    after: Vec<u64>,
     /// Attempts before the task fails for good.
     #[arg(long, default_value_t = flotilla_core::Limits::DEFAULT_MAX_ATTEMPTS)]
     max_attempts: u32,
@@ -81,6 +76,39 @@ pub struct SubmitArgs {
     /// A label the worker must have, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+}
+
+impl TaskOptions {
+    /// A command task of these options running `command`.
+    pub fn spec(self, command: Vec<String>) -> Result<TaskSpec> {
+        let mut spec = TaskSpec::new(self.queue, CommandPayload::new(command).encode());
+        spec.priority = self.priority;
+        spec.max_attempts = self.max_attempts;
+        spec.resources.cpu_millis = self.cpu;
+        spec.resources.mem_mb = self.mem_mb;
+        spec.estimate_ms = self
+            .estimate
+            .map(|secs| seconds_ms("--estimate", secs, false))
+            .transpose()?;
+        spec.timeout_ms = self
+            .timeout
+            .map(|secs| seconds_ms("--timeout", secs, true))
+            .transpose()?;
+        spec.labels = parse_labels(&self.labels)?;
+        Ok(spec)
+    }
+}
+
+#[derive(Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    task: TaskOptions,
+    /// Idempotency key: resubmitting with the same key returns the original task.
+    #[arg(long)]
+    key: Option<String>,
+    /// Run only after this task succeeded (repeatable).
+    #[arg(long = "after", value_name = "ID")]
+    after: Vec<u64>,
     /// Run no earlier than this long from now, e.g. `30s`, `5m`, `1h 30m` (from this machine's
     /// clock; the task waits in state `waiting` until then).
     #[arg(long, value_name = "DURATION", conflicts_with = "at")]
@@ -94,22 +122,9 @@ pub struct SubmitArgs {
 }
 
 pub async fn submit(ctx: &Ctx, args: SubmitArgs) -> Result<ExitCode> {
-    let mut spec = TaskSpec::new(args.queue, CommandPayload::new(args.command).encode());
-    spec.priority = args.priority;
+    let mut spec = args.task.spec(args.command)?;
     spec.idempotency_key = args.key;
     spec.depends_on = args.after.into_iter().map(TaskId).collect();
-    spec.max_attempts = args.max_attempts;
-    spec.resources.cpu_millis = args.cpu;
-    spec.resources.mem_mb = args.mem_mb;
-    spec.estimate_ms = args
-        .estimate
-        .map(|secs| seconds_ms("--estimate", secs, false))
-        .transpose()?;
-    spec.timeout_ms = args
-        .timeout
-        .map(|secs| seconds_ms("--timeout", secs, true))
-        .transpose()?;
-    spec.labels = parse_labels(&args.labels)?;
     spec.not_before_ms = not_before_ms(
         args.delay.as_deref(),
         args.at.as_deref(),

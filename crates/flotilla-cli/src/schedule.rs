@@ -11,10 +11,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use flotilla_client::{Consistency, Overlap, Schedule, ScheduleSpec, TaskSpec};
+use flotilla_client::{Consistency, Overlap, Schedule, ScheduleSpec};
 use serde_json::{json, Value};
 
-use crate::commands::{parse_labels, seconds_ms, Ctx};
+use crate::commands::{Ctx, TaskOptions};
 use crate::payload::CommandPayload;
 
 #[derive(Subcommand)]
@@ -42,30 +42,8 @@ pub struct AddArgs {
     /// At a tick while the previous tick's task has not finished: skip it, or allow a second.
     #[arg(long, default_value = "skip", value_parser = ["skip", "allow"])]
     overlap: String,
-    /// Queue of the tasks.
-    #[arg(long, default_value = "default")]
-    queue: String,
-    /// Priority, -1000..=1000.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    priority: i32,
-    /// Attempts before a task fails for good.
-    #[arg(long, default_value_t = flotilla_core::Limits::DEFAULT_MAX_ATTEMPTS)]
-    max_attempts: u32,
-    /// Estimated run time in seconds (for shortest-job-first).
-    #[arg(long, value_name = "SECS")]
-    estimate: Option<f64>,
-    /// CPU needed, in millicores.
-    #[arg(long, value_name = "MILLI", default_value_t = 0)]
-    cpu: u32,
-    /// Memory needed, in MiB.
-    #[arg(long, value_name = "MB", default_value_t = 0)]
-    mem_mb: u32,
-    /// Fail an attempt that runs longer than this many seconds.
-    #[arg(long, value_name = "SECS")]
-    timeout: Option<f64>,
-    /// A label the worker must have, KEY=VALUE (repeatable).
-    #[arg(long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
+    #[command(flatten)]
+    task: TaskOptions,
     /// The command to run, after `--`.
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<String>,
@@ -102,20 +80,7 @@ pub async fn run(ctx: &Ctx, cmd: ScheduleCmd) -> Result<ExitCode> {
 }
 
 async fn add(ctx: &Ctx, args: AddArgs) -> Result<ExitCode> {
-    let mut task = TaskSpec::new(args.queue, CommandPayload::new(args.command).encode());
-    task.priority = args.priority;
-    task.max_attempts = args.max_attempts;
-    task.resources.cpu_millis = args.cpu;
-    task.resources.mem_mb = args.mem_mb;
-    task.estimate_ms = args
-        .estimate
-        .map(|secs| seconds_ms("--estimate", secs, false))
-        .transpose()?;
-    task.timeout_ms = args
-        .timeout
-        .map(|secs| seconds_ms("--timeout", secs, true))
-        .transpose()?;
-    task.labels = parse_labels(&args.labels)?;
+    let task = args.task.spec(args.command)?;
     let spec = ScheduleSpec {
         name: args.name,
         cron: args.cron,
