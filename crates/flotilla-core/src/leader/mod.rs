@@ -5,11 +5,11 @@
 //! leader change, which workers have a stream to this leader, attempts a worker's heartbeats
 //! did not list, drains, the token a worker registered with — and decides, on each tick, which
 //! leases expired, whether the replicated clock must advance (`not_before` timers), finished
-//! tasks be swept or a schedule's tick fire, and what to assign (the pure [`crate::plan`]). It owns no clock, no socket
-//! and no task: time comes in each event ([`Now`]), the applied [`State`] is lent to each call,
-//! and the I/O shell (`flotilla-server`'s `dispatch`) carries out the effects — proposes the
-//! commands, pushes assignments and cancellations down worker streams, closes streams — and
-//! feeds back what each proposal became ([`Event::Proposed`]).
+//! tasks be swept or a schedule's tick fire, and what to assign (the pure [`crate::plan`]). It
+//! owns no clock, no socket and no task: time comes in each event ([`Now`]), the applied
+//! [`State`] is lent to each call, and the I/O shell (`flotilla-server`'s `dispatch`) carries
+//! out the effects — proposes the commands, pushes assignments and cancellations down worker
+//! streams, closes streams — and feeds back what each proposal became ([`Event::Proposed`]).
 //!
 //! ```text
 //!  shell: timer / applied entry / wake ─▶ Event::Tick ─▶ engine ─▶ [Propose(ExpireWorker),
@@ -64,7 +64,7 @@ pub struct EngineConfig {
     pub admission: AdmissionLimits,
     /// A worker not heard from for this long is expired.
     pub lease_ttl_ms: u64,
-    /// How often the `not_before` timers and the retention sweep are looked at.
+    /// How often the `not_before` timers, the retention sweep and the schedules are looked at.
     pub timers_every_ms: u64,
     pub retention: RetentionConfig,
     pub plan: PlanConfig,
