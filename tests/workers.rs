@@ -1296,6 +1296,45 @@ async fn workers_why_explains_a_task_from_the_replicated_state() {
     let missing = cli(&addrs, &["why", "9999"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("not found"));
+
+    // A task whose first attempt fails: its history tells the attempt, where it ran, its error
+    // and the backoff, and a new leader tells the same (replicated records).
+    let marker = dir.path().join("second-attempt");
+    let mut flaky = sh(&format!(
+        "test -e {m} || {{ touch {m}; echo first try fails >&2; exit 3; }}",
+        m = marker.display()
+    ));
+    flaky.queue = "why".into();
+    let flaky = client.submit(vec![flaky]).await.unwrap()[0];
+    wait_state(&client, flaky, TaskState::Succeeded, 30).await;
+    let history = [
+        "attempt 1 started on worker why-worker".to_string(),
+        "attempt 1 ended: exit code 3: first try fails; a backoff of 500 ms before attempt 2"
+            .to_string(),
+        "succeeded after 2 attempts (result of".to_string(),
+    ];
+    let told = |lines: Vec<String>| -> Vec<String> {
+        lines[1..]
+            .iter()
+            .map(|l| match l.find(" (result of") {
+                Some(i) => format!("{} (result of", &l[..i]),
+                None => l.clone(),
+            })
+            .collect()
+    };
+    assert_eq!(told(why(flaky)), history);
+    // The replica killed above comes back (a quorum survives the next kill).
+    for id in c.down() {
+        c.start(id).unwrap();
+    }
+    let leader = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    c.kill(leader).unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(
+        told(why(flaky)),
+        history,
+        "the same history on a new leader"
+    );
 }
 
 /// A cron schedule on a real cluster, driven by the real CLI: each second's tick creates one

@@ -11,14 +11,15 @@
 //! | 2 | up to 009e425 | members carry their data dir incarnation; the data dir identity too |
 //! | 3 | up to c0eddae | queue flow limits: `QueueSetting` variants and the image's `Flow` record, appended (a version 2 value decodes unchanged) |
 //! | 4 | up to 362b24b | workflows: `Command::SubmitWorkflow`/`CancelWorkflow` and the image's `Workflow` record, appended (a version 2 or 3 value decodes unchanged) |
-//! | 5 | this one | schedules: `Command::AddSchedule`/`PauseSchedule`/`DeleteSchedule`/`FireSchedule` and the image's `Schedule` record, appended (a version 2, 3 or 4 value decodes unchanged) |
+//! | 5 | up to d7c11dc | schedules: `Command::AddSchedule`/`PauseSchedule`/`DeleteSchedule`/`FireSchedule` and the image's `Schedule` record, appended (a version 2, 3 or 4 value decodes unchanged) |
+//! | 6 | this one | attempt history: the image's `Attempts` record, appended (state image version 6; a version 2 to 5 value decodes unchanged) |
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current on-disk format version of every value written by this crate.
-pub const FORMAT_VERSION: u8 = 5;
-/// The oldest snapshot file version read as it is (formats 3, 4 and 5 only appended variants).
+pub const FORMAT_VERSION: u8 = 6;
+/// The oldest snapshot file version read as it is (formats 3 to 6 only appended variants).
 pub const OLDEST_SNAPSHOT_VERSION: u8 = 2;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -81,7 +82,7 @@ mod tests {
         let mut old = bytes.clone();
         old[0] = 1;
         let err = decode::<(u64, String)>(&old).unwrap_err();
-        assert!(err.contains("version 1 where version 5"), "{err}");
+        assert!(err.contains("version 1 where version 6"), "{err}");
         assert_eq!(
             decode_version::<(u64, String)>(1, &old).unwrap(),
             (7, "x".into())

@@ -8,13 +8,15 @@
 //!
 //! ```text
 //!  open ─▶ format key? ──current──▶ done
-//!              ├─2, 3─▶ identity, vote, pointers, log: decode as they are ─▶ encode v4
-//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v4
+//!              ├─2..=5─▶ identity, vote, pointers, log: decode as they are ─▶ encode v6
+//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v6
 //! ```
 //!
-//! Formats 3 and 4 only appended enum variants (3: `QueueSetting`'s flow limits, the image's
-//! `Flow` record; 4: the workflow commands, the image's `Workflow` record), so a version 2 or 3
-//! value decodes as the current type unchanged and such snapshot files are read as they are.
+//! Formats 3 to 6 only appended enum variants (3: `QueueSetting`'s flow limits, the image's
+//! `Flow` record; 4: the workflow commands, the image's `Workflow` record; 5: the schedule
+//! commands, the image's `Schedule` record; 6: the image's `Attempts` record), so a version 2
+//! to 5 value decodes as the current type unchanged and such snapshot files are read as they
+//! are.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -158,8 +160,8 @@ pub(crate) fn from_v1(db: &DB, dir: &Path, incarnation: &str) -> Result<usize, S
     Ok(entries)
 }
 
-/// Converts a version 2, 3 or 4 dir to the current format: every value decodes as the current
-/// type (formats 3, 4 and 5 only appended enum variants, so older shapes are a subset of today's)
+/// Converts a version 2 to 5 dir to the current format: every value decodes as the current
+/// type (formats 3 to 6 only appended enum variants, so older shapes are a subset of today's)
 /// and is written again with the current version byte, in one synced batch. Returns how many
 /// log entries were converted.
 pub(crate) fn from_appended(db: &DB, version: u8) -> Result<usize, String> {
@@ -412,10 +414,10 @@ mod tests {
             hex(encode(&membership)),
             hex(encode(&identity)),
         ];
-        // What format 5 writes: format 2's bytes with the new version (3, 4 and 5 only appended
+        // What format 6 writes: format 2's bytes with the new version (3 to 6 only appended
         // variants), a flow-limit command (format 3), a workflow command (format 4) and a
-        // schedule command pinned.
-        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("05{}", &h[2..])).collect();
+        // schedule command (format 5) pinned.
+        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("06{}", &h[2..])).collect();
         assert_eq!(got.to_vec(), want, "\n{got:#?}");
         let flow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 42),
@@ -431,7 +433,7 @@ mod tests {
                 }],
             }),
         };
-        assert_eq!(hex(encode(&flow)), format!("05{}", &PINNED_V3_FLOW[2..]));
+        assert_eq!(hex(encode(&flow)), format!("06{}", &PINNED_V3_FLOW[2..]));
         let workflow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 43),
             payload: EntryPayload::Normal(flotilla_core::Proposal {
@@ -443,7 +445,7 @@ mod tests {
         };
         assert_eq!(
             hex(encode(&workflow)),
-            format!("05{}", &PINNED_V4_WORKFLOW[2..])
+            format!("06{}", &PINNED_V4_WORKFLOW[2..])
         );
         let schedule: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 44),
@@ -454,7 +456,10 @@ mod tests {
                 }],
             }),
         };
-        assert_eq!(hex(encode(&schedule)), PINNED_V5_SCHEDULE);
+        assert_eq!(
+            hex(encode(&schedule)),
+            format!("06{}", &PINNED_V5_SCHEDULE[2..])
+        );
         // The previous releases' bytes decode as this release's types, unchanged.
         let unhex = |h: &str| -> Vec<u8> {
             (0..h.len())
@@ -466,6 +471,8 @@ mod tests {
         assert_eq!(old, flow);
         let old: Entry<TypeConfig> = decode_version(4, &unhex(PINNED_V4_WORKFLOW)).unwrap();
         assert_eq!(old, workflow);
+        let old: Entry<TypeConfig> = decode_version(5, &unhex(PINNED_V5_SCHEDULE)).unwrap();
+        assert_eq!(old, schedule);
         let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[0])).unwrap();
         assert_eq!(old, normal);
         let old: Entry<TypeConfig> = decode_version(2, &unhex(PINNED_V2[1])).unwrap();
@@ -502,6 +509,13 @@ mod tests {
         converted_in_place(4, &identity).await;
     }
 
+    /// The same for the format 5 release: its log also holds a schedule entry.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn format_5_data_dir_is_converted_in_place() {
+        let identity = format!("05{}", &PINNED_V2[2][2..]);
+        converted_in_place(5, &identity).await;
+    }
+
     async fn converted_in_place(version: u8, identity: &str) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("node-1");
@@ -535,7 +549,11 @@ mod tests {
                     .unwrap();
             }
             if version >= 4 {
-                db.put_cf(log, crate::codec::index_key(43), unhex(PINNED_V4_WORKFLOW))
+                db.put_cf(log, crate::codec::index_key(43), at(PINNED_V4_WORKFLOW))
+                    .unwrap();
+            }
+            if version >= 5 {
+                db.put_cf(log, crate::codec::index_key(44), unhex(PINNED_V5_SCHEDULE))
                     .unwrap();
             }
             db.flush_cf(meta).unwrap();

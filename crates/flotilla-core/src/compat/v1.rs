@@ -411,6 +411,8 @@ impl StateImage {
                 // Version 1 did not record who reported; a retried report of a task converted
                 // from it is refused as before.
                 reported_by: None,
+                // Nor an attempt history.
+                ended: None,
             };
             r.edit_run(|x| *x = run);
             records.push(ImageRecord::Task(r));

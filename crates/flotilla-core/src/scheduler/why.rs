@@ -3,10 +3,12 @@
 //! and `apply` follow, so every replica gives the same answer for the same state and a new
 //! leader explains what the old one would have.
 //!
-//! It explains the present, not the past: the state keeps a task's current or last attempt and
-//! its last error, not a history of every attempt.
+//! The past comes from the replicated attempt history (`State::ended_attempts`): each attempt
+//! that ended without finishing the task, on which worker, why, and the backoff before the
+//! next — the latest `MAX_ENDED_ATTEMPTS` of them. The planner's reasons are explained for the
+//! present only: they are not recorded as they change.
 
-use crate::{Lookup, QueuePolicy, State, Task, TaskId, TaskState};
+use crate::{Lookup, QueuePolicy, State, Task, TaskId, TaskState, MAX_ENDED_ATTEMPTS};
 
 /// Pending tasks ahead of a task counted at most (the rest shown as "+").
 const AHEAD_COUNTED: usize = 10_000;
@@ -35,9 +37,18 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
             spec.queue, spec.priority, spec.max_attempts
         ),
     )];
+    let history = ended_attempts(state, task);
+    // The last attempt's end is told by the history when it holds it.
+    let told = state
+        .ended_attempts(task.id)
+        .last()
+        .is_some_and(|e| e.attempt == task.attempts);
     let last_error = (task.attempts > 0 && !task.state.is_terminal())
         .then_some(task.reason.as_deref())
         .flatten();
+    if task.state != TaskState::Waiting {
+        out.extend(history.iter().cloned());
+    }
     match task.state {
         TaskState::Waiting => {
             for d in &spec.depends_on {
@@ -51,8 +62,15 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
                     }
                 });
             }
+            // Its parents succeeded before any attempt ran.
+            out.extend(history.iter().cloned());
             if let Some(at) = spec.not_before_ms.filter(|at| *at > now) {
                 let text = match last_error {
+                    Some(_) if told => format!(
+                        "attempt {} of {} waits out its backoff",
+                        task.attempts + 1,
+                        spec.max_attempts
+                    ),
                     Some(e) => format!(
                         "attempt {} failed ({e}); attempt {} of {} waits out its backoff",
                         task.attempts,
@@ -65,7 +83,7 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
             }
         }
         TaskState::Pending => {
-            if let Some(e) = last_error {
+            if let Some(e) = last_error.filter(|_| !told) {
                 out.push(line(
                     Some(task.updated_at_ms),
                     format!("attempt {} ended: {e}", task.attempts),
@@ -100,6 +118,41 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
             }
             out.push(line(Some(task.updated_at_ms), text));
         }
+    }
+    out
+}
+
+/// The task's attempts that ended without finishing it, two lines each: where it started, and
+/// how it ended and when the task could go on.
+fn ended_attempts(state: &State, task: &Task) -> Vec<WhyLine> {
+    let ended = state.ended_attempts(task.id);
+    let mut out = Vec::new();
+    if let Some(first) = ended.first().filter(|e| e.attempt > 1) {
+        out.push(line(
+            None,
+            format!(
+                "attempts 1 to {} ended earlier (the history keeps the latest {MAX_ENDED_ATTEMPTS})",
+                first.attempt - 1
+            ),
+        ));
+    }
+    for e in ended {
+        out.push(line(
+            Some(e.started_at_ms),
+            format!("attempt {} started on worker {}", e.attempt, e.worker),
+        ));
+        let next = match e.retry_at_ms {
+            Some(at) => format!(
+                "a backoff of {} ms before attempt {}",
+                at.saturating_sub(e.ended_at_ms),
+                e.attempt + 1
+            ),
+            None => "the task went back to pending at once".to_string(),
+        };
+        out.push(line(
+            Some(e.ended_at_ms),
+            format!("attempt {} ended: {}; {next}", e.attempt, e.error),
+        ));
     }
     out
 }
@@ -347,14 +400,24 @@ mod tests {
         else {
             panic!("{r:?}")
         };
+        assert_eq!(at, 510);
         let lines = why_id(&s, p, 10).unwrap();
-        assert_eq!(lines[1].at_ms, Some(at));
         assert_eq!(
-            lines[1].text,
-            format!(
-                "attempt 1 failed (boom); attempt 2 of 3 waits out its backoff: {} ms from now",
-                at - 10
-            )
+            lines[1..],
+            [
+                WhyLine {
+                    at_ms: Some(2),
+                    text: "attempt 1 started on worker w".into()
+                },
+                WhyLine {
+                    at_ms: Some(10),
+                    text: "attempt 1 ended: boom; a backoff of 500 ms before attempt 2".into()
+                },
+                WhyLine {
+                    at_ms: Some(at),
+                    text: "attempt 2 of 3 waits out its backoff: 500 ms from now".into()
+                },
+            ]
         );
         let r = s.apply(&Command::Cancel {
             now_ms: 11,
@@ -373,5 +436,80 @@ mod tests {
             ["failed after 0 attempts: upstream_failed"]
         );
         assert_eq!(why_id(&s, TaskId(99), 11), None);
+    }
+
+    /// The history tells every retried attempt: a lost worker, a failure with its backoff,
+    /// then the attempt that runs now; beyond the bound it says that earlier ones are gone.
+    #[test]
+    fn the_history_tells_each_ended_attempt_up_to_its_bound() {
+        let mut s = State::new();
+        s.apply(&worker("w", 2, &[]));
+        let mut spec = TaskSpec::new("q", b"p".to_vec());
+        spec.max_attempts = 20;
+        let p = submit(&mut s, spec);
+        assign(&mut s, p, "w", 1);
+        let r = s.apply(&Command::ExpireWorker {
+            now_ms: 5,
+            worker_id: "w".into(),
+            reason: "lease expired".into(),
+        });
+        assert!(matches!(r, Response::WorkerExpired { .. }), "{r:?}");
+        assert_eq!(
+            texts(&s, p, 5),
+            [
+                "attempt 1 started on worker w",
+                "attempt 1 ended: worker w lost: lease expired; the task went back to pending at once",
+                "cannot run on any registered worker: no registered worker serves queue \"q\"",
+            ],
+            "the pending task's last error is told once, by the history"
+        );
+        s.apply(&worker("w", 2, &[]));
+        // Attempts 2 to 11 fail at once; each waits out its backoff.
+        for attempt in 2..=11 {
+            let now = s.clock_ms() + 60_000;
+            s.apply(&Command::Tick { now_ms: now });
+            let r = s.apply(&Command::Assign {
+                now_ms: now,
+                task_id: p,
+                worker_id: "w".into(),
+                attempt,
+            });
+            assert!(matches!(r, Response::Assigned { .. }), "{r:?}");
+            let r = s.apply(&Command::Fail {
+                now_ms: now + 1,
+                task_id: p,
+                worker_id: "w".into(),
+                attempt,
+                error: format!("e{attempt}"),
+                retryable: true,
+            });
+            assert!(
+                matches!(
+                    r,
+                    Response::AttemptFailed {
+                        retry_at_ms: Some(_),
+                        ..
+                    }
+                ),
+                "{r:?}"
+            );
+        }
+        let ended = s.ended_attempts(p);
+        assert_eq!(ended.len(), MAX_ENDED_ATTEMPTS);
+        assert_eq!(
+            ended.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+            (4..=11).collect::<Vec<_>>()
+        );
+        let lines = texts(&s, p, s.clock_ms());
+        assert_eq!(
+            lines[0],
+            "attempts 1 to 3 ended earlier (the history keeps the latest 8)"
+        );
+        assert_eq!(lines[1], "attempt 4 started on worker w");
+        assert!(
+            lines[2].starts_with("attempt 4 ended: e4; a backoff of "),
+            "{lines:?}"
+        );
+        assert_eq!(lines.len(), 1 + 2 * MAX_ENDED_ATTEMPTS + 1, "{lines:?}");
     }
 }

@@ -10,17 +10,18 @@
 //! ```text
 //!  Header · Queue* (name order) · Worker* (id order) · (Task | Tombstone)* (id order)
 //!         · Flow* (name order; version 3) · Workflow* (id order; version 4)
-//!         · Schedule* (name order; version 5)
+//!         · Schedule* (name order; version 5) · Attempts* (task id order; version 6)
 //! ```
 //!
 //! Versioning: [`STATE_IMAGE_VERSION`] is in the header; a change to any record's shape bumps
 //! it (golden bytes in the tests pin the encoding) and the builder of the new release reads
-//! the old one (`crate::compat`). Versions 3, 4 and 5 only added the `Flow`, `Workflow` and
-//! `Schedule` records (record kinds are only ever appended), so a version 2, 3 or 4 image is a
-//! version 5 image without them and is read as it is.
+//! the old one (`crate::compat`). Versions 3 to 6 only added the `Flow`, `Workflow`,
+//! `Schedule` and `Attempts` records (record kinds are only ever appended), so a version 2 to 5
+//! image is a version 6 image without them and is read as it is.
 
 use serde::{Deserialize, Serialize};
 
+use super::attempts::EndedAttempt;
 use super::flow::{Bucket, FlowLimits};
 use super::queues::QueueSettings;
 use super::record::{Entry, QueueName, TaskRecord, Tombstone};
@@ -29,9 +30,9 @@ use super::State;
 use crate::{Schedule, TaskId, Worker, Workflow};
 
 /// Version of the image records' encoding.
-pub const STATE_IMAGE_VERSION: u32 = 5;
-/// The oldest version the builder reads (2 is 5 without `Flow`, `Workflow` and `Schedule`
-/// records).
+pub const STATE_IMAGE_VERSION: u32 = 6;
+/// The oldest version the builder reads (2 is 6 without `Flow`, `Workflow`, `Schedule` and
+/// `Attempts` records).
 pub const OLDEST_STATE_IMAGE_VERSION: u32 = 2;
 
 /// The first record: scalars and how many records of each kind follow.
@@ -68,6 +69,11 @@ pub enum ImageRecord {
     Workflow(Workflow),
     /// A schedule. (Version 5.)
     Schedule(Schedule),
+    /// The attempt history of a task listed above (never empty). (Version 6.)
+    Attempts {
+        task: TaskId,
+        ended: Vec<EndedAttempt>,
+    },
 }
 
 /// One record of an image, borrowed from a [`StateView`] for encoding; encodes exactly as the
@@ -89,6 +95,10 @@ pub enum ImageRecordRef<'a> {
     },
     Workflow(&'a Workflow),
     Schedule(&'a Schedule),
+    Attempts {
+        task: TaskId,
+        ended: &'a [EndedAttempt],
+    },
 }
 
 /// A frozen copy of the state proper, cheap to take (see the module docs).
@@ -132,6 +142,15 @@ impl StateView {
             )
             .chain(self.workflows.iter().map(ImageRecordRef::Workflow))
             .chain(self.schedules.iter().map(ImageRecordRef::Schedule))
+            .chain(self.tasks.iter().filter_map(|e| match e {
+                Entry::Task(t) if !t.ended_attempts().is_empty() => {
+                    Some(ImageRecordRef::Attempts {
+                        task: t.id,
+                        ended: t.ended_attempts(),
+                    })
+                }
+                _ => None,
+            }))
     }
 }
 
@@ -184,9 +203,11 @@ pub struct StateBuilder {
     state: State,
     header: Option<ImageHeader>,
     /// Kind of the last record pushed (0 header, 1 queue, 2 worker, 3 task/tombstone, 4 flow,
-    /// 5 workflow, 6 schedule).
+    /// 5 workflow, 6 schedule, 7 attempts).
     phase: u8,
     last_id: u64,
+    /// Task id of the last `Attempts` record.
+    last_attempts: u64,
     last_workflow: u64,
     seen: [u64; 4],
 }
@@ -204,6 +225,7 @@ impl StateBuilder {
             header: None,
             phase: 0,
             last_id: 0,
+            last_attempts: 0,
             last_workflow: 0,
             seen: [0; 4],
         }
@@ -371,6 +393,19 @@ impl StateBuilder {
                 crate::schedule::validate_schedule(&s.spec)
                     .map_err(|e| format!("schedule {name:?}: {e}"))?;
                 self.state.schedules.insert(name, s);
+            }
+            ImageRecord::Attempts { task, ended } => {
+                self.enter(7, "attempts")?;
+                if self.header.as_ref().is_some_and(|h| h.version < 6) {
+                    return Err("attempts record in an image older than version 6".into());
+                }
+                if task.0 <= self.last_attempts {
+                    return Err(format!(
+                        "attempts of task {task} out of order or listed twice"
+                    ));
+                }
+                self.last_attempts = task.0;
+                self.state.restore_attempts(task, ended)?;
             }
         }
         Ok(())

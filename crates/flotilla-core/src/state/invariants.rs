@@ -60,6 +60,12 @@ impl State {
                     t.worker()
                 ));
             }
+            super::attempts::check_history(
+                t.ended_attempts(),
+                t.attempts,
+                t.state == TaskState::Running,
+            )
+            .map_err(|e| format!("task {id}: {e}"))?;
             if !t.state.is_terminal() {
                 for d in t.depends_on() {
                     *held.entry(*d).or_default() += 1;

@@ -15,6 +15,7 @@
 //! | `queues` | queue settings, pending order per policy, counts per queue |
 //! | `flow` | per-queue limits: max running, rate (a token bucket), weight |
 //! | `tasks` | task life cycle: submit, cancel, assign, complete, fail, checkpoint |
+//! | `attempts` | the attempt history: attempts that ended without finishing their task |
 //! | `workers` | worker registry, capacity, fit |
 //! | `retention` | removal of finished tasks, tombstones, holds of dependents |
 //! | `workflows` | workflows: submit all or nothing, cancel, forget with their last task |
@@ -22,6 +23,7 @@
 //! | `image` | snapshot records: the frozen view and the builder |
 //! | `invariants` | the consistency checks |
 
+mod attempts;
 mod flow;
 mod image;
 mod invariants;
@@ -37,6 +39,7 @@ mod workflows;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use attempts::{EndedAttempt, MAX_ENDED_ATTEMPTS, MAX_HISTORY_ERROR_CHARS};
 pub use flow::{
     validate_max_running, validate_rate, validate_weight, Bucket, FlowLimits, RateLimit, MAX_RATE,
     MAX_RUNNING_LIMIT, MAX_WEIGHT,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::attempts::EndedAttempt;
 use crate::{Checkpoint, Resources, Task, TaskId, TaskSpec, TaskState};
 
 /// An interned queue name: every task of a queue shares one allocation.
@@ -71,6 +72,11 @@ pub(crate) struct RunInfo {
     /// The worker whose completion or failure report was applied last, so that the same
     /// report retried (its reply lost) is recognised as already applied.
     pub reported_by: Option<String>,
+    /// Attempts that ended without finishing the task (see `attempts`); `None` when there are
+    /// none. Not part of the `Task` record's encoding: an image carries it in `Attempts`
+    /// records, so the record keeps its version 2 shape.
+    #[serde(skip)]
+    pub ended: Option<Box<[EndedAttempt]>>,
 }
 
 impl RunInfo {
@@ -81,6 +87,7 @@ impl RunInfo {
             && self.reason.is_none()
             && self.checkpoint.is_none()
             && self.reported_by.is_none()
+            && self.ended.is_none()
     }
 }
 
@@ -137,6 +144,34 @@ impl TaskRecord {
 
     pub(crate) fn reported_by(&self) -> Option<&str> {
         self.run.as_ref().and_then(|r| r.reported_by.as_deref())
+    }
+
+    /// Attempts that ended without finishing the task, oldest first.
+    pub(crate) fn ended_attempts(&self) -> &[EndedAttempt] {
+        self.run
+            .as_ref()
+            .and_then(|r| r.ended.as_deref())
+            .unwrap_or_default()
+    }
+
+    /// Records that the current attempt ended without finishing the task: call while it is
+    /// still running (its worker and start are read from the record).
+    pub(crate) fn record_ended(&mut self, ended_at_ms: u64, error: &str, retry_at_ms: Option<u64>) {
+        let ended = EndedAttempt::new(
+            self.attempts,
+            self.worker().unwrap_or_default(),
+            self.started_at_ms().unwrap_or(ended_at_ms),
+            ended_at_ms,
+            error,
+            retry_at_ms,
+        );
+        // Rare (a retry): the history is rebuilt rather than kept growable, to keep one
+        // two-word field (16 bytes) per started task.
+        self.edit_run(|r| {
+            let mut history = r.ended.take().map(Vec::from).unwrap_or_default();
+            super::attempts::push_ended(&mut history, ended);
+            r.ended = Some(history.into_boxed_slice());
+        });
     }
 
     pub(crate) fn reason(&self) -> Option<&str> {
@@ -269,5 +304,20 @@ impl Entry {
             Entry::Task(t) => Some(t),
             Entry::Tombstone(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attempt history costs a started task one empty field, not a growable vector; a task
+    /// that never started has no run record at all.
+    #[test]
+    fn the_history_adds_one_two_word_field_to_a_run_record() {
+        assert_eq!(std::mem::size_of::<Option<Box<[EndedAttempt]>>>(), 16);
+        // 144 bytes before the history; the record itself keeps the run boxed.
+        assert!(std::mem::size_of::<RunInfo>() <= 160);
+        assert!(std::mem::size_of::<TaskRecord>() <= 128);
     }
 }

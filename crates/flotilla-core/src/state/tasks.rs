@@ -359,6 +359,10 @@ impl State {
             // fires (apply has already advanced `clock_ms` to at least `now_ms`).
             let retry_at = self.clock_ms.saturating_add(backoff);
             let by = worker_id.to_string();
+            let clock = self.clock_ms;
+            if let Some(Entry::Task(t)) = self.tasks.get_mut(id) {
+                t.record_ended(clock, &error, Some(retry_at));
+            }
             self.set_state(now_ms, id, TaskState::Waiting, |t| {
                 t.edit_run(|r| {
                     r.reason = Some(error);

@@ -1,7 +1,7 @@
 //! The worker registry and capacity: registration, expiry (its running tasks go back to
 //! pending, or fail when out of attempts), and whether a task fits a worker now.
 
-use super::record::TaskRecord;
+use super::record::{Entry, TaskRecord};
 use super::State;
 use crate::{CommandError, Response, TaskId, TaskState, Worker, WorkerSpec};
 
@@ -57,6 +57,11 @@ impl State {
         for id in running {
             let task = self.record(id).expect("running tasks exist");
             if task.attempts < task.max_attempts {
+                // The replicated clock, never behind the attempt's start.
+                let clock = self.clock_ms;
+                if let Some(Entry::Task(t)) = self.tasks.get_mut(id) {
+                    t.record_ended(clock, &lost, None);
+                }
                 self.set_state(now_ms, id, TaskState::Pending, |t| {
                     t.edit_run(|r| r.reason = Some(lost.clone()))
                 });

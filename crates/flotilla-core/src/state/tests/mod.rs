@@ -3,6 +3,7 @@
 use proptest::prelude::*;
 
 mod admission;
+mod attempts;
 mod flow;
 mod golden;
 mod retention;
@@ -924,6 +925,8 @@ enum Path {
     RestoredRunning,
     /// (restore) the snapshot restored had tombstones.
     RestoredTombstones,
+    /// (restore) the snapshot restored had tasks with an attempt history.
+    RestoredAttemptHistory,
 }
 
 /// What one generated run reached.
@@ -1170,6 +1173,13 @@ fn restore_then_continue_equals_continue() {
             if live.tombstone_count() > 0 {
                 case.hit(Path::RestoredTombstones);
             }
+            if live
+                .list(None, None, None, usize::MAX)
+                .iter()
+                .any(|t| !live.ended_attempts(t.id).is_empty())
+            {
+                case.hit(Path::RestoredAttemptHistory);
+            }
             let mut restored = restore(&live);
             prop_assert_eq!(image_bytes(&live), image_bytes(&restored));
             for step in &suffix {
@@ -1183,7 +1193,11 @@ fn restore_then_continue_equals_continue() {
         })
         .unwrap();
     let mut paths = STEP_PATHS.to_vec();
-    paths.extend([Path::RestoredRunning, Path::RestoredTombstones]);
+    paths.extend([
+        Path::RestoredRunning,
+        Path::RestoredTombstones,
+        Path::RestoredAttemptHistory,
+    ]);
     reached.assert_reached("restore_then_continue_equals_continue", &paths);
 }
 
@@ -1204,6 +1218,27 @@ fn invariants_hold_and_rejections_change_nothing() {
                 let (c, r) = apply_step(&mut s, step, &mut case)?;
                 only_time.apply(&Command::Tick { now_ms: c.now_ms() });
                 s.check_invariants().map_err(TestCaseError::fail)?;
+                // Every attempt that ends without finishing its task is in its history, last.
+                let retried: Vec<(TaskId, Option<u64>)> = match &r {
+                    Response::AttemptFailed {
+                        task_id,
+                        retry_at_ms: Some(at),
+                    } => vec![(*task_id, Some(*at))],
+                    Response::WorkerExpired { requeued, .. } => {
+                        requeued.iter().map(|id| (*id, None)).collect()
+                    }
+                    _ => vec![],
+                };
+                for (id, retry_at) in retried {
+                    let t = s.get(id).expect("a retried task exists");
+                    let last = s.ended_attempts(id).last();
+                    prop_assert_eq!(
+                        last.map(|e| (e.attempt, e.retry_at_ms)),
+                        Some((t.attempts, retry_at)),
+                        "task {}'s ended attempt is not recorded",
+                        id
+                    );
+                }
                 if let Response::Rejected(_) = r {
                     prop_assert_eq!(image_bytes(&s), image_bytes(&only_time));
                 }
@@ -1248,7 +1283,7 @@ pub(super) fn wspec(id: &str, slots: u32) -> crate::WorkerSpec {
     }
 }
 
-fn running_task(s: &mut State, worker: &str, max_attempts: u32) -> TaskId {
+pub(super) fn running_task(s: &mut State, worker: &str, max_attempts: u32) -> TaskId {
     let mut t = spec("q");
     t.max_attempts = max_attempts;
     let id = ids(&submit(s, 1, vec![t]))[0];
