@@ -128,8 +128,15 @@ async fn api_bad_input_is_rejected_naming_the_field_and_applies_nothing() {
         s.queue = "q".repeat(200);
         s
     };
+    // A schedule's tick key: a task under it would stand in for the tick's task.
+    let tick_key = {
+        let mut s = spec("tick");
+        s.idempotency_key = Some("schedule:nightly:1764288000000".into());
+        s
+    };
     let cases = vec![
         (vec![spec("a"), long_queue], "tasks[1].queue"),
+        (vec![tick_key], "tasks[0].idempotency_key"),
         (vec![big], "tasks[0].payload"),
         (vec![spec("b"), bad_priority], "tasks[1].priority"),
         (vec![spec("c"), unknown_dep], "tasks[1].depends_on"),

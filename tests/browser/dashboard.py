@@ -3,8 +3,8 @@ protocol), against a real 3-replica cluster of the `flotilla` binary.
 
 Checks, failing with one line naming what was wrong:
 - the leader's page loads with no console error, no uncaught exception and no failed request;
-- it shows the leader, every member, the queue and the tasks this test submitted (a pending
-  one with why it does not run), and its throughput chart gets points (it refreshes by
+- it shows the leader, every member, the queue, the schedule and the tasks this test submitted
+  (a pending one with why it does not run), and its throughput chart gets points (it refreshes by
   itself);
 - it is read-only until an admin token is entered; with one, its cancel button cancels a task,
   and the CLI then reports that task cancelled;
@@ -235,6 +235,10 @@ def main() -> None:
             ran = [int(cluster.cli("submit", "--queue", "dashboard-run", "--", "sleep", "0.5"))
                    for _ in range(12)]
 
+            # A schedule far from its first tick: listed, never firing during the test.
+            cluster.cli("schedule", "add", "dash-yearly", "--cron", "0 0 1 1 *",
+                        "--queue", "dashboard-test", "--", "echo", "new year")
+
             browser = Browser(base)
             browser.open(cluster.web[leader] + "/")
             text = lambda sel: browser.eval(f"document.querySelector({json.dumps(sel)})?.textContent ?? ''")
@@ -249,6 +253,10 @@ def main() -> None:
                     f"document.querySelector('#tasks tr[data-task-id=\"{tid}\"]')?.dataset.state === 'pending'"))
             if "dashboard-test" not in text("#queues tbody"):
                 fail(f"the queues table does not list the test's queue: {text('#queues tbody')!r}")
+            await_true("the schedules table to list the schedule with its next tick", lambda: (
+                "dash-yearly" in text('#schedules tr[data-schedule="dash-yearly"]')
+                and "0 0 1 1 *" in text('#schedules tr[data-schedule="dash-yearly"]')
+                and "-01-01T00:00:00Z" in text('#schedules tr[data-schedule="dash-yearly"]')))
             # Why a task does not run, as `flotilla why` says it.
             await_true(f"task {kept} to say why it does not run", lambda: (
                 'no registered worker serves queue "dashboard-test"'

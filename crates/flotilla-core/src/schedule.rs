@@ -102,9 +102,26 @@ pub enum TickOutcome {
     Skipped(String),
 }
 
+/// The prefix of the idempotency keys schedules give their ticks' tasks; reserved.
+pub const TICK_KEY_PREFIX: &str = "schedule:";
+
 /// The idempotency key of the task a schedule's tick creates.
 pub fn tick_key(name: &str, tick_ms: u64) -> String {
-    format!("schedule:{name}:{tick_ms}")
+    format!("{TICK_KEY_PREFIX}{name}:{tick_ms}")
+}
+
+/// Refuses a client's idempotency key in the schedules' reserved space: a task submitted with
+/// a tick's key would stand in for that tick's task. Checked at the edge (the API) only, never
+/// in `apply`, so that replaying a log written before the prefix was reserved gives the same
+/// state.
+pub fn refuse_reserved_key(field: &str, spec: &TaskSpec) -> Result<(), CommandError> {
+    match &spec.idempotency_key {
+        Some(k) if k.starts_with(TICK_KEY_PREFIX) => Err(CommandError::invalid(
+            format!("{field}.idempotency_key"),
+            format!("the prefix {TICK_KEY_PREFIX:?} is reserved for the tasks of schedules"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Checks a schedule: its name, the cron expression's length (its syntax is the calendar's
@@ -227,6 +244,20 @@ impl Calendar for IntervalCalendar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_may_not_use_a_tick_key() {
+        let mut t = TaskSpec::new("q", b"x".to_vec());
+        assert_eq!(refuse_reserved_key("tasks[0]", &t), Ok(()));
+        t.idempotency_key = Some(tick_key("n", 400));
+        let err = refuse_reserved_key("tasks[0]", &t).unwrap_err();
+        assert!(
+            matches!(&err, CommandError::Invalid { field, .. } if field == "tasks[0].idempotency_key"),
+            "{err:?}"
+        );
+        t.idempotency_key = Some("my-schedule:1".into());
+        assert_eq!(refuse_reserved_key("tasks[0]", &t), Ok(()));
+    }
 
     #[test]
     fn due_tick_fires_the_latest_passed_tick_and_counts_the_others() {

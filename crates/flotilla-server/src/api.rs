@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_core::{
-    batch_bytes, validate_spec, AdmissionLimits, Command, Limits, Lookup, QueuePolicy,
-    QueueSetting, Response as CoreResponse, TaskId, TaskState,
+    batch_bytes, schedule::refuse_reserved_key, validate_spec, AdmissionLimits, Command, Limits,
+    Lookup, QueuePolicy, QueueSetting, Response as CoreResponse, TaskId, TaskState,
 };
 use flotilla_proto::pb::{self, flotilla_server::Flotilla};
 use flotilla_proto::{
@@ -119,6 +119,7 @@ impl Api {
             let field = format!("tasks[{i}]");
             let spec = spec_from_pb(&field, t)?;
             validate_spec(&field, &spec)?;
+            refuse_reserved_key(&field, &spec)?;
             if let Some(why) = caller.and_then(|c| c.refuses_queue(&spec.queue)) {
                 return Err(ApiError::PermissionDenied(format!("{field}.queue: {why}")));
             }

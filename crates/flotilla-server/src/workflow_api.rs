@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use flotilla_core::workflow::{resolve, NamedTask};
 use flotilla_core::{
-    batch_bytes, validate_spec, Command, CommandError, Limits, Lookup, Response as CoreResponse,
-    TaskId, TaskState,
+    batch_bytes, schedule::refuse_reserved_key, validate_spec, Command, CommandError, Limits,
+    Lookup, Response as CoreResponse, TaskId, TaskState,
 };
 use flotilla_proto::pb;
 use flotilla_proto::{spec_from_pb, task_to_pb};
@@ -47,6 +47,7 @@ impl Api {
                 })?,
             )?;
             validate_spec(&field, &spec)?;
+            refuse_reserved_key(&field, &spec)?;
             if let Some(why) = caller.and_then(|c| c.refuses_queue(&spec.queue)) {
                 return Err(ApiError::PermissionDenied(format!("{field}.queue: {why}")));
             }

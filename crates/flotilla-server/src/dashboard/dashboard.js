@@ -101,6 +101,21 @@ function renderWorkers(o) {
   }));
 }
 
+function when(ms) {
+  return ms === null ? "–" : new Date(ms).toISOString().replace(".000Z", "Z");
+}
+
+function renderSchedules(o) {
+  fill("schedules", o.schedules.map((s) => {
+    const tr = row([s.name, s.cron, s.queue,
+      s.paused ? "paused" : "active" + (s.overlap === "allow" ? " (overlap allowed)" : ""),
+      when(s.next_tick_ms), when(s.last_tick_ms), s.last_task === null ? "–" : s.last_task,
+      s.fired, s.skipped, s.missed]);
+    tr.dataset.schedule = s.name;
+    return tr;
+  }));
+}
+
 function renderTasks(o) {
   fill("tasks", o.tasks.map((t) => {
     const action = el("td", null, "admin-only");
@@ -178,6 +193,7 @@ async function poll() {
     renderSummary(o);
     renderMembers(o);
     renderQueues(o);
+    renderSchedules(o);
     renderWorkers(o);
     renderTasks(o);
     renderChart();

@@ -4,7 +4,7 @@
 //! The overview is what this replica knows, read in one pass over its applied state: the
 //! members with roles, terms and indexes; queues with their depth by state, oldest pending age
 //! and policy; workers with their load (and, on the leader, how long ago their lease was
-//! renewed); the most recent tasks. A follower's applied state trails the leader's by the
+//! renewed); the schedules with their next tick and counts; the most recent tasks. A follower's applied state trails the leader's by the
 //! entries it has not applied yet; the page says which replica answered and in what role.
 //! Building it is a pure function of those inputs ([`overview`]), tested below; the handlers in
 //! `http` only gather the inputs.
@@ -33,6 +33,8 @@ pub struct Overview {
     pub totals: Totals,
     pub queues: Vec<QueueView>,
     pub workers: Vec<WorkerView>,
+    /// Every schedule, by name.
+    pub schedules: Vec<ScheduleView>,
     /// The most recent tasks, newest first.
     pub tasks: Vec<TaskView>,
     /// Whether actions can be enabled at all (the replica has a tokens file).
@@ -113,6 +115,24 @@ pub struct TaskView {
     pub why: Vec<String>,
 }
 
+/// A schedule as `flotilla schedule list` shows it.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ScheduleView {
+    pub name: String,
+    pub cron: String,
+    pub queue: String,
+    pub overlap: &'static str,
+    pub paused: bool,
+    /// When it fires next (ms since the epoch); `None` when paused or out of ticks.
+    pub next_tick_ms: Option<u64>,
+    pub last_tick_ms: Option<u64>,
+    /// The task its last fired tick created.
+    pub last_task: Option<u64>,
+    pub fired: u64,
+    pub skipped: u64,
+    pub missed: u64,
+}
+
 /// What the leader knows of a worker's lease (nothing on a follower).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LeaseSeen {
@@ -175,6 +195,22 @@ pub fn overview(
             }
         })
         .collect();
+    let schedules = state
+        .schedules()
+        .map(|s| ScheduleView {
+            name: s.spec.name.clone(),
+            cron: s.spec.cron.clone(),
+            queue: s.spec.task.queue.clone(),
+            overlap: s.spec.overlap.as_str(),
+            paused: s.paused,
+            next_tick_ms: s.next_tick_ms,
+            last_tick_ms: s.last_tick_ms,
+            last_task: s.last_task.map(|t| t.0),
+            fired: s.fired,
+            skipped: s.skipped,
+            missed: s.missed,
+        })
+        .collect();
     let after = state.next_task_id().saturating_sub(RECENT_TASKS as u64 + 1);
     let mut tasks: Vec<TaskView> = state
         .list(None, None, Some(TaskId(after)), RECENT_TASKS)
@@ -207,6 +243,7 @@ pub fn overview(
         totals,
         queues,
         workers,
+        schedules,
         tasks,
         actions,
     }

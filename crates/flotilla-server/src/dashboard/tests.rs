@@ -192,6 +192,56 @@ fn overview_on_a_follower_lists_only_the_newest_tasks() {
     assert_eq!(json["queues"][0]["by_state"]["pending"], RECENT_TASKS + 7);
 }
 
+/// A schedule shows as `flotilla schedule list` shows it: its expression, queue, state, ticks
+/// and counts.
+#[test]
+fn overview_lists_schedules_with_their_ticks_and_counts() {
+    let mut st = State::new();
+    apply(
+        &mut st,
+        Command::AddSchedule {
+            now_ms: 1_000,
+            schedule: Box::new(flotilla_core::ScheduleSpec {
+                name: "nightly".into(),
+                cron: "0 3 * * *".into(),
+                task: TaskSpec::new("reports", b"r".to_vec()),
+                overlap: flotilla_core::Overlap::Allow,
+            }),
+            next_tick_ms: Some(2_000),
+        },
+    );
+    apply(
+        &mut st,
+        Command::FireSchedule {
+            now_ms: 5_000,
+            name: "nightly".into(),
+            tick_ms: 4_000,
+            next_tick_ms: Some(6_000),
+            missed: 2,
+            limits: Default::default(),
+        },
+    );
+    let o = overview(&st, replica(5_500), vec![], None, false);
+    assert_eq!(
+        o.schedules,
+        [ScheduleView {
+            name: "nightly".into(),
+            cron: "0 3 * * *".into(),
+            queue: "reports".into(),
+            overlap: "allow",
+            paused: false,
+            next_tick_ms: Some(6_000),
+            last_tick_ms: Some(4_000),
+            last_task: Some(1),
+            fired: 1,
+            skipped: 0,
+            missed: 2,
+        }]
+    );
+    let json = serde_json::to_value(&o).expect("serializes");
+    assert_eq!(json["schedules"][0]["name"], "nightly");
+}
+
 #[test]
 fn policy_names_match_the_cli() {
     assert_eq!(policy_name(QueuePolicy::Fifo), "fifo");
