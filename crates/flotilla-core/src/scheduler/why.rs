@@ -37,7 +37,7 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
             spec.queue, spec.priority, spec.max_attempts
         ),
     )];
-    let history = ended_attempts(state, task);
+    let mut history = ended_attempts(state, task);
     // The last attempt's end is told by the history when it holds it.
     let told = state
         .ended_attempts(task.id)
@@ -47,7 +47,7 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
         .then_some(task.reason.as_deref())
         .flatten();
     if task.state != TaskState::Waiting {
-        out.extend(history.iter().cloned());
+        out.append(&mut history);
     }
     match task.state {
         TaskState::Waiting => {
@@ -63,7 +63,7 @@ pub fn why(state: &State, task: &Task, now_ms: u64) -> Vec<WhyLine> {
                 });
             }
             // Its parents succeeded before any attempt ran.
-            out.extend(history.iter().cloned());
+            out.append(&mut history);
             if let Some(at) = spec.not_before_ms.filter(|at| *at > now) {
                 let text = match last_error {
                     Some(_) if told => format!(
