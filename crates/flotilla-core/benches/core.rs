@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the deterministic core: `apply` of one 100-task submit (what
-//! one group commit of a busy submitter carries) and `plan` over 100,000 pending tasks and
-//! 1,000 workers, under FIFO, priority and shortest-job-first.
+//! one group commit of a busy submitter carries), `plan` over 100,000 pending tasks and 1,000
+//! workers, under FIFO, priority and shortest-job-first, and encoding a 100,000-task snapshot
+//! image, without attempt histories and with one on every tenth task.
 //!
 //! Run with `cargo bench -p flotilla-core --bench core` (or `./scripts/bench.sh core`); CI
 //! builds it (`--all-targets`) and `cargo test` runs each once as a smoke check.
@@ -10,8 +11,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use flotilla_core::{
-    plan, Capacity, Command, PlanConfig, QueuePolicy, QueueSetting, Resources, Response, State,
-    TaskSpec, WorkerSpec,
+    plan, Capacity, Command, ImageRecordRef, PlanConfig, QueuePolicy, QueueSetting, Resources,
+    Response, State, TaskId, TaskSpec, WorkerSpec,
 };
 
 const NOW: u64 = 1_000_000;
@@ -125,5 +126,69 @@ fn plan_large(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, apply_submit_batch, plan_large);
+/// `state` with every `every`-th task assigned to worker `w0` and failed once (retryable), so
+/// it waits for its retry with one ended attempt in its history.
+fn with_histories(mut s: State, tasks: u64, every: u64) -> State {
+    for id in (1..=tasks).step_by(every as usize) {
+        for c in [
+            Command::Assign {
+                now_ms: NOW + 1,
+                task_id: TaskId(id),
+                worker_id: "w0".into(),
+                attempt: 1,
+            },
+            Command::Fail {
+                now_ms: NOW + 2,
+                task_id: TaskId(id),
+                worker_id: "w0".into(),
+                attempt: 1,
+                error: "exit code 1: connection refused".into(),
+                retryable: true,
+            },
+        ] {
+            let r = s.apply(&c);
+            assert!(!matches!(r, Response::Rejected(_)), "{r:?}");
+        }
+    }
+    s
+}
+
+/// Encoding a snapshot image record by record, as the store's snapshot writer does; and the
+/// walk over its records alone, which bounds what the `Attempts` records' extra pass over the
+/// task table costs.
+fn image_encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("image");
+    g.sample_size(10);
+    const TASKS: u64 = 100_000;
+    let (base, _) = loaded(TASKS, 1, QueuePolicy::Fifo);
+    let retried = with_histories(base.clone(), TASKS, 10);
+    g.throughput(Throughput::Elements(TASKS));
+    for (name, s) in [("no_history", &base), ("history_every_10th", &retried)] {
+        let histories = s
+            .view()
+            .records()
+            .filter(|r| matches!(r, ImageRecordRef::Attempts { .. }))
+            .count();
+        assert_eq!(
+            histories as u64,
+            if name == "no_history" { 0 } else { TASKS / 10 }
+        );
+        g.bench_function(format!("encode_100k_tasks/{name}"), |b| {
+            b.iter(|| {
+                let view = s.view();
+                let mut out = Vec::with_capacity(32 << 20);
+                for r in view.records() {
+                    bincode::serialize_into(&mut out, &r).expect("encodes into a Vec");
+                }
+                black_box(out.len())
+            })
+        });
+        g.bench_function(format!("walk_100k_tasks/{name}"), |b| {
+            b.iter(|| black_box(s.view().records().count()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, apply_submit_batch, plan_large, image_encode);
 criterion_main!(benches);
