@@ -36,6 +36,7 @@ mod membership;
 mod network;
 mod node;
 pub mod peer_auth;
+mod peer_wire;
 pub mod planted;
 pub mod proposer;
 mod raft_service;

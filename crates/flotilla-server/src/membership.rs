@@ -88,8 +88,8 @@ fn wrong_incarnation(id: u64, found: &str, expected: &str) -> String {
     )
 }
 
-/// Logs at most one warning per 10 s from this call site family.
-fn warn_throttled(last_ms: &AtomicU64, message: &str) {
+/// Logs `message` unless one was logged through `last_ms` in the last 10 s.
+pub(crate) fn warn_throttled(last_ms: &AtomicU64, message: &str) {
     let now = now_ms();
     let last = last_ms.load(Ordering::Relaxed);
     if now.saturating_sub(last) >= 10_000
@@ -916,6 +916,7 @@ mod tests {
             to_incarnation: to.into(),
             from_id,
             from_incarnation: from.into(),
+            framed: Vec::new(),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Openraft's peer network over tonic: each RPC is the bincode of openraft's message inside a
-//! `RaftMessage`, tagged with the cluster name.
+//! Openraft's peer network over tonic: each RPC is openraft's message, framed with the format
+//! version (see `peer_wire`), inside a `RaftMessage` tagged with the cluster name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::peer_auth::{stamped, PeerSecret};
+use crate::peer_wire;
 
 /// A channel to a peer, over TLS (mutual: this replica presents its certificate) when the
 /// replica has it; it connects on first use.
@@ -157,7 +158,7 @@ fn entries_that_fit(entries: &[openraft::Entry<TypeConfig>]) -> u64 {
 fn encode<Req: Serialize, E: std::error::Error>(
     req: &Req,
 ) -> Result<Vec<u8>, RPCError<NodeId, Node, RaftError<NodeId, E>>> {
-    bincode::serialize(req)
+    peer_wire::framed(req)
         .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))
 }
 
@@ -165,7 +166,7 @@ impl Connection {
     async fn call<Resp, E>(
         &mut self,
         rpc: Rpc,
-        data: Vec<u8>,
+        framed: Vec<u8>,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
@@ -178,7 +179,8 @@ impl Connection {
         };
         let msg = RaftMessage {
             cluster: self.cluster_name.clone(),
-            data,
+            data: Vec::new(),
+            framed,
             to_incarnation: self.to_incarnation.clone(),
             from_id: self.from_id,
             from_incarnation: self.from_incarnation.clone(),
@@ -208,13 +210,20 @@ impl Connection {
             Ok(Err(status)) => {
                 let refused = matches!(
                     status.code(),
-                    tonic::Code::FailedPrecondition | tonic::Code::Unauthenticated
+                    tonic::Code::FailedPrecondition
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
                 );
                 if refused && !self.refusal_logged {
                     self.refusal_logged = true;
+                    let hint = if status.code() == tonic::Code::InvalidArgument {
+                        " (a replica of a release before framed peer messages cannot read them)"
+                    } else {
+                        ""
+                    };
                     tracing::warn!(
                         target_id = self.target,
-                        "peer refused: {}",
+                        "peer refused: {}{hint}",
                         status.message()
                     );
                 }
@@ -228,7 +237,7 @@ impl Connection {
             }
             Ok(Ok(reply)) => reply.into_inner(),
         };
-        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.data)
+        let (result, _form): (Result<Resp, RaftError<NodeId, E>>, _) = peer_wire::decode(&reply)
             .map_err(|e| RPCError::Network(NetworkError::new(&Message(e.to_string()))))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }

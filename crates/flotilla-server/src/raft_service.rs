@@ -2,13 +2,15 @@
 //! local Raft instance.
 
 use flotilla_proto::raftpb::{raft_server, RaftMessage};
-use serde::de::DeserializeOwned;
+use std::sync::atomic::AtomicU64;
+
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
 use crate::damage::Damage;
 use crate::leader_watch::Contact;
 use crate::membership::{self, Me};
+use crate::peer_wire::{self, Form, WireMessage};
 use crate::Raft;
 
 pub struct RaftService {
@@ -23,7 +25,7 @@ pub struct RaftService {
 }
 
 impl RaftService {
-    fn decode<T: DeserializeOwned>(&self, msg: &RaftMessage) -> Result<T, Status> {
+    fn decode<T: WireMessage>(&self, msg: &RaftMessage) -> Result<(T, Form), Status> {
         if msg.cluster != self.cluster_name {
             return Err(Status::permission_denied(format!(
                 "message from cluster {:?}, this replica belongs to {:?}",
@@ -31,19 +33,29 @@ impl RaftService {
             )));
         }
         membership::check_incoming(&self.raft, &self.me, msg)?;
-        bincode::deserialize(&msg.data)
-            .map_err(|e| Status::invalid_argument(format!("invalid data: {e}")))
+        peer_wire::decode(msg).map_err(|e| {
+            membership::warn_throttled(
+                &UNREADABLE_WARNED_MS,
+                &format!("refused a peer message: {e}"),
+            );
+            Status::from(e)
+        })
     }
 
-    fn encode<T: Serialize>(&self, value: &T) -> Result<Response<RaftMessage>, Status> {
-        let data = bincode::serialize(value).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(RaftMessage {
+    /// The reply, in the form of its request (see `peer_wire`).
+    fn encode<T: Serialize>(&self, form: Form, value: &T) -> Result<Response<RaftMessage>, Status> {
+        let mut msg = RaftMessage {
             cluster: self.cluster_name.clone(),
-            data,
             ..Default::default()
-        }))
+        };
+        peer_wire::encode_into(&mut msg, form, value)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(msg))
     }
 }
+
+/// When an unreadable peer message was last logged.
+static UNREADABLE_WARNED_MS: AtomicU64 = AtomicU64::new(0);
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
@@ -51,7 +63,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let req = self.decode(request.get_ref())?;
+        let (req, form) = self.decode(request.get_ref())?;
         let result = self.raft.append_entries(req).await;
         if matches!(
             result,
@@ -61,11 +73,11 @@ impl raft_server::Raft for RaftService {
         ) {
             self.contact.touch();
         }
-        self.encode(&result)
+        self.encode(form, &result)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req: openraft::raft::VoteRequest<flotilla_store::NodeId> =
+        let (req, form): (openraft::raft::VoteRequest<flotilla_store::NodeId>, _) =
             self.decode(request.get_ref())?;
         if let Some(why) = self.damage.refuses_vote(req.last_log_id.as_ref()) {
             tracing::warn!(candidate = %req.vote, "vote refused: {why}");
@@ -73,19 +85,19 @@ impl raft_server::Raft for RaftService {
             let last = self.raft.data_metrics().borrow().last_log;
             let refused: Result<_, openraft::error::RaftError<flotilla_store::NodeId>> =
                 Ok(openraft::raft::VoteResponse::new(vote, last, false));
-            return self.encode(&refused);
+            return self.encode(form, &refused);
         }
         let result = self.raft.vote(req).await;
-        self.encode(&result)
+        self.encode(form, &result)
     }
 
     async fn install_snapshot(
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let req = self.decode(request.get_ref())?;
+        let (req, form) = self.decode(request.get_ref())?;
         let result = self.raft.install_snapshot(req).await;
-        self.encode(&result)
+        self.encode(form, &result)
     }
 
     async fn hello(

@@ -38,6 +38,7 @@ mod backup;
 mod codec;
 mod db;
 mod error;
+pub mod format6;
 mod log_store;
 mod migrate;
 mod node;
@@ -47,6 +48,7 @@ mod stats;
 
 pub use acked::AckState;
 pub use backup::{read_backup, restore, BackupInfo, RestoreSummary};
+pub use codec::FORMAT_VERSION;
 pub use db::{open, Opened};
 pub use error::StoreError;
 pub use log_store::LogStore;

@@ -4,6 +4,7 @@
 //! shapes in `crate::compat`, and updates these bytes.
 
 use super::*;
+use crate::compat::v6;
 use crate::{
     AdmissionLimits, Capacity, QueuePolicy, QueueSetting, RateLimit, Resources, WorkerSpec,
     STATE_IMAGE_VERSION,
@@ -11,6 +12,13 @@ use crate::{
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// One command of every kind, with every optional field set.
@@ -232,6 +240,138 @@ fn command_encodings_are_pinned() {
         let back: Command = bincode::deserialize(&bincode::serialize(c).unwrap()).unwrap();
         assert_eq!(&back, c);
     }
+}
+
+/// Commands whose inner variants [`sample_commands`] does not reach: queue policies FIFO and
+/// shortest job first, the settings that remove a limit, overlap skip.
+fn format_6_extra_commands() -> Vec<Command> {
+    let set = |now_ms, setting| Command::SetQueue {
+        now_ms,
+        queue: "q".into(),
+        setting,
+        create: false,
+    };
+    vec![
+        set(30, QueueSetting::Policy(QueuePolicy::Fifo)),
+        set(31, QueueSetting::Policy(QueuePolicy::ShortestJobFirst)),
+        set(32, QueueSetting::RetentionMs(None)),
+        set(33, QueueSetting::MaxRunning(None)),
+        set(34, QueueSetting::Rate(None)),
+        Command::AddSchedule {
+            now_ms: 35,
+            schedule: Box::new(crate::ScheduleSpec {
+                name: "m".into(),
+                cron: "every:5".into(),
+                task: TaskSpec::new("q", b"s".to_vec()),
+                overlap: crate::Overlap::Skip,
+            }),
+            next_tick_ms: None,
+        },
+    ]
+}
+
+/// The format 6 bytes of [`format_6_extra_commands`], derived by hand.
+const FORMAT_6_EXTRA_COMMANDS: [&str; 6] = [
+    "090000001e00000000000000010000000000000071000000000000000000",
+    "090000001f00000000000000010000000000000071000000000200000000",
+    "090000002000000000000000010000000000000071010000000000",
+    "090000002100000000000000010000000000000071020000000000",
+    "090000002200000000000000010000000000000071040000000000",
+    "0d000000230000000000000001000000000000006d070000000000000065766572793a350100000000000000710100000000000000730000000000000000000000000000000000000000000000000000000000000300000000000000000000",
+];
+
+/// The variant of a format 6 command, and of the queue setting, queue policy and overlap it
+/// holds. The matches that name them have no wildcard: every frozen variant is listed.
+fn format_6_variants(c: &v6::Command) -> Vec<&'static str> {
+    use v6::Command as C;
+    let mut out = vec![match c {
+        C::Submit { .. } => "Submit",
+        C::Cancel { .. } => "Cancel",
+        C::Tick { .. } => "Tick",
+        C::RegisterWorker { .. } => "RegisterWorker",
+        C::ExpireWorker { .. } => "ExpireWorker",
+        C::Assign { .. } => "Assign",
+        C::Complete { .. } => "Complete",
+        C::Fail { .. } => "Fail",
+        C::SaveCheckpoint { .. } => "SaveCheckpoint",
+        C::SetQueue { .. } => "SetQueue",
+        C::Sweep { .. } => "Sweep",
+        C::SubmitWorkflow { .. } => "SubmitWorkflow",
+        C::CancelWorkflow { .. } => "CancelWorkflow",
+        C::AddSchedule { .. } => "AddSchedule",
+        C::PauseSchedule { .. } => "PauseSchedule",
+        C::DeleteSchedule { .. } => "DeleteSchedule",
+        C::FireSchedule { .. } => "FireSchedule",
+    }];
+    match c {
+        C::SetQueue { setting, .. } => out.push(match setting {
+            v6::QueueSetting::Policy(p) => match p {
+                v6::QueuePolicy::Fifo => "Policy(Fifo)",
+                v6::QueuePolicy::Priority { .. } => "Policy(Priority)",
+                v6::QueuePolicy::ShortestJobFirst => "Policy(ShortestJobFirst)",
+            },
+            v6::QueueSetting::RetentionMs(Some(_)) => "RetentionMs(Some)",
+            v6::QueueSetting::RetentionMs(None) => "RetentionMs(None)",
+            v6::QueueSetting::MaxRunning(Some(_)) => "MaxRunning(Some)",
+            v6::QueueSetting::MaxRunning(None) => "MaxRunning(None)",
+            v6::QueueSetting::Weight(_) => "Weight",
+            v6::QueueSetting::Rate(Some(_)) => "Rate(Some)",
+            v6::QueueSetting::Rate(None) => "Rate(None)",
+        }),
+        C::AddSchedule { schedule, .. } => out.push(match schedule.overlap {
+            v6::Overlap::Skip => "Overlap::Skip",
+            v6::Overlap::Allow => "Overlap::Allow",
+        }),
+        _ => {}
+    }
+    out
+}
+
+/// Format 6 log entries (the pinned bytes) decode through `compat::v6`'s frozen shapes, encode
+/// back to the same bytes, and convert to the commands that wrote them; together they reach
+/// every frozen command, queue setting, policy and overlap variant.
+#[test]
+fn format_6_commands_decode_through_the_frozen_shapes() {
+    let mut cases: Vec<(Command, &str)> = sample_commands().into_iter().zip(COMMANDS).collect();
+    cases.extend(
+        format_6_extra_commands()
+            .into_iter()
+            .zip(FORMAT_6_EXTRA_COMMANDS),
+    );
+    let mut frozen = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, (want, pinned)) in cases.iter().enumerate() {
+        let old: v6::Command = bincode::deserialize(&unhex(pinned))
+            .unwrap_or_else(|e| panic!("case {i} does not decode as format 6: {e}"));
+        assert_eq!(
+            hex(&bincode::serialize(&old).unwrap()),
+            *pinned,
+            "case {i} ({old:?}) encodes back differently"
+        );
+        seen.extend(format_6_variants(&old));
+        assert_eq!(
+            &Command::from(old.clone()),
+            want,
+            "case {i} converts wrongly"
+        );
+        frozen.push(old);
+    }
+    // 17 commands, 10 queue settings (policies; limits set and removed), 2 overlaps.
+    assert_eq!(
+        seen.len(),
+        17 + 10 + 2,
+        "a frozen variant is not decoded: {seen:?}"
+    );
+    // A whole entry: the frozen proposal encodes as today's proposal of the same commands.
+    let old = v6::Proposal { commands: frozen };
+    let bytes = bincode::serialize(&old).unwrap();
+    let today = Proposal {
+        commands: cases.into_iter().map(|(c, _)| c).collect(),
+    };
+    assert_eq!(bytes, bincode::serialize(&today).unwrap());
+    let back: v6::Proposal = bincode::deserialize(&bytes).unwrap();
+    assert_eq!(back, old);
+    assert_eq!(Proposal::from(back), today);
 }
 
 /// A state that exercises every record kind: settings, a worker, tasks in several states,
@@ -545,10 +685,7 @@ fn the_version_4_image_is_still_what_version_4_wrote() {
 
 /// The records of an image given in hex.
 fn decode_image(hex: &str) -> Vec<ImageRecord> {
-    let bytes: Vec<u8> = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect();
+    let bytes = unhex(hex);
     let mut cursor = std::io::Cursor::new(&bytes[..]);
     let mut records: Vec<ImageRecord> = Vec::new();
     while (cursor.position() as usize) < bytes.len() {
