@@ -4,7 +4,7 @@
 //! First the unlimited queue runs alone for `--baseline` seconds (its throughput alone). Then the
 //! limited queue gets a backlog larger than it may start in `--duration` seconds, and both run
 //! for `--duration` seconds. Reported: the limited queue's starts per second over the window
-//! against the limit (the deviation must stay within 5 %: the bucket allows `burst + w x rate`
+//! against the limit (the deviation must stay within `--tolerance`, 5 % by default: the bucket allows `burst + w x rate`
 //! starts in any window of w seconds), the most starts in any one second, and the unlimited
 //! queue's throughput alone and beside it. Both queues keep a backlog the whole time, so the
 //! limit, not the supply, decides. Prints a table; `--out FILE` writes the JSON.
@@ -45,6 +45,10 @@ pub struct FlowBench {
     /// Write the result as JSON to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Fail when the measured rate is further than this from the limit, in % (the published
+    /// contract is 5 % over 60 s on an otherwise idle machine).
+    #[arg(long, default_value_t = 5.0)]
+    tolerance: f64,
 }
 
 #[derive(Serialize)]
@@ -103,6 +107,9 @@ pub async fn run(ctx: &Ctx, args: FlowBench) -> Result<ExitCode> {
     if args.rate == 0 || args.duration == 0 || args.workers == 0 {
         bail!("invalid --rate/--duration/--workers: each must be at least 1");
     }
+    if !(args.tolerance >= 0.0 && args.tolerance.is_finite()) {
+        bail!("invalid --tolerance {}: must be a percentage, 0 or more", args.tolerance);
+    }
     let burst = args.burst.unwrap_or((args.rate / 20).max(1));
     if burst == 0 {
         bail!("invalid --burst 0: must be at least 1");
@@ -158,12 +165,13 @@ pub async fn run(ctx: &Ctx, args: FlowBench) -> Result<ExitCode> {
     let backlog = (u64::from(args.rate) * args.duration * 6 / 5 + u64::from(burst)) as usize;
     let spec = TaskSpec::new(LIMITED, LIMITED.as_bytes().to_vec());
     let mut left = backlog;
-    starts.lock().unwrap_or_else(|p| p.into_inner()).open();
     while left > 0 {
         let n = left.min(500);
         client.submit(vec![spec.clone(); n]).await?;
         left -= n;
     }
+    // The window opens once the backlog is in, so the submits' own time is not counted.
+    starts.lock().unwrap_or_else(|p| p.into_inner()).open();
     tick(&progress, args.duration).await;
     let (limited, max_in_one_s, free_beside) = {
         let s = starts.lock().unwrap_or_else(|p| p.into_inner());
@@ -232,10 +240,11 @@ pub async fn run(ctx: &Ctx, args: FlowBench) -> Result<ExitCode> {
         std::fs::write(out, &json).with_context(|| format!("writing {}", out.display()))?;
     }
     outln!("{json}");
-    if result.deviation_pct.abs() > 5.0 {
+    if result.deviation_pct.abs() > args.tolerance {
         bail!(
-            "the limited queue started {per_s:.1}/s against a limit of {}/s: more than 5 % off",
-            args.rate
+            "the limited queue started {per_s:.1}/s against a limit of {}/s: more than {} % off",
+            args.rate,
+            args.tolerance
         );
     }
     Ok(ExitCode::SUCCESS)
