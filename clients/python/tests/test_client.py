@@ -259,7 +259,9 @@ def test_queue_flow_limits(cluster, client):
     client.set_queue_max_running(q, 2, create=True)
     client.set_queue_weight(q, 3)
     client.set_queue_rate(q, 50, burst=5)
+    client.set_queue_max_per_key(q, 1)
     for call, field in [
+        (lambda: client.set_queue_max_per_key(q, 0), "max_per_key"),
         (lambda: client.set_queue_max_running(q, 0), "max_running"),
         (lambda: client.set_queue_weight(q, 0), "weight"),
         (lambda: client.set_queue_rate(q, 0), "rate.per_sec"),
@@ -278,10 +280,16 @@ def test_queue_flow_limits(cluster, client):
 
     row = listed()
     assert (row["max_running"], row["weight"], row["rate_per_sec"], row["rate_burst"]) == (2, 3, 50, 5)
+    assert row["max_per_key"] == 1
     client.set_queue_max_running(q, None)
     client.set_queue_rate(q, None)
+    client.set_queue_max_per_key(q, None)
     row = listed()
     assert (row["max_running"], row["weight"], row["rate_per_sec"]) == (None, 3, None)
+    assert row["max_per_key"] is None
+    # A task's concurrency key reads back as it was submitted.
+    tid = client.submit(b"k", queue=q, concurrency_key="customer-7")
+    assert client.get(tid).spec.concurrency_key == 'customer-7'
     with pytest.raises(ValueError):
         client.set_queue_rate(q, None, burst=3)
 

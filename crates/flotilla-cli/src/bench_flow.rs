@@ -108,7 +108,10 @@ pub async fn run(ctx: &Ctx, args: FlowBench) -> Result<ExitCode> {
         bail!("invalid --rate/--duration/--workers: each must be at least 1");
     }
     if !(args.tolerance >= 0.0 && args.tolerance.is_finite()) {
-        bail!("invalid --tolerance {}: must be a percentage, 0 or more", args.tolerance);
+        bail!(
+            "invalid --tolerance {}: must be a percentage, 0 or more",
+            args.tolerance
+        );
     }
     let burst = args.burst.unwrap_or((args.rate / 20).max(1));
     if burst == 0 {

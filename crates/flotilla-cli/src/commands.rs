@@ -76,6 +76,10 @@ pub struct TaskOptions {
     /// A label the worker must have, KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// Tasks of the queue sharing this key run at most the queue's max-per-key at once (e.g.
+    /// a customer id; see `queue max-per-key`).
+    #[arg(long, value_name = "KEY")]
+    concurrency_key: Option<String>,
 }
 
 impl TaskOptions {
@@ -95,6 +99,7 @@ impl TaskOptions {
             .map(|secs| seconds_ms("--timeout", secs, true))
             .transpose()?;
         spec.labels = parse_labels(&self.labels)?;
+        spec.concurrency_key = self.concurrency_key;
         Ok(spec)
     }
 }
@@ -513,6 +518,15 @@ pub enum QueueCmd {
         #[arg(long)]
         create: bool,
     },
+    /// Limit how many tasks of a queue sharing a concurrency key run at once: a number, or
+    /// "none" to remove the limit (tasks get their key with `submit --concurrency-key`).
+    MaxPerKey {
+        queue: String,
+        limit: String,
+        /// Configure a queue no task was submitted to yet.
+        #[arg(long)]
+        create: bool,
+    },
     /// Set a queue's share of free slots against other queues with pending tasks (default 1;
     /// a queue of weight 3 gets three times the slots of one of weight 1).
     Weight {
@@ -537,16 +551,16 @@ pub enum QueueCmd {
     List,
 }
 
-/// `N` or "none" for `queue max-running`.
-fn parse_max_running(s: &str) -> Result<Option<u32>> {
+/// `N` or "none" for `queue max-running` and `queue max-per-key` (`what`).
+fn parse_limit(what: &str, s: &str) -> Result<Option<u32>> {
     match s {
         "none" => Ok(None),
         _ => match s.parse::<u32>() {
             Ok(0) => {
-                bail!("invalid max-running 0: must be at least 1 (\"none\" removes the limit)")
+                bail!("invalid {what} 0: must be at least 1 (\"none\" removes the limit)")
             }
             Ok(n) => Ok(Some(n)),
-            Err(_) => bail!("invalid max-running {s:?}: expected a number or \"none\""),
+            Err(_) => bail!("invalid {what} {s:?}: expected a number or \"none\""),
         },
     }
 }
@@ -647,7 +661,7 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
             limit,
             create,
         } => {
-            let m = parse_max_running(&limit)?;
+            let m = parse_limit("max-running", &limit)?;
             ctx.client()?
                 .set_queue_limit(&queue, flotilla_client::QueueLimit::MaxRunning(m), create)
                 .await?;
@@ -656,6 +670,24 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
                 match m {
                     Some(m) => format!("queue {queue}: at most {m} running"),
                     None => format!("queue {queue}: no limit on running tasks"),
+                },
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        QueueCmd::MaxPerKey {
+            queue,
+            limit,
+            create,
+        } => {
+            let m = parse_limit("max-per-key", &limit)?;
+            ctx.client()?
+                .set_queue_limit(&queue, flotilla_client::QueueLimit::MaxPerKey(m), create)
+                .await?;
+            ctx.print(
+                serde_json::json!({"queue": queue, "max_per_key": m}),
+                match m {
+                    Some(m) => format!("queue {queue}: at most {m} running per concurrency key"),
+                    None => format!("queue {queue}: no limit per concurrency key"),
                 },
             );
             Ok(ExitCode::SUCCESS)
@@ -722,6 +754,7 @@ pub async fn queue(ctx: &Ctx, cmd: QueueCmd) -> Result<ExitCode> {
                             "weight": q.flow.weight,
                             "rate_per_sec": q.flow.rate.map(|r| r.per_sec),
                             "rate_burst": q.flow.rate.map(|r| r.burst),
+                            "max_per_key": q.flow.max_per_key,
                         });
                         for st in TaskState::ALL {
                             v[st.as_str()] = serde_json::json!(q.count(st));

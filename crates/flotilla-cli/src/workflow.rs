@@ -97,6 +97,7 @@ struct TaskEntry {
     /// Tasks outside the workflow, by id.
     #[serde(default)]
     depends_on: Vec<u64>,
+    concurrency_key: Option<String>,
 }
 
 pub async fn run(ctx: &Ctx, cmd: WorkflowCmd) -> Result<ExitCode> {
@@ -183,6 +184,7 @@ fn task(t: TaskEntry, default_queue: &str, now: std::time::SystemTime) -> Result
     spec.labels = t.labels;
     spec.not_before_ms = not_before_ms(t.delay.as_deref(), t.at.as_deref(), now)?;
     spec.depends_on = t.depends_on.into_iter().map(TaskId).collect();
+    spec.concurrency_key = t.concurrency_key;
     Ok(NamedTask {
         name: t.name,
         spec,

@@ -47,6 +47,8 @@ pub enum QueueLimit {
     Weight(u32),
     /// Tasks started per second; `None` removes the limit.
     Rate(Option<RateLimit>),
+    /// Tasks sharing a concurrency key running at once; `None` removes the limit.
+    MaxPerKey(Option<u32>),
 }
 
 impl QueueInfo {
@@ -142,6 +144,8 @@ impl Client {
                 burst: r.burst,
             }),
             QueueLimit::Rate(None) => Limit::NoRate(true),
+            QueueLimit::MaxPerKey(Some(n)) => Limit::MaxPerKey(n),
+            QueueLimit::MaxPerKey(None) => Limit::NoMaxPerKey(true),
         };
         let req = pb::SetQueueLimitRequest {
             queue: queue.into(),
@@ -206,6 +210,7 @@ impl Client {
                             per_sec: q.rate_per_sec,
                             burst: q.rate_burst.max(1),
                         }),
+                        max_per_key: Some(q.max_per_key).filter(|n| *n > 0),
                     },
                 })
             })

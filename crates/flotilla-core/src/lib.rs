@@ -34,10 +34,11 @@ pub use schedule::{Calendar, Overlap, Schedule, ScheduleSpec, TickOutcome};
 pub use scheduler::why::{why, why_id, WhyLine};
 pub use scheduler::{plan, queue_order, unplaceable_reason, Placement, PlanConfig};
 pub use state::{
-    validate_max_running, validate_rate, validate_weight, Bucket, EndedAttempt, FlowLimits,
-    ImageHeader, ImageRecord, ImageRecordRef, Lookup, QueueSetting, QueueSettings, RateLimit,
-    State, StateBuilder, StateView, TaskRecord, Tombstone, MAX_ENDED_ATTEMPTS,
-    MAX_HISTORY_ERROR_CHARS, MAX_RATE, MAX_RUNNING_LIMIT, MAX_WEIGHT, STATE_IMAGE_VERSION,
+    validate_max_per_key, validate_max_running, validate_rate, validate_weight, Bucket,
+    EndedAttempt, FlowLimits, ImageHeader, ImageRecord, ImageRecordRef, Lookup, QueueSetting,
+    QueueSettings, RateLimit, State, StateBuilder, StateView, TaskRecord, Tombstone,
+    MAX_ENDED_ATTEMPTS, MAX_HISTORY_ERROR_CHARS, MAX_RATE, MAX_RUNNING_LIMIT, MAX_WEIGHT,
+    STATE_IMAGE_VERSION,
 };
 
 pub use task::{Checkpoint, Resources, Task, TaskId, TaskSpec, TaskState, REASON_UPSTREAM_FAILED};

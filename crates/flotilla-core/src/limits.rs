@@ -21,6 +21,7 @@ impl Limits {
     pub const MIN_PRIORITY: i32 = -1000;
     pub const MAX_PRIORITY: i32 = 1000;
     pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
+    pub const MAX_CONCURRENCY_KEY_LEN: usize = 256;
     pub const MAX_DEPENDENCIES: usize = 256;
     pub const MAX_LABELS: usize = 32;
     pub const MAX_LABEL_LEN: usize = 128;
@@ -48,6 +49,7 @@ pub fn batch_bytes<'a>(specs: impl IntoIterator<Item = &'a crate::TaskSpec>) -> 
             s.payload.len()
                 + s.queue.len()
                 + s.idempotency_key.as_ref().map_or(0, String::len)
+                + s.concurrency_key.as_ref().map_or(0, String::len)
                 + s.labels
                     .iter()
                     .map(|(k, v)| k.len() + v.len())
@@ -126,6 +128,21 @@ pub fn validate_spec(field: &str, spec: &TaskSpec) -> Result<(), CommandError> {
                     "{} bytes exceeds limit {}",
                     key.len(),
                     Limits::MAX_IDEMPOTENCY_KEY_LEN
+                ),
+            );
+        }
+    }
+    if let Some(key) = &spec.concurrency_key {
+        if key.is_empty() {
+            return err("concurrency_key", "must not be empty when given".into());
+        }
+        if key.len() > Limits::MAX_CONCURRENCY_KEY_LEN {
+            return err(
+                "concurrency_key",
+                format!(
+                    "{} bytes exceeds limit {}",
+                    key.len(),
+                    Limits::MAX_CONCURRENCY_KEY_LEN
                 ),
             );
         }

@@ -53,6 +53,9 @@ pub struct TaskSpec {
     pub not_before_ms: Option<u64>,
     /// An attempt running longer than this is failed (and retried if attempts remain).
     pub timeout_ms: Option<u64>,
+    /// Tasks of a queue sharing a key run at most the queue's `max_per_key` at once (e.g. one
+    /// running task per customer); `None`: no key. (Format 7.)
+    pub concurrency_key: Option<String>,
 }
 
 impl TaskSpec {
@@ -70,6 +73,7 @@ impl TaskSpec {
             max_attempts: crate::Limits::DEFAULT_MAX_ATTEMPTS,
             not_before_ms: None,
             timeout_ms: None,
+            concurrency_key: None,
         }
     }
 }

@@ -40,6 +40,7 @@ pub fn spec_from_pb(field: &str, spec: pb::TaskSpec) -> Result<TaskSpec, Convert
         },
         not_before_ms: Some(spec.not_before_ms).filter(|t| *t > 0),
         timeout_ms: Some(spec.timeout_ms).filter(|t| *t > 0),
+        concurrency_key: Some(spec.concurrency_key).filter(|k| !k.is_empty()),
     })
 }
 
@@ -65,6 +66,7 @@ pub fn spec_to_pb(spec: &TaskSpec, with_payload: bool) -> pb::TaskSpec {
         max_attempts: spec.max_attempts,
         not_before_ms: spec.not_before_ms.unwrap_or(0),
         timeout_ms: spec.timeout_ms.unwrap_or(0),
+        concurrency_key: spec.concurrency_key.clone().unwrap_or_default(),
     }
 }
 

@@ -584,7 +584,9 @@ impl Flotilla for Api {
             None => {
                 return Err(ApiError::Invalid {
                     field: "limit".into(),
-                    message: "missing: give max_running, weight, rate or a no_* variant".into(),
+                    message:
+                        "missing: give max_running, weight, rate, max_per_key or a no_* variant"
+                            .into(),
                 }
                 .into())
             }
@@ -596,6 +598,8 @@ impl Flotilla for Api {
                 burst: r.burst,
             })),
             Some(Limit::NoRate(_)) => QueueSetting::Rate(None),
+            Some(Limit::MaxPerKey(n)) => QueueSetting::MaxPerKey(Some(n)),
+            Some(Limit::NoMaxPerKey(_)) => QueueSetting::MaxPerKey(None),
         };
         self.propose(Command::SetQueue {
             now_ms: now_ms(),
@@ -641,6 +645,7 @@ impl Flotilla for Api {
                     weight: flow.weight,
                     rate_per_sec: flow.rate.map_or(0, |r| r.per_sec),
                     rate_burst: flow.rate.map_or(0, |r| r.burst),
+                    max_per_key: flow.max_per_key.unwrap_or(0),
                 }
             })
             .collect();

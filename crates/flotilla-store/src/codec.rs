@@ -12,14 +12,16 @@
 //! | 3 | up to c0eddae | queue flow limits: `QueueSetting` variants and the image's `Flow` record, appended (a version 2 value decodes unchanged) |
 //! | 4 | up to 362b24b | workflows: `Command::SubmitWorkflow`/`CancelWorkflow` and the image's `Workflow` record, appended (a version 2 or 3 value decodes unchanged) |
 //! | 5 | up to d7c11dc | schedules: `Command::AddSchedule`/`PauseSchedule`/`DeleteSchedule`/`FireSchedule` and the image's `Schedule` record, appended (a version 2, 3 or 4 value decodes unchanged) |
-//! | 6 | this one | attempt history: the image's `Attempts` record, appended (state image version 6; a version 2 to 5 value decodes unchanged) |
+//! | 6 | up to 787ce3b | attempt history: the image's `Attempts` record, appended (state image version 6; a version 2 to 5 value decodes unchanged) |
+//! | 7 | this one | per-key concurrency: `TaskSpec::concurrency_key` (a field: the `Task` and `Schedule` records and every command holding a spec change shape), `FlowLimits::max_per_key` (the `Flow` record), `QueueSetting::MaxPerKey` (appended); state image version 7. A version 2 to 6 value decodes through the frozen format 6 shapes (`flotilla_core::compat::{v6, v6_image}`, `crate::format6`) |
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Current on-disk format version of every value written by this crate.
-pub const FORMAT_VERSION: u8 = 6;
-/// The oldest snapshot file version read as it is (formats 3 to 6 only appended variants).
+pub const FORMAT_VERSION: u8 = 7;
+/// The oldest snapshot file version read (versions 2 to 6 through the frozen format 6 image
+/// records, see `format6`).
 pub const OLDEST_SNAPSHOT_VERSION: u8 = 2;
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -82,7 +84,7 @@ mod tests {
         let mut old = bytes.clone();
         old[0] = 1;
         let err = decode::<(u64, String)>(&old).unwrap_err();
-        assert!(err.contains("version 1 where version 6"), "{err}");
+        assert!(err.contains("version 1 where version 7"), "{err}");
         assert_eq!(
             decode_version::<(u64, String)>(1, &old).unwrap(),
             (7, "x".into())

@@ -130,7 +130,7 @@ pub fn open(dir: &Path, cluster_name: &str, node_id: u64) -> Result<Opened, Stor
                     "data dir converted from format 1"
                 );
             }
-            v @ (2..=5) => {
+            v @ (2..=6) => {
                 // The acked record exists since format 2: still required.
                 migrated_entries = migrate::from_appended(&db, v)
                     .map_err(|e| corrupt(format!("converting format {v}: {e}")))?;

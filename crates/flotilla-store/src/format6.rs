@@ -3,7 +3,9 @@
 //!
 //! Format 6 entries hold `flotilla_core::compat::v6`'s frozen `Proposal`. The membership and
 //! node shapes are today's (unchanged since format 2). The peer wire reads unframed messages
-//! through this (see `flotilla-server`'s `peer_wire`).
+//! and framed ones of format 6 through this (see `flotilla-server`'s `peer_wire`); `migrate`
+//! converts the log entries of a version 2 to 6 data dir with it, and `snapshot` reads
+//! snapshot files and backups of those versions through [`Frame`].
 
 use std::io::Cursor;
 
@@ -33,6 +35,15 @@ pub fn entry(e: Entry<V6>) -> Entry<TypeConfig> {
             EntryPayload::Membership(m) => EntryPayload::Membership(m),
         },
     }
+}
+
+/// A frame of a snapshot file of version 2 to 6, as read: its image records are version 6's
+/// (`flotilla_core::compat::v6_image`). The meta and end frames kept their shape.
+#[derive(serde::Deserialize)]
+pub(crate) enum Frame {
+    Meta(openraft::SnapshotMeta<crate::NodeId, Node>),
+    Record(flotilla_core::compat::v6_image::ImageRecordV6),
+    End { records: u64 },
 }
 
 /// A format 6 AppendEntries request as today's.

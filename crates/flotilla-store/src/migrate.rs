@@ -8,15 +8,18 @@
 //!
 //! ```text
 //!  open ─▶ format key? ──current──▶ done
-//!              ├─2..=5─▶ identity, vote, pointers, log: decode as they are ─▶ encode v6
-//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v6
+//!              ├─2..=6─▶ identity, vote, pointers: decode as they are;
+//!              │         log: decode as format 6 (`format6`) ─▶ convert ─▶ encode v7
+//!              └─absent (v1)─▶ identity, vote, pointers, log, snapshot: decode v1 ─▶ convert ─▶ encode v7
 //! ```
 //!
 //! Formats 3 to 6 only appended enum variants (3: `QueueSetting`'s flow limits, the image's
 //! `Flow` record; 4: the workflow commands, the image's `Workflow` record; 5: the schedule
 //! commands, the image's `Schedule` record; 6: the image's `Attempts` record), so a version 2
-//! to 5 value decodes as the current type unchanged and such snapshot files are read as they
-//! are.
+//! to 5 value is a format 6 value. Format 7 added a field (the task's concurrency key), so log
+//! entries of versions 2 to 6 decode through format 6's frozen shapes and are converted, and
+//! snapshot files of those versions are read through the frozen version 6 image records (see
+//! `snapshot`); the other stored values kept their shape.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -160,10 +163,10 @@ pub(crate) fn from_v1(db: &DB, dir: &Path, incarnation: &str) -> Result<usize, S
     Ok(entries)
 }
 
-/// Converts a version 2 to 5 dir to the current format: every value decodes as the current
-/// type (formats 3 to 6 only appended enum variants, so older shapes are a subset of today's)
-/// and is written again with the current version byte, in one synced batch. Returns how many
-/// log entries were converted.
+/// Converts a version 2 to 6 dir to the current format: log entries decode through the frozen
+/// format 6 shapes (formats 3 to 6 only appended enum variants, so versions 2 to 5 are a subset
+/// of 6) and are converted; every other value keeps its shape. All are written again with the
+/// current version byte, in one synced batch. Returns how many log entries were converted.
 pub(crate) fn from_appended(db: &DB, version: u8) -> Result<usize, String> {
     debug_assert!((2..FORMAT_VERSION).contains(&version));
     let log = db.cf_handle(CF_LOG).expect("log cf exists");
@@ -194,8 +197,10 @@ pub(crate) fn from_appended(db: &DB, version: u8) -> Result<usize, String> {
     let mut entries = 0;
     for item in db.iterator_cf(log, IteratorMode::Start) {
         let (key, value) = item.map_err(|e| e.to_string())?;
-        let entry: Entry<TypeConfig> = decode_version(version, &value)
+        // Formats 2 to 6 wrote entries in format 6's shapes (or a subset of them).
+        let entry: Entry<crate::format6::V6> = decode_version(version, &value)
             .map_err(|e| format!("version {version} log entry: {e}"))?;
+        let entry: Entry<TypeConfig> = crate::format6::entry(entry);
         batch.put_cf(log, key, encode(&entry));
         entries += 1;
     }
@@ -414,10 +419,10 @@ mod tests {
             hex(encode(&membership)),
             hex(encode(&identity)),
         ];
-        // What format 6 writes: format 2's bytes with the new version (3 to 6 only appended
-        // variants), a flow-limit command (format 3), a workflow command (format 4) and a
-        // schedule command (format 5) pinned.
-        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("06{}", &h[2..])).collect();
+        // What format 7 writes for values without a task spec: format 2's bytes with the new
+        // version (3 to 6 only appended variants; 7 changed the spec), a flow-limit command
+        // (format 3), a workflow command (format 4) and a schedule command (format 5) pinned.
+        let want: Vec<String> = PINNED_V2.iter().map(|h| format!("07{}", &h[2..])).collect();
         assert_eq!(got.to_vec(), want, "\n{got:#?}");
         let flow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 42),
@@ -433,7 +438,7 @@ mod tests {
                 }],
             }),
         };
-        assert_eq!(hex(encode(&flow)), format!("06{}", &PINNED_V3_FLOW[2..]));
+        assert_eq!(hex(encode(&flow)), format!("07{}", &PINNED_V3_FLOW[2..]));
         let workflow: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 43),
             payload: EntryPayload::Normal(flotilla_core::Proposal {
@@ -445,7 +450,7 @@ mod tests {
         };
         assert_eq!(
             hex(encode(&workflow)),
-            format!("06{}", &PINNED_V4_WORKFLOW[2..])
+            format!("07{}", &PINNED_V4_WORKFLOW[2..])
         );
         let schedule: Entry<TypeConfig> = Entry {
             log_id: LogId::new(leader, 44),
@@ -458,7 +463,7 @@ mod tests {
         };
         assert_eq!(
             hex(encode(&schedule)),
-            format!("06{}", &PINNED_V5_SCHEDULE[2..])
+            format!("07{}", &PINNED_V5_SCHEDULE[2..])
         );
         // The previous releases' bytes decode as this release's types, unchanged.
         let unhex = |h: &str| -> Vec<u8> {
@@ -516,6 +521,47 @@ mod tests {
         converted_in_place(5, &identity).await;
     }
 
+    /// The same for the format 6 release: its log also holds a submit, whose task spec has
+    /// format 6's shape (no concurrency key); it reads back as today's submit.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn format_6_data_dir_is_converted_in_place() {
+        let identity = format!("06{}", &PINNED_V2[2][2..]);
+        converted_in_place(6, &identity).await;
+    }
+
+    /// A format 6 submit entry (index 45), encoded in format 6's frozen shapes.
+    fn v6_submit() -> Vec<u8> {
+        use flotilla_core::compat::v6;
+        let entry: Entry<crate::format6::V6> = Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 2), 45),
+            payload: EntryPayload::Normal(v6::Proposal {
+                commands: vec![v6::Command::Submit {
+                    now_ms: 9,
+                    tasks: vec![v6::TaskSpec {
+                        queue: "q".into(),
+                        payload: b"p".to_vec(),
+                        priority: 2,
+                        idempotency_key: Some("k".into()),
+                        estimate_ms: None,
+                        resources: v6::Resources::default(),
+                        labels: BTreeMap::new(),
+                        depends_on: vec![],
+                        max_attempts: 3,
+                        not_before_ms: None,
+                        timeout_ms: Some(5),
+                    }],
+                    limits: v6::AdmissionLimits {
+                        max_pending: None,
+                        max_pending_per_queue: None,
+                    },
+                }],
+            }),
+        };
+        let mut out = vec![6];
+        out.extend(bincode::serialize(&entry).unwrap());
+        out
+    }
+
     async fn converted_in_place(version: u8, identity: &str) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("node-1");
@@ -553,7 +599,11 @@ mod tests {
                     .unwrap();
             }
             if version >= 5 {
-                db.put_cf(log, crate::codec::index_key(44), unhex(PINNED_V5_SCHEDULE))
+                db.put_cf(log, crate::codec::index_key(44), at(PINNED_V5_SCHEDULE))
+                    .unwrap();
+            }
+            if version >= 6 {
+                db.put_cf(log, crate::codec::index_key(45), v6_submit())
                     .unwrap();
             }
             db.flush_cf(meta).unwrap();
@@ -573,6 +623,19 @@ mod tests {
             &entries[1].payload,
             EntryPayload::Normal(p) if p.commands == vec![Command::Tick { now_ms: 5 }]
         ));
+        if version >= 6 {
+            let EntryPayload::Normal(p) = &entries[5].payload else {
+                panic!("{:?}", entries[5])
+            };
+            let Command::Submit { tasks, .. } = &p.commands[0] else {
+                panic!("{p:?}")
+            };
+            let mut want = flotilla_core::TaskSpec::new("q", b"p".to_vec());
+            want.priority = 2;
+            want.idempotency_key = Some("k".into());
+            want.timeout_ms = Some(5);
+            assert_eq!(tasks, &vec![want]);
+        }
         drop(opened);
         let again = crate::open(&dir, "c", 1).unwrap();
         assert_eq!(again.migrated_entries, 0, "converted once");

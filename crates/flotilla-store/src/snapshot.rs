@@ -205,6 +205,8 @@ pub(crate) fn read_counted<R: Read, W: Write>(
         )));
     }
     let mut buf = Vec::new();
+    // Versions before 7 hold the frozen version 6 image records.
+    let version = head[8];
     let mut next = |buf: &mut Vec<u8>| -> std::io::Result<Frame> {
         let mut h = [0u8; 8];
         input.read_exact(&mut h).map_err(|_| corrupt("truncated"))?;
@@ -217,6 +219,14 @@ pub(crate) fn read_counted<R: Read, W: Write>(
         input.read_exact(buf).map_err(|_| corrupt("truncated"))?;
         if crc32fast::hash(buf) != crc {
             return Err(corrupt("checksum mismatch"));
+        }
+        if version < 7 {
+            let frame: crate::format6::Frame = bincode::deserialize(buf).map_err(corrupt)?;
+            return Ok(match frame {
+                crate::format6::Frame::Meta(m) => Frame::Meta(m),
+                crate::format6::Frame::Record(r) => Frame::Record(r.into()),
+                crate::format6::Frame::End { records } => Frame::End { records },
+            });
         }
         bincode::deserialize(buf).map_err(corrupt)
     };
@@ -438,15 +448,66 @@ mod tests {
         assert_eq!(hex, PINNED_EMPTY, "\n{hex}");
     }
 
-    /// Snapshot files of the format 2 to 5 releases are read as they are (formats 3 to 6 only
-    /// appended variants): same meta, same (empty) state.
+    /// A snapshot file of the format 6 release holding every record kind (the core's golden
+    /// version 6 image: tasks with spec extras, a flow record, a schedule, an attempt history)
+    /// is read through the frozen version 6 records; today's decoder alone would not read it.
     #[test]
-    fn format_2_to_5_snapshot_files_are_read() {
+    fn a_format_6_snapshot_file_with_every_record_kind_is_read() {
+        let hex = include_str!("../../flotilla-core/testdata/image_v6.hex");
+        let image: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        // The file as format 6 wrote it: magic, version 6, the meta frame, one frame per
+        // record (the `Record` variant, then the record's bytes), the end frame.
+        let mut file = Vec::new();
+        file.extend_from_slice(MAGIC);
+        file.push(6);
+        let mut scratch = Vec::new();
+        write_frame(&mut file, &FrameRef::Meta(&meta(7)), &mut scratch).unwrap();
+        let mut cursor = std::io::Cursor::new(&image[..]);
+        let mut records = 0u64;
+        while (cursor.position() as usize) < image.len() {
+            let start = cursor.position() as usize;
+            let _: flotilla_core::compat::v6_image::ImageRecordV6 =
+                bincode::deserialize_from(&mut cursor).unwrap();
+            let mut frame = 1u32.to_le_bytes().to_vec();
+            frame.extend_from_slice(&image[start..cursor.position() as usize]);
+            file.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+            file.extend_from_slice(&crc32fast::hash(&frame).to_le_bytes());
+            file.extend_from_slice(&frame);
+            records += 1;
+        }
+        write_frame(&mut file, &FrameRef::End { records }, &mut scratch).unwrap();
+        let back = read_counted(&file[..], None::<std::io::Sink>).unwrap();
+        assert_eq!(back.meta, meta(7));
+        assert_eq!(back.records, records);
+        let task = back.state.get(flotilla_core::TaskId(7)).unwrap();
+        assert_eq!(task.spec.concurrency_key, None);
+        assert_eq!(back.state.ended_attempts(flotilla_core::TaskId(7)).len(), 1);
+        assert_eq!(back.state.schedules().count(), 1);
+        back.state.check_invariants().unwrap();
+        // Read as version 7 (today's records), the same bytes do not give this state.
+        let mut as_today = file.clone();
+        as_today[8] = 7;
+        let misread = read_counted(&as_today[..], None::<std::io::Sink>);
+        assert!(
+            misread.map_or(true, |r| r.state.get(flotilla_core::TaskId(7))
+                != Some(task)),
+            "version 6 records read as today's"
+        );
+    }
+
+    /// Snapshot files of the format 2 to 6 releases are read (through format 6's records, of
+    /// which 2 to 5 hold a subset): same meta, same (empty) state.
+    #[test]
+    fn format_2_to_6_snapshot_files_are_read() {
         for (version, pinned) in [
             (2, PINNED_EMPTY_V2),
             (3, PINNED_EMPTY_V3),
             (4, PINNED_EMPTY_V4),
             (5, PINNED_EMPTY_V5),
+            (6, PINNED_EMPTY_V6),
         ] {
             let bytes: Vec<u8> = (0..pinned.len())
                 .step_by(2)
@@ -460,7 +521,9 @@ mod tests {
         }
     }
 
-    const PINNED_EMPTY: &str = "464c4f54534e4150068f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c00000034e5ab5c0100000000000000060000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
+    const PINNED_EMPTY: &str = "464c4f54534e4150078f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c000000391967350100000000000000070000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
+
+    const PINNED_EMPTY_V6: &str = "464c4f54534e4150068f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c00000034e5ab5c0100000000000000060000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
 
     const PINNED_EMPTY_V5: &str = "464c4f54534e4150058f0000005431f9a5000000000102000000000000000100000000000000070000000000000001010000000000000001000000000000000100000000000000010000000000000001000000000000000100000000000000010000000000000001000000000000000d0000000000000031302e302e302e313a373430300500000000000000696e632d310700000000000000322d312d372d303c00000023e1fee60100000000000000050000000100000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000c0000006e58445b020000000100000000000000";
 

@@ -595,6 +595,15 @@ class Client:
             request = pb.SetQueueLimitRequest(queue=queue, create=create, max_running=limit)
         self._flotilla("set-limit", "SetQueueLimit", request)
 
+    def set_queue_max_per_key(self, queue: str, limit: Optional[int], create: bool = False) -> None:
+        """At most ``limit`` tasks of the queue sharing a concurrency key running at once;
+        ``None`` removes the limit. 0 is refused (field ``max_per_key``). Admin."""
+        if limit is None:
+            request = pb.SetQueueLimitRequest(queue=queue, create=create, no_max_per_key=True)
+        else:
+            request = pb.SetQueueLimitRequest(queue=queue, create=create, max_per_key=limit)
+        self._flotilla("set-limit", "SetQueueLimit", request)
+
     def set_queue_weight(self, queue: str, weight: int, create: bool = False) -> None:
         """The queue's share of free slots against other queues with pending tasks (default
         1). A weight of 0 is refused (field ``weight``). Admin."""

@@ -75,6 +75,9 @@ class TaskSpec:
     not_before_ms: Optional[int] = None
     #: An attempt running longer is failed (and retried while attempts remain).
     timeout_ms: Optional[int] = None
+    #: Tasks of the queue sharing this key run at most the queue's ``max_per_key`` at once
+    #: (e.g. one running task per customer).
+    concurrency_key: Optional[str] = None
 
     def to_pb(self) -> pb.TaskSpec:
         if not isinstance(self.payload, (bytes, bytearray)):
@@ -93,6 +96,7 @@ class TaskSpec:
             max_attempts=self.max_attempts,
             not_before_ms=self.not_before_ms or 0,
             timeout_ms=self.timeout_ms or 0,
+            concurrency_key=self.concurrency_key or "",
         )
 
     @classmethod
@@ -110,6 +114,7 @@ class TaskSpec:
             max_attempts=m.max_attempts or DEFAULT_MAX_ATTEMPTS,
             not_before_ms=m.not_before_ms or None,
             timeout_ms=m.timeout_ms or None,
+            concurrency_key=m.concurrency_key or None,
         )
 
 

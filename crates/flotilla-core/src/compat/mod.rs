@@ -4,7 +4,9 @@
 //! which shapes). Never change a frozen type: add a new module for a new version.
 //!
 //! - [`v1`]: format 1's commands and snapshot image.
-//! - [`v6`]: format 6's log entry app data (proposals and commands; not its snapshot image).
+//! - [`v6`]: format 6's log entry app data (proposals and commands).
+//! - [`v6_image`]: format 6's snapshot image records that format 7 changed.
 
 pub mod v1;
 pub mod v6;
+pub mod v6_image;

@@ -199,6 +199,7 @@ impl From<TaskSpec> for crate::TaskSpec {
             max_attempts: s.max_attempts,
             not_before_ms: s.not_before_ms,
             timeout_ms: s.timeout_ms,
+            concurrency_key: None,
         }
     }
 }

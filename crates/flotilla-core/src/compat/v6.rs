@@ -254,6 +254,8 @@ impl From<TaskSpec> for crate::TaskSpec {
             max_attempts,
             not_before_ms,
             timeout_ms,
+            // Format 7: a format 6 task has no key.
+            concurrency_key: None,
         }
     }
 }

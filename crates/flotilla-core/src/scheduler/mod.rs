@@ -13,8 +13,10 @@
 //! the state's deadline index, not from a scan of the running tasks. A queue whose head tasks
 //! fit nowhere is looked at for at most `max_skipped_per_queue` tasks per plan, so planning
 //! never holds the state for long. A queue at its flow limits (`max_running`, its rate
-//! limit's bucket: [`State::flow_room`]) takes no turn once they are reached; `apply`
-//! re-checks them on every `Assign`.
+//! limit's bucket: [`State::flow_room`]) takes no turn once they are reached; a task whose
+//! concurrency key is at the queue's `max_per_key` ([`State::key_room`]) is skipped like one
+//! that fits no worker, and counts against the same bound. `apply` re-checks every limit on
+//! every `Assign`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -122,6 +124,8 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
         });
     }
     let mut assigned = 0usize;
+    // Starts this plan made per (queue turn, concurrency key).
+    let mut started_keys: BTreeMap<(usize, &str), u64> = BTreeMap::new();
     while slots_left > 0 && assigned < cfg.max_assignments {
         let Some((key, i)) = order.pop_first() else {
             break;
@@ -131,7 +135,19 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
             continue; // nothing more pending here: out of the turns
         };
         let task = state.record(id).expect("pending task exists");
-        match free.choose(task, cfg.placement) {
+        // Its concurrency key at the queue's `max_per_key` (this plan's starts counted): the
+        // task waits like one that fits no worker, and the queue offers its next.
+        let ckey = task.concurrency_key();
+        let key_full = ckey.is_some_and(|k| {
+            let planned = started_keys.get(&(i, k)).copied().unwrap_or(0);
+            state.key_room(&task.queue, Some(k)) <= planned
+        });
+        let chosen = if key_full {
+            None
+        } else {
+            free.choose(task, cfg.placement)
+        };
+        match chosen {
             Some(w) => {
                 let worker = free.take(w, task.resources);
                 slots_left -= 1;
@@ -142,6 +158,9 @@ pub fn plan(state: &State, now_ms: u64, live: &BTreeSet<String>, cfg: &PlanConfi
                     worker_id: worker.to_string(),
                     attempt: task.attempts + 1,
                 });
+                if let Some(k) = ckey {
+                    *started_keys.entry((i, k)).or_default() += 1;
+                }
                 turn.running += 1;
                 turn.room -= 1;
                 if turn.room > 0 {

@@ -178,6 +178,17 @@ fn pending_reasons(state: &State, task: &Task, now: u64) -> Vec<WhyLine> {
             format!("queue {queue:?} runs {running} tasks, its max_running of {max}"),
         ));
     }
+    if let (Some(max), Some(key)) = (limits.max_per_key, spec.concurrency_key.as_deref()) {
+        let running = state.running_with_key(queue, key);
+        if running >= u64::from(max) {
+            out.push(line(
+                None,
+                format!(
+                    "queue {queue:?} runs {running} tasks with concurrency key {key:?}, its max_per_key of {max}"
+                ),
+            ));
+        }
+    }
     if let (Some(rate), Some(b)) = (limits.rate, bucket) {
         let level = b.level(rate, now);
         if level < 1000 {
@@ -301,6 +312,36 @@ mod tests {
             attempt,
         });
         assert!(matches!(r, Response::Assigned { .. }), "{r:?}");
+    }
+
+    #[test]
+    fn a_task_held_by_its_concurrency_key_is_told_so() {
+        let mut s = State::new();
+        s.apply(&worker("w", 4, &[]));
+        let r = s.apply(&Command::SetQueue {
+            now_ms: 1,
+            queue: "q".into(),
+            setting: QueueSetting::MaxPerKey(Some(1)),
+            create: true,
+        });
+        assert_eq!(r, Response::QueueSet);
+        let keyed = |key: &str| {
+            let mut t = TaskSpec::new("q", key.as_bytes().to_vec());
+            t.concurrency_key = Some(key.into());
+            t
+        };
+        let a1 = submit(&mut s, keyed("alice"));
+        let a2 = submit(&mut s, keyed("alice"));
+        let b1 = submit(&mut s, keyed("bob"));
+        assign(&mut s, a1, "w", 1);
+        assert_eq!(
+            texts(&s, a2, 2),
+            ["queue \"q\" runs 1 tasks with concurrency key \"alice\", its max_per_key of 1"]
+        );
+        assert_eq!(
+            texts(&s, b1, 2),
+            ["1 pending tasks are ahead of it in queue \"q\" (fifo)"]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Flow control of a queue, enforced by the replicated state: the most tasks it runs at once
-//! (`max_running`), how many it starts per second (a token bucket on the replicated clock), and
-//! its weight in sharing free slots with other queues.
+//! (`max_running`), the most tasks sharing a concurrency key it runs at once (`max_per_key`, e.g.
+//! one per customer), how many it starts per second (a token bucket on the replicated clock),
+//! and its weight in sharing free slots with other queues.
 //!
 //! `plan` respects these limits ([`State::flow_room`]) and `apply` re-checks them on every
 //! `Assign` (`check_start`, then `record_start` takes a token), so a stale or wrong plan becomes a rejected command,
@@ -44,6 +45,8 @@ pub struct FlowLimits {
     pub weight: u32,
     /// Most tasks started per second; `None`: no limit.
     pub rate: Option<RateLimit>,
+    /// Most tasks sharing a concurrency key running at once; `None`: no limit. (Format 7.)
+    pub max_per_key: Option<u32>,
 }
 
 impl Default for FlowLimits {
@@ -52,6 +55,7 @@ impl Default for FlowLimits {
             max_running: None,
             weight: 1,
             rate: None,
+            max_per_key: None,
         }
     }
 }
@@ -75,6 +79,9 @@ impl std::fmt::Display for FlowLimits {
         }
         if let Some(r) = self.rate {
             parts.push(format!("{}/s burst {}", r.per_sec, r.burst));
+        }
+        if let Some(k) = self.max_per_key {
+            parts.push(format!("{k} per key"));
         }
         if parts.is_empty() {
             f.write_str("-")
@@ -148,6 +155,20 @@ pub fn validate_max_running(max_running: Option<u32>) -> Result<(), CommandError
     }
 }
 
+pub fn validate_max_per_key(max_per_key: Option<u32>) -> Result<(), CommandError> {
+    match max_per_key {
+        Some(0) => Err(CommandError::invalid(
+            "max_per_key",
+            "must be at least 1 (remove the limit instead of setting 0)",
+        )),
+        Some(n) if n > MAX_RUNNING_LIMIT => Err(CommandError::invalid(
+            "max_per_key",
+            format!("{n} exceeds limit {MAX_RUNNING_LIMIT}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn validate_weight(weight: u32) -> Result<(), CommandError> {
     match weight {
         0 => Err(CommandError::invalid("weight", "must be at least 1")),
@@ -213,12 +234,43 @@ impl State {
         by_running.min(by_rate)
     }
 
-    /// Refuses a start of a task of `queue` that its limits do not allow now (the replicated
-    /// clock); changes nothing.
-    pub(super) fn check_start(&self, queue: &str) -> Result<(), CommandError> {
+    /// How many more tasks of `queue` with concurrency key `key` may run now under the
+    /// queue's `max_per_key` (`u64::MAX`: no key or no limit). The planner's view of one task.
+    pub fn key_room(&self, queue: &str, key: Option<&str>) -> u64 {
+        let (Some(q), Some(key)) = (self.queues.get(queue), key) else {
+            return u64::MAX;
+        };
+        let Some(max) = q.flow.max_per_key else {
+            return u64::MAX;
+        };
+        u64::from(max).saturating_sub(self.running_with_key(queue, key))
+    }
+
+    /// Running tasks of `queue` with concurrency key `key`.
+    pub fn running_with_key(&self, queue: &str, key: &str) -> u64 {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.running_keys.get(key).copied())
+            .unwrap_or(0)
+    }
+
+    /// Refuses a start of a task of `queue` (with concurrency key `key`) that its limits do
+    /// not allow now (the replicated clock); changes nothing.
+    pub(super) fn check_start(&self, queue: &str, key: Option<&str>) -> Result<(), CommandError> {
         let Some(q) = self.queues.get(queue) else {
             return Ok(());
         };
+        if let (Some(max), Some(key)) = (q.flow.max_per_key, key) {
+            let running = q.running_keys.get(key).copied().unwrap_or(0);
+            if running >= u64::from(max) {
+                return Err(CommandError::LimitExceeded {
+                    limit: "max_per_key".into(),
+                    message: format!(
+                        "queue {queue:?} runs {running} tasks with concurrency key {key:?}, its limit"
+                    ),
+                });
+            }
+        }
         let running = q.counts[TaskState::Running.index()];
         if let Some(max) = q.flow.max_running {
             if running >= u64::from(max) {

@@ -17,7 +17,9 @@
 //! it (golden bytes in the tests pin the encoding) and the builder of the new release reads
 //! the old one (`crate::compat`). Versions 3 to 6 only added the `Flow`, `Workflow`,
 //! `Schedule` and `Attempts` records (record kinds are only ever appended), so a version 2 to 5
-//! image is a version 6 image without them and is read as it is.
+//! image is a version 6 image without them. Version 7 changed the shape of the `Task`, `Flow`
+//! and `Schedule` records (the concurrency key, `max_per_key`): an image of version 2 to 6 is
+//! decoded through [`crate::compat::v6_image`] record by record and given to the same builder.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,9 +32,9 @@ use super::State;
 use crate::{Schedule, TaskId, Worker, Workflow};
 
 /// Version of the image records' encoding.
-pub const STATE_IMAGE_VERSION: u32 = 6;
+pub const STATE_IMAGE_VERSION: u32 = 7;
 /// The oldest version the builder reads (2 is 6 without `Flow`, `Workflow`, `Schedule` and
-/// `Attempts` records).
+/// `Attempts` records; versions before 7 decode through `compat::v6_image`).
 pub const OLDEST_STATE_IMAGE_VERSION: u32 = 2;
 
 /// The first record: scalars and how many records of each kind follow.

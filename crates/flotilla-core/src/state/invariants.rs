@@ -20,6 +20,7 @@ impl State {
         let (mut timers, mut deadlines, mut expirable, mut pending, mut keyed) = (0, 0, 0, 0, 0);
         let mut tombstones = 0usize;
         let mut last = 0u64;
+        let mut running_keys: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for e in self.tasks.iter() {
             let id = super::table::entry_id(e);
             if id.0 <= last || id.0 >= self.next_task_id {
@@ -105,6 +106,9 @@ impl State {
                     {
                         return Err(format!("running task {id} not on a registered worker"));
                     }
+                    if let Some(key) = t.concurrency_key() {
+                        *running_keys.entry((&*t.queue, key)).or_default() += 1;
+                    }
                     let u = usage.entry(w).or_default();
                     u.slots += 1;
                     u.cpu_millis = u.cpu_millis.saturating_add(t.resources.cpu_millis);
@@ -158,7 +162,23 @@ impl State {
                     ))
                 }
             }
-            if q.flow.weight == 0 || q.flow.max_running == Some(0) {
+            let indexed: BTreeMap<(&str, &str), u64> = q
+                .running_keys
+                .iter()
+                .map(|(k, n)| ((&**name, &**k), *n))
+                .collect();
+            let actual: BTreeMap<(&str, &str), u64> = running_keys
+                .range((&**name, "")..)
+                .take_while(|((q, _), _)| *q == &**name)
+                .map(|(k, n)| (*k, *n))
+                .collect();
+            if indexed != actual {
+                return Err(format!(
+                    "queue {name:?} running per key {indexed:?} != actual {actual:?}"
+                ));
+            }
+            if q.flow.weight == 0 || q.flow.max_running == Some(0) || q.flow.max_per_key == Some(0)
+            {
                 return Err(format!("queue {name:?} flow {:?}", q.flow));
             }
         }

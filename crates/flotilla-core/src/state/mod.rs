@@ -41,8 +41,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use attempts::{EndedAttempt, MAX_ENDED_ATTEMPTS, MAX_HISTORY_ERROR_CHARS};
 pub use flow::{
-    validate_max_running, validate_rate, validate_weight, Bucket, FlowLimits, RateLimit, MAX_RATE,
-    MAX_RUNNING_LIMIT, MAX_WEIGHT,
+    validate_max_per_key, validate_max_running, validate_rate, validate_weight, Bucket, FlowLimits,
+    RateLimit, MAX_RATE, MAX_RUNNING_LIMIT, MAX_WEIGHT,
 };
 pub use image::{
     ImageHeader, ImageRecord, ImageRecordRef, StateBuilder, StateView, STATE_IMAGE_VERSION,

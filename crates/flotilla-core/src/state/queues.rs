@@ -6,7 +6,7 @@
 //! that does not change with time: a task's effective priority `p + (now - submitted)/aging`
 //! ranks it above another exactly when `submitted - p * aging` is smaller, whatever `now` is.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +43,9 @@ pub enum QueueSetting {
     Weight(u32),
     /// Most tasks started per second; `None` removes the limit. (Format 3.)
     Rate(Option<RateLimit>),
+    /// Most tasks sharing a concurrency key running at once; `None` removes the limit.
+    /// (Format 7.)
+    MaxPerKey(Option<u32>),
 }
 
 /// One queue's state and indexes.
@@ -59,6 +62,8 @@ pub(crate) struct QueueState {
     pub flow: FlowLimits,
     /// The rate limit's bucket: `Some` exactly when `flow.rate` is (state proper).
     pub bucket: Option<Bucket>,
+    /// Running tasks per concurrency key (keys with none are absent).
+    pub running_keys: BTreeMap<Box<str>, u64>,
 }
 
 impl QueueState {
@@ -70,6 +75,7 @@ impl QueueState {
             expirable: BTreeSet::new(),
             flow: FlowLimits::default(),
             bucket: None,
+            running_keys: BTreeMap::new(),
         }
     }
 
@@ -129,6 +135,7 @@ impl State {
             QueueSetting::MaxRunning(m) => super::flow::validate_max_running(*m)?,
             QueueSetting::Weight(w) => super::flow::validate_weight(*w)?,
             QueueSetting::Rate(r) => super::flow::validate_rate(*r)?,
+            QueueSetting::MaxPerKey(m) => super::flow::validate_max_per_key(*m)?,
             _ => {}
         }
         if !create && !self.queues.contains_key(queue) {
@@ -149,6 +156,7 @@ impl State {
             QueueSetting::RetentionMs(r) => q.settings.retention_ms = *r,
             QueueSetting::MaxRunning(m) => q.flow.max_running = *m,
             QueueSetting::Weight(w) => q.flow.weight = *w,
+            QueueSetting::MaxPerKey(m) => q.flow.max_per_key = *m,
             QueueSetting::Rate(r) => {
                 let now = self.clock_ms;
                 q.bucket = match (*r, q.flow.rate, q.bucket) {

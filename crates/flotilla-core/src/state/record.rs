@@ -49,6 +49,8 @@ pub(crate) struct SpecExtra {
     pub depends_on: Vec<TaskId>,
     pub not_before_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
+    /// (Format 7.)
+    pub concurrency_key: Option<Box<str>>,
 }
 
 impl SpecExtra {
@@ -57,6 +59,7 @@ impl SpecExtra {
             && self.depends_on.is_empty()
             && self.not_before_ms.is_none()
             && self.timeout_ms.is_none()
+            && self.concurrency_key.is_none()
     }
 }
 
@@ -99,6 +102,7 @@ impl TaskRecord {
             depends_on: spec.depends_on.clone(),
             not_before_ms: spec.not_before_ms,
             timeout_ms: spec.timeout_ms,
+            concurrency_key: spec.concurrency_key.as_deref().map(Box::from),
         };
         TaskRecord {
             id,
@@ -124,6 +128,12 @@ impl TaskRecord {
 
     pub(crate) fn depends_on(&self) -> &[TaskId] {
         self.extra.as_ref().map_or(&[], |e| &e.depends_on)
+    }
+
+    pub(crate) fn concurrency_key(&self) -> Option<&str> {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.concurrency_key.as_deref())
     }
 
     pub(crate) fn not_before_ms(&self) -> Option<u64> {
@@ -218,6 +228,7 @@ impl TaskRecord {
             max_attempts: self.max_attempts,
             not_before_ms: extra.and_then(|e| e.not_before_ms),
             timeout_ms: extra.and_then(|e| e.timeout_ms),
+            concurrency_key: extra.and_then(|e| e.concurrency_key.as_deref().map(str::to_string)),
         }
     }
 

@@ -220,7 +220,7 @@ impl State {
         }
         self.check_fit(task, worker_id)?;
         let queue = task.queue.clone();
-        self.check_start(&queue)?;
+        self.check_start(&queue, task.concurrency_key())?;
         let worker = worker_id.to_string();
         self.set_state(now_ms, id, TaskState::Running, |t| {
             t.attempts = attempt;
@@ -537,6 +537,13 @@ impl State {
                 if let Some(at) = t.deadline_ms() {
                     self.deadlines.insert((at, t.id));
                 }
+                if let Some(key) = t.concurrency_key() {
+                    let q = self
+                        .queues
+                        .get_mut(&*t.queue)
+                        .expect("queue of a task exists");
+                    *q.running_keys.entry(Box::from(key)).or_default() += 1;
+                }
             }
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {
                 if !self.held.contains_key(&t.id) {
@@ -590,6 +597,15 @@ impl State {
                 }
                 if let Some(at) = t.deadline_ms() {
                     self.deadlines.remove(&(at, t.id));
+                }
+                if let (Some(key), Some(q)) = (t.concurrency_key(), self.queues.get_mut(&*t.queue))
+                {
+                    if let Some(n) = q.running_keys.get_mut(key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            q.running_keys.remove(key);
+                        }
+                    }
                 }
             }
             TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled => {

@@ -82,6 +82,141 @@ fn max_running_refuses_a_start_at_the_limit_and_allows_one_after_a_finish() {
     s.check_invariants().unwrap();
 }
 
+fn with_key(queue: &str, key: &str) -> TaskSpec {
+    let mut t = spec(queue);
+    t.concurrency_key = Some(key.into());
+    t
+}
+
+/// One running task per key: a second task of the same key is refused (naming the limit and
+/// the key, changing nothing) while other keys and unkeyed tasks start; a finish, a retryable
+/// failure, a cancel and a lost worker each free the key's place.
+#[test]
+fn max_per_key_refuses_a_second_start_of_a_key_until_its_first_ends() {
+    let mut s = State::new();
+    register(&mut s, "w", 10);
+    assert_eq!(
+        set(&mut s, 1, "q", QueueSetting::MaxPerKey(Some(1))),
+        Response::QueueSet
+    );
+    let t = ids(&submit(
+        &mut s,
+        1,
+        vec![
+            with_key("q", "alice"),
+            with_key("q", "alice"),
+            with_key("q", "bob"),
+            spec("q"),
+            spec("q"),
+        ],
+    ));
+    for id in [t[0], t[2], t[3], t[4]] {
+        assert!(matches!(
+            assign(&mut s, 2, id, "w"),
+            Response::Assigned { .. }
+        ));
+    }
+    assert_eq!(s.key_room("q", Some("alice")), 0);
+    assert_eq!(s.key_room("q", Some("carol")), 1);
+    assert_eq!(s.key_room("q", None), u64::MAX);
+    let before = image_bytes(&s);
+    let r = assign(&mut s, 2, t[1], "w");
+    assert_eq!(limit_of(&r), "max_per_key");
+    assert!(format!("{r:?}").contains("alice"), "{r:?}");
+    assert_eq!(image_bytes(&s), before, "a refusal changes nothing");
+    // Each way a running attempt ends frees the key: complete, fail (retry), cancel, lost.
+    let done = s.apply(&Command::Complete {
+        now_ms: 3,
+        task_id: t[0],
+        worker_id: "w".into(),
+        attempt: 1,
+        result: vec![],
+    });
+    assert!(matches!(done, Response::Completed { .. }), "{done:?}");
+    assert!(matches!(
+        assign(&mut s, 4, t[1], "w"),
+        Response::Assigned { .. }
+    ));
+    let failed = s.apply(&Command::Fail {
+        now_ms: 5,
+        task_id: t[1],
+        worker_id: "w".into(),
+        attempt: 1,
+        error: "e".into(),
+        retryable: true,
+    });
+    assert!(
+        matches!(failed, Response::AttemptFailed { .. }),
+        "{failed:?}"
+    );
+    assert_eq!(s.key_room("q", Some("alice")), 1);
+    let mut third = with_key("q", "alice");
+    third.max_attempts = 1;
+    let late = ids(&submit(&mut s, 6, vec![third]))[0];
+    assert!(matches!(
+        assign(&mut s, 6, late, "w"),
+        Response::Assigned { .. }
+    ));
+    let r = s.apply(&Command::Cancel {
+        now_ms: 7,
+        task_id: late,
+    });
+    assert!(matches!(r, Response::Cancelled { .. }), "{r:?}");
+    assert_eq!(s.key_room("q", Some("alice")), 1);
+    assert_eq!(s.running_with_key("q", "bob"), 1);
+    let r = s.apply(&Command::ExpireWorker {
+        now_ms: 8,
+        worker_id: "w".into(),
+        reason: "lease expired".into(),
+    });
+    assert!(matches!(r, Response::WorkerExpired { .. }), "{r:?}");
+    assert_eq!(s.running_with_key("q", "bob"), 0);
+    s.check_invariants().unwrap();
+    assert_eq!(image_bytes(&restore(&s)), image_bytes(&s));
+    // The limit removed: the key no longer holds anything back.
+    assert_eq!(
+        set(&mut s, 9, "q", QueueSetting::MaxPerKey(None)),
+        Response::QueueSet
+    );
+    assert_eq!(s.key_room("q", Some("alice")), u64::MAX);
+}
+
+/// The planner passes over tasks whose key is at its limit (counting its own starts) and
+/// starts the next keys instead; every start it plans is accepted.
+#[test]
+fn plan_skips_a_key_at_its_limit_and_starts_the_other_keys() {
+    let mut s = State::new();
+    register(&mut s, "w", 10);
+    set(&mut s, 1, "q", QueueSetting::MaxPerKey(Some(2)));
+    let mut specs: Vec<TaskSpec> = (0..6).map(|_| with_key("q", "alice")).collect();
+    specs.extend((0..3).map(|_| with_key("q", "bob")));
+    specs.push(spec("q"));
+    submit(&mut s, 1, specs);
+    let live: BTreeSet<String> = ["w".to_string()].into();
+    let cmds = plan(&s, 2, &live, &PlanConfig::default());
+    let mut per_key: BTreeMap<Option<String>, usize> = BTreeMap::new();
+    for c in &cmds {
+        let Command::Assign { task_id, .. } = c else {
+            panic!("{c:?}")
+        };
+        *per_key
+            .entry(s.get(*task_id).unwrap().spec.concurrency_key)
+            .or_default() += 1;
+        assert!(matches!(s.apply(c), Response::Assigned { .. }), "{c:?}");
+    }
+    assert_eq!(
+        per_key,
+        [
+            (Some("alice".to_string()), 2),
+            (Some("bob".to_string()), 2),
+            (None, 1)
+        ]
+        .into()
+    );
+    assert!(plan(&s, 3, &live, &PlanConfig::default()).is_empty());
+    s.check_invariants().unwrap();
+}
+
 #[test]
 fn the_rate_bucket_allows_the_burst_then_refills_from_the_replicated_clock() {
     let mut s = State::new();
@@ -148,6 +283,11 @@ fn zero_and_absurd_limits_are_refused_naming_the_field() {
         ),
         (QueueSetting::Weight(0), "weight"),
         (QueueSetting::Weight(crate::MAX_WEIGHT + 1), "weight"),
+        (QueueSetting::MaxPerKey(Some(0)), "max_per_key"),
+        (
+            QueueSetting::MaxPerKey(Some(crate::MAX_RUNNING_LIMIT + 1)),
+            "max_per_key",
+        ),
         (
             QueueSetting::Rate(Some(RateLimit {
                 per_sec: 0,
@@ -188,7 +328,8 @@ fn a_queue_kept_only_for_its_limits_is_in_the_image_and_goes_with_them() {
             FlowLimits {
                 max_running: Some(7),
                 weight: 4,
-                rate: None
+                rate: None,
+                max_per_key: None,
             }
         )]
     );
