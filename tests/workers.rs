@@ -86,6 +86,14 @@ fn rust_worker(
     ))
 }
 
+/// Waits for each task to finish and requires that it succeeded.
+async fn all_succeed(client: &Client, ids: &[TaskId]) {
+    for id in ids {
+        let t = client.wait(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
+    }
+}
+
 /// The `flotilla` CLI run against the cluster at `addrs`.
 fn cli(addrs: &str, args: &[&str]) -> std::process::Output {
     std::process::Command::new(bin())
@@ -960,10 +968,7 @@ async fn workers_flow_limits_hold_on_a_live_cluster() {
             .collect();
         ids.extend(client.submit(specs).await.unwrap());
     }
-    for id in &ids {
-        let t = client.wait(*id, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
-    }
+    all_succeed(&client, &ids).await;
     assert_eq!(
         most.load(Ordering::SeqCst),
         2,
@@ -1004,13 +1009,147 @@ async fn workers_flow_limits_hold_on_a_live_cluster() {
         )
         .await
         .unwrap();
-    for id in &more {
-        let t = client.wait(*id, Duration::from_secs(60)).await.unwrap();
-        assert_eq!(t.state, TaskState::Succeeded, "{t:?}");
-    }
+    all_succeed(&client, &more).await;
     assert_eq!(
         most.load(Ordering::SeqCst),
         2,
+        "the new leader holds the limit too"
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+/// Per-key concurrency on a live cluster: a queue limited to one running task per key runs
+/// alice's and bob's tasks side by side on an 8-slot worker but never two of one key at once;
+/// `why` names the key holding a task back; the CLI sets the key and the limit (0 refused in
+/// one line); after the leader is killed the new one lists and enforces the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_concurrency_key_runs_one_task_per_key_across_a_leader_kill() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    let addrs = c.addrs().join(",");
+    let set = cli_json(
+        &addrs,
+        &["--json", "queue", "max-per-key", "tenants", "1", "--create"],
+    );
+    assert_eq!(set["max_per_key"], 1, "{set}");
+    let out = cli(&addrs, &["queue", "max-per-key", "tenants", "0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("max-per-key"), "{err}");
+    // The CLI gives a task its key (in a queue no worker serves, so it stays put).
+    let id = cli_json(
+        &addrs,
+        &[
+            "--json",
+            "submit",
+            "--queue",
+            "parked",
+            "--concurrency-key",
+            "carol",
+            "--",
+            "true",
+        ],
+    );
+    let parked = client
+        .get(TaskId(id["id"].as_u64().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(parked.spec.concurrency_key.as_deref(), Some("carol"));
+
+    // Running tasks per key, the most of one key at once, and the most of all at once.
+    let running: Arc<BTreeMap<&str, AtomicU32>> = Arc::new(
+        ["alice", "bob"]
+            .into_iter()
+            .map(|k| (k, AtomicU32::new(0)))
+            .collect(),
+    );
+    let most_of_a_key = Arc::new(AtomicU32::new(0));
+    let all = Arc::new(AtomicU32::new(0));
+    let most_at_once = Arc::new(AtomicU32::new(0));
+    let (r, mk, a, ma) = (
+        running.clone(),
+        most_of_a_key.clone(),
+        all.clone(),
+        most_at_once.clone(),
+    );
+    let handler = move |ctx: TaskContext| {
+        let (r, mk, a, ma) = (r.clone(), mk.clone(), a.clone(), ma.clone());
+        async move {
+            let key = String::from_utf8(ctx.payload.clone()).unwrap();
+            let key: &str = r.keys().find(|k| **k == key).unwrap();
+            mk.fetch_max(r[key].fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            ma.fetch_max(a.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            a.fetch_sub(1, Ordering::SeqCst);
+            r[key].fetch_sub(1, Ordering::SeqCst);
+            Outcome::Success(Vec::new())
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let worker = rust_worker(&client, "key-worker", "tenants", 8, handler, &shutdown);
+    let keyed = |key: &str| {
+        let mut t = TaskSpec::new("tenants", key.as_bytes().to_vec());
+        t.concurrency_key = Some(key.into());
+        t
+    };
+    let batch = |n: usize| -> Vec<TaskSpec> {
+        (0..n)
+            .flat_map(|_| [keyed("alice"), keyed("bob")])
+            .collect()
+    };
+    let ids = client.submit(batch(6)).await.unwrap();
+    // While alice's tasks run one by one, her last waits behind its key, and `why` says so.
+    let held = ids[10];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let why = cli(&addrs, &["why", &held.0.to_string()]);
+        let text = String::from_utf8_lossy(&why.stdout).to_string();
+        if text.contains("concurrency key \"alice\", its max_per_key of 1") {
+            break;
+        }
+        let t = client.get(held).await.unwrap();
+        assert!(
+            t.state == TaskState::Pending && Instant::now() < deadline,
+            "never saw the key named as the reason: {t:?}\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    all_succeed(&client, &ids).await;
+    assert_eq!(
+        most_of_a_key.load(Ordering::SeqCst),
+        1,
+        "one per key, never two"
+    );
+    assert_eq!(
+        most_at_once.load(Ordering::SeqCst),
+        2,
+        "alice and bob side by side"
+    );
+
+    // Replicated: a new leader lists and enforces the limit.
+    let leader = c.wait_for_leader(Duration::from_secs(10)).await.unwrap();
+    c.kill(leader).unwrap();
+    c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    let list = cli_json(&addrs, &["--json", "queue", "list"]);
+    let tenants = list["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "tenants")
+        .unwrap()
+        .clone();
+    assert_eq!(tenants["max_per_key"], 1, "{tenants}");
+    most_of_a_key.store(0, Ordering::SeqCst);
+    let more = client.submit(batch(3)).await.unwrap();
+    all_succeed(&client, &more).await;
+    assert_eq!(
+        most_of_a_key.load(Ordering::SeqCst),
+        1,
         "the new leader holds the limit too"
     );
     shutdown.cancel();

@@ -78,7 +78,8 @@ pub enum ImageRecordV6 {
         settings: QueueSettings,
     },
     Worker(Worker),
-    Task(TaskRecordV6),
+    /// Boxed (a box encodes as what it holds): a read record is converted at once.
+    Task(Box<TaskRecordV6>),
     Tombstone(Tombstone),
     Flow {
         name: String,
@@ -86,7 +87,8 @@ pub enum ImageRecordV6 {
         bucket: Option<Bucket>,
     },
     Workflow(Workflow),
-    Schedule(ScheduleV6),
+    /// Boxed as today's is; a box encodes as what it holds.
+    Schedule(Box<ScheduleV6>),
     Attempts {
         task: TaskId,
         ended: Vec<EndedAttempt>,
@@ -195,7 +197,7 @@ impl From<ImageRecordV6> for ImageRecord {
             ImageRecordV6::Header(h) => ImageRecord::Header(h),
             ImageRecordV6::Queue { name, settings } => ImageRecord::Queue { name, settings },
             ImageRecordV6::Worker(w) => ImageRecord::Worker(w),
-            ImageRecordV6::Task(t) => ImageRecord::Task(t.into()),
+            ImageRecordV6::Task(t) => ImageRecord::Task((*t).into()),
             ImageRecordV6::Tombstone(t) => ImageRecord::Tombstone(t),
             ImageRecordV6::Flow {
                 name,
@@ -207,7 +209,7 @@ impl From<ImageRecordV6> for ImageRecord {
                 bucket,
             },
             ImageRecordV6::Workflow(w) => ImageRecord::Workflow(w),
-            ImageRecordV6::Schedule(s) => ImageRecord::Schedule(s.into()),
+            ImageRecordV6::Schedule(s) => ImageRecord::Schedule(Box::new((*s).into())),
             ImageRecordV6::Attempts { task, ended } => ImageRecord::Attempts { task, ended },
         }
     }

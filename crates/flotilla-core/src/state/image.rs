@@ -69,8 +69,8 @@ pub enum ImageRecord {
     },
     /// A workflow. (Version 4.)
     Workflow(Workflow),
-    /// A schedule. (Version 5.)
-    Schedule(Schedule),
+    /// A schedule. (Version 5.) Boxed: the largest record; a box encodes as what it holds.
+    Schedule(Box<Schedule>),
     /// The attempt history of a task listed above (never empty). (Version 6.)
     Attempts {
         task: TaskId,
@@ -394,7 +394,7 @@ impl StateBuilder {
                 }
                 crate::schedule::validate_schedule(&s.spec)
                     .map_err(|e| format!("schedule {name:?}: {e}"))?;
-                self.state.schedules.insert(name, s);
+                self.state.schedules.insert(name, *s);
             }
             ImageRecord::Attempts { task, ended } => {
                 self.enter(7, "attempts")?;
