@@ -123,6 +123,35 @@ fn plan_large(c: &mut Criterion) {
             b.iter(|| plan(black_box(&s), NOW + 1, &live, &cfg))
         });
     }
+    // FIFO with every task keyed and one running per key: 1,000 keys (a plan starts one task
+    // of each, then passes over the next ones up to the skip bound), or one key for all (one
+    // start, then only passing over).
+    for (name, keys) in [
+        ("fifo_1k_keys_1_per_key", 1_000u64),
+        ("fifo_1_key_1_per_key", 1),
+    ] {
+        let (mut s, live) = loaded(0, 1_000, QueuePolicy::Fifo);
+        let r = s.apply(&Command::SetQueue {
+            now_ms: NOW,
+            queue: "q".into(),
+            setting: QueueSetting::MaxPerKey(Some(1)),
+            create: true,
+        });
+        assert_eq!(r, Response::QueueSet);
+        for start in (0..100_000u64).step_by(1000) {
+            let mut tasks = batch(start, 1000);
+            for (i, t) in (start..).zip(&mut tasks) {
+                t.concurrency_key = Some(format!("c{}", i % keys));
+            }
+            let r = s.apply(&Command::submit(NOW, tasks));
+            assert!(matches!(r, Response::Submitted { .. }), "{r:?}");
+        }
+        let planned = plan(&s, NOW + 1, &live, &cfg);
+        assert_eq!(planned.len() as u64, keys, "one start per key");
+        g.bench_function(format!("100k_pending_1k_workers/{name}"), |b| {
+            b.iter(|| plan(black_box(&s), NOW + 1, &live, &cfg))
+        });
+    }
     g.finish();
 }
 
