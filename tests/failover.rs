@@ -282,7 +282,7 @@ async fn a_rolling_restart_with_sigterm_loses_nothing_and_the_leader_hands_over(
         let log = std::fs::read(tc.cluster.log_path(id)).unwrap_or_default();
         let from = (logged_before_kill[&id] as usize).min(log.len());
         String::from_utf8_lossy(&log[from..]).contains(
-            "the leader's port refuses connections and its lease ran out: standing for election",
+            "the leader's port refuses connections: giving up its lease and standing for election",
         )
     });
     assert!(

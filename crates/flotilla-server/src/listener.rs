@@ -14,6 +14,9 @@
 //!   (bounded by the same connection slots, [`HANDSHAKE_TIMEOUT`] at most), so a slow or silent
 //!   client never holds up the accept loop. The connection's [`ConnInfo`] says whether its
 //!   client certificate is a replica's (see `flotilla_tls`).
+//! - Every accepted connection, when it closes, wakes the [`Closed`] signal: a leader's
+//!   process that died closes its connections to its followers, and `leader_watch` looks at
+//!   once rather than after a silence.
 //! - [`raise_fd_limit`] raises the soft limit on open files to the hard limit at start, and the
 //!   connection bound is kept well under it (RocksDB and peers need descriptors too).
 
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 use flotilla_tls::{ReplicaTls, ServerTlsStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
@@ -74,12 +77,22 @@ pub struct ConnInfo {
     pub peer: bool,
 }
 
+/// Woken whenever an accepted connection closes.
+pub type Closed = Arc<Notify>;
+
 /// An accepted connection holding its place under the bound until it closes.
 #[derive(Debug)]
 pub struct Accepted {
     stream: Stream,
     info: ConnInfo,
     _permit: OwnedSemaphorePermit,
+    closed: Closed,
+}
+
+impl Drop for Accepted {
+    fn drop(&mut self) {
+        self.closed.notify_one();
+    }
 }
 
 #[derive(Debug)]
@@ -164,6 +177,7 @@ async fn handshake(
     permit: OwnedSemaphorePermit,
     tx: mpsc::Sender<Result<Accepted, io::Error>>,
     failed: Arc<std::sync::atomic::AtomicU64>,
+    closed: Closed,
 ) {
     let outcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
     let error = match outcome {
@@ -178,6 +192,7 @@ async fn handshake(
                 stream: Stream::Tls(Box::new(stream)),
                 info: ConnInfo { remote, peer },
                 _permit: permit,
+                closed,
             };
             let _ = tx.send(Ok(conn)).await;
             return;
@@ -212,6 +227,7 @@ pub fn incoming(
     max_connections: usize,
     tls: Option<Arc<ReplicaTls>>,
     fatal: Fatal,
+    closed: Closed,
     shutdown: CancellationToken,
 ) -> ReceiverStream<Result<Accepted, io::Error>> {
     let (tx, rx) = mpsc::channel(16);
@@ -246,6 +262,7 @@ pub fn incoming(
                                     permit,
                                     tx.clone(),
                                     failed_handshakes.clone(),
+                                    closed.clone(),
                                 ));
                             }
                             None => {
@@ -256,6 +273,7 @@ pub fn incoming(
                                         peer: false,
                                     },
                                     _permit: permit,
+                                    closed: closed.clone(),
                                 };
                                 if tx.send(Ok(conn)).await.is_err() {
                                     return;
@@ -419,14 +437,23 @@ mod tests {
         assert!(String::from_utf8_lossy(&f[26..]).contains("limit 7"));
     }
 
-    /// Past the bound, a connection gets the refusal; once one closes, the next is accepted.
+    /// Past the bound, a connection gets the refusal; once one closes (waking the `Closed`
+    /// signal), the next is accepted.
     #[tokio::test]
     async fn connections_past_the_bound_are_refused_until_one_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let fatal = Fatal::new(shutdown.clone());
-        let mut conns = incoming(listener, 2, None, fatal.clone(), shutdown.clone());
+        let closed = Closed::default();
+        let mut conns = incoming(
+            listener,
+            2,
+            None,
+            fatal.clone(),
+            closed.clone(),
+            shutdown.clone(),
+        );
         let _a = TcpStream::connect(addr).await.unwrap();
         let first = conns.next().await.unwrap().unwrap();
         let _b = TcpStream::connect(addr).await.unwrap();
@@ -436,6 +463,9 @@ mod tests {
         c.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, refusal_frames(2));
         drop(first);
+        tokio::time::timeout(Duration::from_secs(5), closed.notified())
+            .await
+            .expect("a closed connection wakes the Closed signal");
         let _d = TcpStream::connect(addr).await.unwrap();
         let fourth = tokio::time::timeout(Duration::from_secs(5), conns.next()).await;
         assert!(

@@ -6,8 +6,10 @@
 //!  add-replica N ADDR      leader: Hello ADDR (id, cluster, incarnation, empty?) ─▶ add_learner
 //!                          (pinned to that incarnation) ─▶ wait until caught up ─▶ voter
 //!  remove-replica N        leader: quorum check ─▶ change_membership without N ─▶ N exits
-//!  transfer-leader N       leader: hold proposals, heartbeats off ─▶ ElectNow to N ─▶ N waits out
-//!                          the others' leader lease and elects itself ─▶ heartbeats back on
+//!  transfer-leader N       leader: hold proposals, heartbeats off ─▶ N caught up ─▶ ElectNow
+//!                          (release) to the other voters: each gives the leader's lease up by
+//!                          standing once ─▶ ElectNow to N: stand at once above their term (or,
+//!                          if too few released, after the lease) ─▶ heartbeats back on
 //! ```
 //!
 //! Incarnation pinning: every peer message names the incarnation its sender's membership records
@@ -659,28 +661,50 @@ impl Membership {
             }
             let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
         }
+        // The other voters give the lease up; with a quorum of them and the target, the target
+        // wins at once at a term above theirs. Otherwise it waits out the lease.
+        let others: Vec<(u64, Node)> = membership
+            .voter_ids()
+            .filter(|v| *v != id && *v != self.me.node_id)
+            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone())))
+            .collect();
+        let releases = others.iter().map(|(v, n)| {
+            let request = raftpb::ElectNowRequest {
+                cluster: self.me.cluster_name.clone(),
+                term: m.current_term,
+                to_incarnation: n.incarnation.clone(),
+                wait_ms: 0,
+                release: true,
+                above_term: 0,
+            };
+            async move { (*v, self.elect_now_call(n, request).await) }
+        });
+        let mut above_term = 0;
+        let mut released = 1; // the target
+        for (v, outcome) in futures::future::join_all(releases).await {
+            match outcome {
+                Ok(reply) => {
+                    released += 1;
+                    above_term = above_term.max(reply.term).max(m.current_term + 1);
+                }
+                Err(e) => warn!(replica = v, error = %e, "did not give the lease up"),
+            }
+        }
+        let voters = membership.voter_ids().count();
+        if released <= voters / 2 {
+            above_term = 0;
+        }
         let wait_ms = (self.lease + 2 * self.heartbeat).as_millis() as u64;
         let request = raftpb::ElectNowRequest {
             cluster: self.me.cluster_name.clone(),
             term: m.current_term,
             to_incarnation: node.incarnation.clone(),
             wait_ms,
+            release: false,
+            above_term,
         };
-        let call = async {
-            let endpoint =
-                Channel::from_shared(format!("http://{}", node.addr)).map_err(|e| e.to_string())?;
-            let channel = peer_connect(endpoint, self.me.tls.as_ref(), HELLO_TIMEOUT)
-                .await
-                .map_err(|e| crate::network::error_chain(&e))?;
-            RaftClient::new(channel)
-                .elect_now(stamped(self.me.peer_secret.as_ref(), request))
-                .await
-                .map_err(|s| s.message().to_string())
-        };
-        tokio::time::timeout(HELLO_TIMEOUT, call)
+        self.elect_now_call(&node, request)
             .await
-            .map_err(|_| format!("no answer within {HELLO_TIMEOUT:?}"))
-            .and_then(|r| r)
             .map_err(|e| ApiError::Unavailable(format!("replica {id} did not take over: {e}")))?;
 
         let deadline = started + Duration::from_millis(wait_ms) + 4 * self.lease;
@@ -720,6 +744,32 @@ impl Membership {
     }
 }
 
+impl Membership {
+    /// One ElectNow call to `node`, bounded by [`HELLO_TIMEOUT`].
+    async fn elect_now_call(
+        &self,
+        node: &Node,
+        request: raftpb::ElectNowRequest,
+    ) -> Result<raftpb::ElectNowReply, String> {
+        let call = async {
+            let endpoint =
+                Channel::from_shared(format!("http://{}", node.addr)).map_err(|e| e.to_string())?;
+            let channel = peer_connect(endpoint, self.me.tls.as_ref(), HELLO_TIMEOUT)
+                .await
+                .map_err(|e| crate::network::error_chain(&e))?;
+            RaftClient::new(channel)
+                .elect_now(stamped(self.me.peer_secret.as_ref(), request))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| s.message().to_string())
+        };
+        tokio::time::timeout(HELLO_TIMEOUT, call)
+            .await
+            .map_err(|_| format!("no answer within {HELLO_TIMEOUT:?}"))
+            .and_then(|r| r)
+    }
+}
+
 fn matched(m: &Metrics, id: u64) -> Option<u64> {
     m.replication
         .as_ref()
@@ -727,8 +777,9 @@ fn matched(m: &Metrics, id: u64) -> Option<u64> {
         .map(|l| l.index)
 }
 
-/// The target's side of a transfer: after the others' lease has run out, elect at once.
-pub(crate) fn elect_now(
+/// A voter's side of a transfer: the target elects itself (at once above the others' term, or
+/// after their lease has run out); the other voters give the lease up (`release`).
+pub(crate) async fn elect_now(
     raft: &Raft,
     me: &Me,
     req: raftpb::ElectNowRequest,
@@ -764,16 +815,73 @@ pub(crate) fn elect_now(
             me.node_id
         )));
     }
+    if req.release {
+        // Give the leader's lease up: stand once, now, and answer once the vote has moved on.
+        let mut metrics = raft.metrics();
+        raft.trigger()
+            .elect()
+            .await
+            .map_err(|e| Status::unavailable(format!("election not started: {e}")))?;
+        let until = Instant::now() + Duration::from_secs(1);
+        loop {
+            let term = metrics.borrow().vote.leader_id().term;
+            if term > req.term {
+                info!(
+                    term,
+                    "gave the leader's lease up: leadership is being handed over"
+                );
+                return Ok(raftpb::ElectNowReply { term });
+            }
+            if Instant::now() >= until {
+                return Err(Status::unavailable("the election did not start within 1 s"));
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
+        }
+    }
     let wait = Duration::from_millis(req.wait_ms.min(60_000));
     let raft = raft.clone();
+    let leader = m.current_leader;
+    let me_id = me.node_id;
     tokio::spawn(async move {
+        let mut stood_at = 0;
+        if req.above_term > 0 {
+            // The others gave the lease up: stand at once, above their term.
+            let own = raft.metrics().borrow().vote.leader_id().term;
+            let times = (req.above_term + 1).saturating_sub(own).clamp(1, 4);
+            stood_at = own + times;
+            info!(
+                term = own + times,
+                "electing itself at once: leadership is being handed over"
+            );
+            for _ in 0..times {
+                if let Err(e) = raft.trigger().elect().await {
+                    warn!(error = %e, "election not started");
+                    return;
+                }
+            }
+        }
         tokio::time::sleep(wait).await;
+        if req.above_term > 0 {
+            // Stand again only if that election came to nothing: no term since, no leader but
+            // the one handing over.
+            let (now_leader, term) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (m.current_leader, m.current_term)
+            };
+            if term > stood_at
+                || now_leader == Some(me_id)
+                || now_leader.is_some_and(|l| Some(l) != leader)
+            {
+                return;
+            }
+        }
         info!("electing itself: leadership is being handed over");
         if let Err(e) = raft.trigger().elect().await {
             warn!(error = %e, "election not started");
         }
     });
-    Ok(raftpb::ElectNowReply {})
+    Ok(raftpb::ElectNowReply { term: 0 })
 }
 
 /// Background duties: on the leader, pin unpinned members to their incarnations; on any other

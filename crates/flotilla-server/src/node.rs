@@ -377,6 +377,7 @@ pub async fn start(
     };
     let api_membership = membership;
     let contact = crate::leader_watch::Contact::default();
+    let closed = crate::listener::Closed::default();
     let raft_service = RaftService {
         raft: raft.clone(),
         cluster_name: config.cluster_name.clone(),
@@ -416,6 +417,7 @@ pub async fn start(
         config.node_id,
         contact,
         damage.clone(),
+        closed.clone(),
         Duration::from_millis(config.heartbeat_interval_ms),
         // openraft 0.9's leader lease is the largest election timeout.
         Duration::from_millis(config.election_timeout_max_ms),
@@ -455,6 +457,7 @@ pub async fn start(
         listener::connection_bound(config.max_connections, fd_limit),
         tls,
         fatal.clone(),
+        closed,
         shutdown.clone(),
     );
     let server = tokio::spawn(

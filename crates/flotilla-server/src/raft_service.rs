@@ -64,6 +64,7 @@ impl raft_server::Raft for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let (req, form) = self.decode(request.get_ref())?;
+        let received = self.contact.stamp();
         let result = self.raft.append_entries(req).await;
         if matches!(
             result,
@@ -71,7 +72,7 @@ impl raft_server::Raft for RaftService {
                 | openraft::raft::AppendEntriesResponse::PartialSuccess(_)
                 | openraft::raft::AppendEntriesResponse::Conflict)
         ) {
-            self.contact.touch();
+            self.contact.touch(received);
         }
         self.encode(form, &result)
     }
@@ -79,6 +80,7 @@ impl raft_server::Raft for RaftService {
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let (req, form): (openraft::raft::VoteRequest<flotilla_store::NodeId>, _) =
             self.decode(request.get_ref())?;
+        self.contact.saw_vote_term(req.vote.leader_id().term);
         if let Some(why) = self.damage.refuses_vote(req.last_log_id.as_ref()) {
             tracing::warn!(candidate = %req.vote, "vote refused: {why}");
             let vote = self.raft.metrics().borrow().vote;
@@ -113,6 +115,8 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<flotilla_proto::raftpb::ElectNowRequest>,
     ) -> Result<Response<flotilla_proto::raftpb::ElectNowReply>, Status> {
-        membership::elect_now(&self.raft, &self.me, request.into_inner()).map(Response::new)
+        membership::elect_now(&self.raft, &self.me, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
