@@ -473,7 +473,9 @@ async fn the_tokens_file_is_reloaded_on_sighup() {
 /// with UNAUTHENTICATED before its message is decoded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_calls_need_the_cluster_secret() {
-    use flotilla_proto::raftpb::{raft_client::RaftClient, HelloRequest, RaftMessage};
+    use flotilla_proto::raftpb::{
+        raft_client::RaftClient, HelloRequest, RaftMessage, SilenceRequest,
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("peer-secret");
@@ -578,6 +580,36 @@ async fn peer_calls_need_the_cluster_secret() {
             .insert("x-flotilla-peer", secret.parse().unwrap());
         let me = peer.hello(hello).await.expect("hello with the secret");
         assert_eq!(me.into_inner().node_id, id);
+        // The silence poll (`leader_watch`) too: refused without the secret; with it, the
+        // replica says which leader it follows and that it heard one lately.
+        let silence = || SilenceRequest {
+            cluster: tc.cluster.cluster_name().to_string(),
+            leader,
+            term: 0,
+            to_incarnation: String::new(),
+        };
+        let refused = peer
+            .silence(tonic::Request::new(silence()))
+            .await
+            .expect_err("a silence poll without the secret");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+        let mut poll = tonic::Request::new(silence());
+        poll.metadata_mut()
+            .insert("x-flotilla-peer", secret.parse().unwrap());
+        let answer = peer
+            .silence(poll)
+            .await
+            .expect("a silence poll with the secret")
+            .into_inner();
+        assert_eq!(answer.leader, leader, "{answer:?}");
+        if id != leader {
+            assert!(
+                answer.silent_ms < 5_000,
+                "a follower heard its leader lately: {answer:?}"
+            );
+        } else {
+            assert_eq!(answer.silent_ms, 0, "the leader hears itself: {answer:?}");
+        }
     }
     // Nothing refused disturbed the cluster: the same leader, every task there.
     assert_eq!(tc.leader().await, leader);

@@ -372,6 +372,25 @@ async fn failover_paused_leader_submits_move_to_the_new_leader_without_waiting_o
         gap < elected + Duration::from_millis(1500),
         "largest submit gap {gap:?}, new leader after {elected:?}"
     );
+    // The followers polled each other and gave the frozen leader's lease up after an election
+    // timeout of silence (`leader_watch`), not after lease + election timeout.
+    let gave_up = others_ids(&tc, old).into_iter().any(|id| {
+        std::fs::read_to_string(tc.cluster.log_path(id))
+            .unwrap_or_default()
+            .contains("a majority of the voters has not heard the leader for an election timeout")
+    });
+    assert!(
+        gave_up,
+        "a follower gave the frozen leader's lease up once a majority had not heard it (new leader after {elected:?})"
+    );
     tc.cluster.resume(old).unwrap();
     assert_exactly_acknowledged(&client, &keyed).await;
+}
+
+fn others_ids(tc: &TestCluster, leader: u64) -> Vec<u64> {
+    tc.cluster
+        .ids()
+        .into_iter()
+        .filter(|id| *id != leader)
+        .collect()
 }

@@ -9,6 +9,11 @@
 //! after the fault starts on a worker (the new leader dispatching); at the end, lost (an
 //! acknowledged key with no task), doubled (a key with two tasks) and re-runs (a task started
 //! more than once). Prints a table and p50/max; `--out FILE` writes one JSON object per fault.
+//!
+//! `--calm-secs N` first runs the load for N seconds without a fault and counts the elections
+//! it saw (terms and leaders of every replica, sampled every second): a failure detector quick
+//! enough for the faults must not replace a healthy leader under load. `--submitters` sets the
+//! load (64 saturates the 2-core machine); `--faults 0` with a calm phase runs only that.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -38,7 +43,20 @@ pub struct FailoverBench {
     /// Quiet time between faults, in seconds.
     #[arg(long, default_value_t = 4.0)]
     settle_secs: f64,
-    /// Write one JSON object per fault (a JSON array) to this file.
+    /// Before the faults, run the load this long without a fault and count elections.
+    #[arg(long, default_value_t = 0)]
+    calm_secs: u64,
+    /// Concurrent submitters (one task in flight each).
+    #[arg(long, default_value_t = 8)]
+    submitters: u32,
+    /// The replicas' `--retention-ms` (default: the server's, 7 days: every task is kept).
+    #[arg(long)]
+    retention_ms: Option<u64>,
+    /// Keep the replicas' data dirs and logs afterwards (the path is printed).
+    #[arg(long)]
+    keep_dir: bool,
+    /// Write one JSON object per fault (a JSON array) to this file; a calm phase adds one
+    /// object with `scenario` "calm".
     #[arg(long)]
     out: Option<PathBuf>,
     /// The replicas' `--heartbeat-ms` (default: the server's).
@@ -98,6 +116,24 @@ struct FaultResult {
     reruns: u64,
 }
 
+/// What a calm phase saw.
+#[derive(Serialize, Clone)]
+struct CalmResult {
+    scenario: &'static str,
+    secs: f64,
+    submitters: u32,
+    acked: u64,
+    acked_per_sec: f64,
+    /// Terms started during the phase (each election, won or not, starts one).
+    elections: u64,
+    /// Changes of the leader the replicas name.
+    leader_changes: u64,
+    /// The largest gap between two acknowledged submits during the phase.
+    max_gap_ms: f64,
+    term_before: u64,
+    term_after: u64,
+}
+
 /// What the load saw: acknowledgements (time, key, id) and task starts (time, id, attempt).
 #[derive(Default)]
 struct Observed {
@@ -107,8 +143,14 @@ struct Observed {
 
 pub async fn run(args: FailoverBench) -> Result<ExitCode> {
     let kinds = parse_kinds(&args.kinds)?;
-    if args.faults == 0 {
-        bail!("invalid --faults: must be at least 1");
+    if args.faults == 0 && args.calm_secs == 0 {
+        bail!("invalid --faults: must be at least 1 (or give --calm-secs)");
+    }
+    if args.submitters == 0 || args.submitters > 4096 {
+        bail!(
+            "invalid --submitters: {} (must be 1 to 4096)",
+            args.submitters
+        );
     }
     if !(args.pause_secs.is_finite()
         && args.pause_secs > 0.0
@@ -119,9 +161,16 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
     }
     let dir = tempfile::tempdir().context("temp dir")?;
     let bin = std::env::current_exe().context("locating the flotilla binary")?;
+    if args.retention_ms == Some(0) {
+        bail!("invalid --retention-ms: must be at least 1");
+    }
     let options = ClusterOptions {
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout_ms,
+        extra_args: args
+            .retention_ms
+            .map(|ms| vec!["--retention-ms".into(), ms.to_string()])
+            .unwrap_or_default(),
         ..ClusterOptions::default()
     };
     let mut cluster = Cluster::new(&bin, 3, dir.path(), options)?;
@@ -155,7 +204,7 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
         );
     }
     let mut submitters = tokio::task::JoinSet::new();
-    for s in 0..8 {
+    for s in 0..args.submitters {
         let (client, observed, stop) = (client.clone(), observed.clone(), stop.clone());
         submitters.spawn(async move {
             let mut seq = 0u64;
@@ -178,6 +227,10 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
     }
 
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let calm = match args.calm_secs {
+        0 => None,
+        secs => Some(calm(&cluster, &client, &observed, secs, args.submitters).await?),
+    };
     outln!(
         "{:>3} {:>6} {:>4} {:>4} {:>14} {:>11} {:>18}",
         "#",
@@ -323,6 +376,7 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
         .wait_for_leader(Duration::from_secs(30))
         .await
         .map_err(anyhow::Error::msg)?;
+    let listed_at = Instant::now();
     let mut tasks = Vec::new();
     let mut after = None;
     loop {
@@ -349,9 +403,18 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
                 by_key.entry(k.as_str()).or_default().push(t.id);
             }
         }
+        // With a retention, tasks finished longer ago than that are gone by design: only the
+        // acknowledgements of the last half retention are looked for (the other half leaves
+        // the listing time to finish).
+        let checked_from = args.retention_ms.map(|ms| {
+            listed_at
+                .checked_sub(Duration::from_millis(ms / 2))
+                .unwrap_or(listed_at)
+        });
         let lost = o
             .acks
             .iter()
+            .filter(|(t, _, _)| checked_from.is_none_or(|from| *t >= from))
             .filter(|(_, k, id)| by_key.get(k.as_str()).is_none_or(|ids| !ids.contains(id)))
             .count() as u64;
         let doubled = by_key.values().filter(|ids| ids.len() > 1).count() as u64;
@@ -384,17 +447,128 @@ pub async fn run(args: FailoverBench) -> Result<ExitCode> {
             of.len()
         );
     }
-    outln!("{acked} submits acknowledged; lost {lost}, doubled {doubled}, re-runs {reruns}");
+    let window = match args.retention_ms {
+        Some(ms) => format!(
+            " (lost looked for among those of the last {:.1} s: --retention-ms)",
+            ms as f64 / 2000.0
+        ),
+        None => String::new(),
+    };
+    outln!(
+        "{acked} submits acknowledged; lost {lost}, doubled {doubled}, re-runs {reruns}{window}"
+    );
+    let mut json: Vec<serde_json::Value> = results
+        .iter()
+        .map(serde_json::to_value)
+        .collect::<Result<_, _>>()?;
+    if let Some(c) = &calm {
+        json.push(serde_json::to_value(c)?);
+    }
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&results)?)
+        std::fs::write(out, serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", out.display()))?;
     }
     drop(cluster);
-    Ok(if lost == 0 && doubled == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if args.keep_dir {
+        outln!(
+            "replica data dirs and logs kept in {}",
+            dir.keep().display()
+        );
+    }
+    Ok(
+        if lost == 0 && doubled == 0 && calm.is_none_or(|c| c.elections == 0) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        },
+    )
+}
+
+/// The terms and named leaders of every replica that answers.
+async fn terms(cluster: &Cluster, client: &flotilla_client::Client) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    for id in cluster.ids() {
+        if let Ok(s) = client.cluster_status_of(cluster.addr(id)).await {
+            out.push((id, s.term, s.leader_id.unwrap_or(0)));
+        }
+    }
+    out
+}
+
+/// Runs the load `secs` seconds without a fault, sampling every replica's term and leader
+/// every second.
+async fn calm(
+    cluster: &Cluster,
+    client: &flotilla_client::Client,
+    observed: &Mutex<Observed>,
+    secs: u64,
+    submitters: u32,
+) -> Result<CalmResult> {
+    let acked_before = observed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .acks
+        .len();
+    let first = terms(cluster, client).await;
+    if first.len() < 3 {
+        bail!(
+            "calm phase: only {} replicas answered at the start",
+            first.len()
+        );
+    }
+    let mut last: HashMap<u64, (u64, u64)> = first.iter().map(|(i, t, l)| (*i, (*t, *l))).collect();
+    let term_before = first.iter().map(|r| r.1).max().unwrap_or(0);
+    let mut leader_changes = 0u64;
+    let mut term_max = term_before;
+    let started = Instant::now();
+    let bar = crate::progress::bar(secs, "calm seconds");
+    while started.elapsed() < Duration::from_secs(secs) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        bar.set_position(started.elapsed().as_secs().min(secs));
+        for (id, term, leader) in terms(cluster, client).await {
+            let (was_term, was_leader) = last.insert(id, (term, leader)).unwrap_or((term, leader));
+            if term != was_term {
+                term_max = term_max.max(term);
+                bar.suspend(|| outln!("calm: replica {id} moved from term {was_term} to {term}"));
+            }
+            if leader != was_leader && leader != 0 && was_leader != 0 {
+                leader_changes += 1;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let secs_run = started.elapsed().as_secs_f64();
+    let (acked, max_gap_ms) = {
+        let o = observed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut times: Vec<Instant> = o.acks[acked_before..].iter().map(|a| a.0).collect();
+        times.sort();
+        let gap = times
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        (times.len() as u64, gap.as_secs_f64() * 1000.0)
+    };
+    let term_after = last.values().map(|v| v.0).max().unwrap_or(0).max(term_max);
+    // Every election, won or not, starts a new term.
+    let elections = term_after - term_before;
+    let result = CalmResult {
+        scenario: "calm",
+        secs: secs_run,
+        submitters,
+        acked,
+        acked_per_sec: acked as f64 / secs_run,
+        elections,
+        leader_changes,
+        max_gap_ms,
+        term_before,
+        term_after,
+    };
+    outln!(
+        "calm: {secs_run:.0} s of load from {submitters} submitters, {acked} submits acknowledged ({:.0}/s); largest submit gap {max_gap_ms:.0} ms; elections {elections}, leader changes {leader_changes} (term {term_before} -> {term_after})",
+        result.acked_per_sec
+    );
+    Ok(result)
 }
 
 #[cfg(test)]

@@ -1,15 +1,18 @@
 //! A follower's watch on its leader: when the leader's process is gone — its port refuses
-//! connections — the followers elect a new leader at once instead of waiting out the leader
-//! lease and a randomized election timeout (openraft 0.9 stands only after lease + election
-//! timeout of silence: 1.8–2.4 s with the defaults).
+//! connections — the followers elect a new leader at once, and when a majority of the voters
+//! has not heard the leader for an election timeout (paused, cut off) they elect one
+//! then, instead of waiting out the leader lease and a randomized election timeout (openraft
+//! 0.9 stands only after lease + election timeout of silence: 1.8–2.4 s with the defaults).
 //!
 //! ```text
 //!  a connection to this replica closed ─┐ (probing every ⅛ heartbeat for ½ heartbeat)
 //!  or the leader silent 2 heartbeats ───┴▶ probe the leader's port ──refused──▶ release ─▶ stand
 //!                                             │                        (own vote,   (rank 0 after
 //!                                             │                         at once)     ¼ heartbeat,
-//!                                             │                                      then by rank)
-//!                                             └─answers / no answer──▶ fallback: openraft's
+//!                                             │                            ▲         then by rank)
+//!                                             └─answers / no answer        │
+//!  the leader silent an election timeout ─▶ poll the other voters ─majority silent
+//!      (every ½ heartbeat while it lasts)     └─a majority hears it──▶ fallback: openraft's
 //!                                                                      lease + randomized timeout
 //! ```
 //!
@@ -27,25 +30,43 @@
 //! log is followed by one with the longer log rather than tying its term. A replica whose
 //! vote is for another candidate waits a heartbeat for that candidate to make itself known.
 //!
-//! Safety is Raft's: an election never breaks it. A healthy leader is never deposed by this
+//! A leader that is alive but silent (SIGSTOP, a network cut) keeps its port answering or
+//! silent, so no probe is refused. A voter that has not received an AppendEntries for the
+//! shortest election timeout — the silence after which plain Raft would stand — then
+//! **polls**: it asks the leader who it is (`Hello`, within half that silence; a leader whose
+//! process answers is alive and only its Raft core is held up, by a saturated disk say, and
+//! the poll ends there), then the other voters (`Silence`): each answers how long it has not
+//! heard any leader and which leader it follows. When this voter and enough of the others to
+//! make a majority of the voters have not heard the leader (each for at least half that
+//! silence), it gives the lease up as above. The leader could no longer commit anything
+//! anyway; a follower cut off alone, or slow, finds the others still hearing the leader and
+//! leaves it alone (what a pre-vote gives).
+//!
+//! Safety is Raft's: an election never breaks it. A healthy leader is not deposed by this
 //! watch: a lease is given up only by a voter that saw nothing listening on the leader's port,
-//! and a paused or partitioned leader's port answers or stays silent, so the fallback applies.
+//! or when a majority of the voters has heard nothing from the leader for an election timeout.
 //! A damaged replica (see `damage`) and a learner never stand.
 //!
-//! [`Watch`] is the pure decision: time enters as a value, the probe's outcome as an input.
-//! [`run`] is the I/O shell: the Raft metrics, the TCP probe, the election trigger.
+//! [`Watch`] is the pure decision: time enters as a value, the probe's and the poll's outcomes
+//! as inputs. [`run`] is the I/O shell: the Raft metrics, the TCP probe, the poll, the
+//! election trigger.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_store::NodeId;
+use flotilla_proto::raftpb::{SilenceReply, SilenceRequest};
+use flotilla_store::{Node, NodeId};
+use futures::stream::{FuturesUnordered, StreamExt};
 use openraft::ServerState;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tonic::Status;
+use tracing::{debug, info};
 
 use crate::damage::Damage;
 use crate::listener::Closed;
+use crate::membership::Me;
+use crate::network::call_once;
 use crate::Raft;
 
 /// When this replica last heard from a leader (an AppendEntries it accepted) and the highest
@@ -55,6 +76,9 @@ use crate::Raft;
 pub struct Contact {
     base: Instant,
     last_ms: Arc<AtomicU64>,
+    /// When an AppendEntries or a snapshot chunk was last received, accepted or not yet (a
+    /// follower whose disk is slow is still hearing its leader).
+    heard_ms: Arc<AtomicU64>,
     /// The highest term of any vote request this replica received.
     vote_term: Arc<AtomicU64>,
 }
@@ -64,15 +88,20 @@ impl Default for Contact {
         Contact {
             base: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
+            heard_ms: Arc::new(AtomicU64::new(0)),
             vote_term: Arc::new(AtomicU64::new(0)),
         }
     }
 }
 
 impl Contact {
-    /// The time now, to pass to [`Contact::touch`] once a message received now was accepted.
+    /// Records that an AppendEntries was received now, and returns the time to pass to
+    /// [`Contact::touch`] once it was accepted.
     pub fn stamp(&self) -> Duration {
-        self.now()
+        let now = self.now();
+        self.heard_ms
+            .fetch_max((now.as_millis() as u64).max(1), Ordering::Relaxed);
+        now
     }
 
     /// Records contact with the leader: a message received at `received` (from
@@ -101,8 +130,20 @@ impl Contact {
         }
     }
 
+    /// Since an AppendEntries was last received; None if none ever was.
+    pub fn since_heard(&self) -> Option<Duration> {
+        match self.heard_ms.load(Ordering::Relaxed) {
+            0 => None,
+            _ => Some(self.now().saturating_sub(self.heard())),
+        }
+    }
+
     fn last(&self) -> Duration {
         Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn heard(&self) -> Duration {
+        Duration::from_millis(self.heard_ms.load(Ordering::Relaxed))
     }
 
     fn now(&self) -> Duration {
@@ -140,8 +181,10 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
     pub role: Role,
-    /// When it last heard from a leader.
+    /// When it last heard from a leader (an AppendEntries accepted, from its receipt).
     pub last_contact: Duration,
+    /// When it last received an AppendEntries, accepted yet or not.
+    pub last_heard: Duration,
     /// Its rank among the voters other than the leader it follows, highest id first (0: stands
     /// first; of two candidates at one term openraft 0.9 prefers the higher id).
     pub rank: u32,
@@ -159,10 +202,32 @@ pub enum Action {
     Idle,
     /// Probe the leader's address, then report with [`Watch::probed`].
     Probe(NodeId),
-    /// Give up the dead leader's lease: stand for election once, at once.
-    Release,
+    /// Ask the other voters whether they hear the leader, then report with [`Watch::polled`].
+    Poll(NodeId),
+    /// Give up the leader's lease: stand for election once, at once.
+    Release(Why),
     /// Stand for election at a term above every term seen.
     Stand,
+}
+
+/// Why the lease is given up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The leader's port refused a connection: its process is gone.
+    Refused,
+    /// Neither this replica nor enough others to make a majority of the voters heard the
+    /// leader for an election timeout and it did not answer (a paused or cut-off leader).
+    Silent,
+}
+
+/// A poll of the other voters: about which leader, started when, whether a majority of the
+/// voters (this one included) had not heard it. It speaks for the silence until an
+/// AppendEntries received after its start.
+#[derive(Debug, Clone, Copy)]
+struct Polled {
+    leader: NodeId,
+    at: Duration,
+    agreed: bool,
 }
 
 /// A probe: of which leader, started when, what it showed. It speaks for the silence until a
@@ -189,7 +254,11 @@ struct Released {
 pub struct Watch {
     heartbeat: Duration,
     lease: Duration,
+    /// How long the leader must be silent before this replica polls the others (openraft's
+    /// shortest election timeout: the silence plain Raft takes for a dead leader).
+    silence: Duration,
     probed: Option<Probed>,
+    polled: Option<Polled>,
     released: Option<Released>,
     /// The vote last seen, and since when.
     vote: Option<((u64, NodeId), Duration)>,
@@ -198,11 +267,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(heartbeat: Duration, lease: Duration) -> Watch {
+    pub fn new(heartbeat: Duration, lease: Duration, silence: Duration) -> Watch {
         Watch {
             heartbeat,
             lease,
+            silence,
             probed: None,
+            polled: None,
             released: None,
             vote: None,
             closed_at: None,
@@ -229,6 +300,7 @@ impl Watch {
         match view.role {
             Role::Other => {
                 self.probed = None;
+                self.polled = None;
                 self.released = None;
                 Action::Idle
             }
@@ -263,17 +335,20 @@ impl Watch {
         let this_silence = self
             .probed
             .filter(|p| p.leader == leader && p.at >= view.last_contact);
-        if let Some(p) = this_silence {
-            if p.outcome == Probe::Refused {
-                self.released = Some(Released {
-                    leader,
-                    at: now,
-                    rank: view.rank,
-                    candidates: view.candidates.max(1),
-                    stood: 0,
-                });
-                return Action::Release;
-            }
+        if this_silence.is_some_and(|p| p.outcome == Probe::Refused) {
+            return self.release(now, leader, view, Why::Refused);
+        }
+        // Silence is counted from the last AppendEntries received, accepted or not.
+        let heard = view.last_contact.max(view.last_heard);
+        let polled = self.polled.filter(|p| p.leader == leader && p.at >= heard);
+        if polled.is_some_and(|p| p.agreed) {
+            return self.release(now, leader, view, Why::Silent);
+        }
+        // Silent for an election timeout: ask the others, and again every half heartbeat
+        // while it lasts.
+        let polled_lately = polled.is_some_and(|p| now.saturating_sub(p.at) < self.heartbeat / 2);
+        if now.saturating_sub(heard) >= self.silence && !polled_lately {
+            return Action::Poll(leader);
         }
         let recent = self
             .probed
@@ -290,6 +365,17 @@ impl Watch {
             return Action::Probe(leader);
         }
         Action::Idle
+    }
+
+    fn release(&mut self, now: Duration, leader: NodeId, view: View, why: Why) -> Action {
+        self.released = Some(Released {
+            leader,
+            at: now,
+            rank: view.rank,
+            candidates: view.candidates.max(1),
+            stood: 0,
+        });
+        Action::Release(why)
     }
 
     fn stand_if_due(&mut self, now: Duration) -> Action {
@@ -311,6 +397,12 @@ impl Watch {
         }
     }
 
+    /// Reports the outcome of the poll that [`Watch::next`] asked for, started at `at`:
+    /// whether a majority of the voters, this one included, had not heard `leader`.
+    pub fn polled(&mut self, leader: NodeId, at: Duration, agreed: bool) {
+        self.polled = Some(Polled { leader, at, agreed });
+    }
+
     /// Reports the outcome of the probe that [`Watch::next`] asked for, started at `at`.
     pub fn probed(&mut self, leader: NodeId, at: Duration, outcome: Probe) {
         self.probed = Some(Probed {
@@ -321,19 +413,155 @@ impl Watch {
     }
 }
 
-/// Runs the watch until shutdown.
+/// Whether a peer's answer to a poll about `leader` agrees that it is silent: the peer follows
+/// that leader or none, and has not heard any leader for half the silence the asker waited
+/// (the leader's messages to two followers are not sent at the same moment).
+pub fn agrees(leader: NodeId, silence: Duration, reply: &SilenceReply) -> bool {
+    (reply.leader == 0 || reply.leader == leader)
+        && reply.silent_ms >= (silence / 2).as_millis() as u64
+}
+
+/// Whether `agreeing` other voters and this one make a majority of `voters`.
+pub fn majority(voters: usize, agreeing: usize) -> bool {
+    1 + agreeing > voters / 2
+}
+
+/// The peer's side of a poll: since when this replica has not heard a leader, and which leader
+/// it follows.
+pub(crate) fn answer_poll(
+    raft: &Raft,
+    me: &Me,
+    contact: &Contact,
+    req: &SilenceRequest,
+) -> Result<SilenceReply, Status> {
+    if req.cluster != me.cluster_name {
+        return Err(Status::permission_denied(format!(
+            "message from cluster {:?}, this replica belongs to {:?}",
+            req.cluster, me.cluster_name
+        )));
+    }
+    if !req.to_incarnation.is_empty() && req.to_incarnation != me.incarnation {
+        return Err(Status::failed_precondition(format!(
+            "replica {} has incarnation {}, not {}",
+            me.node_id, me.incarnation, req.to_incarnation
+        )));
+    }
+    let m = raft.metrics();
+    let m = m.borrow();
+    let leader = m.current_leader.unwrap_or(0);
+    let silent_ms = if leader == me.node_id {
+        0
+    } else {
+        contact
+            .since_heard()
+            .map_or(u64::MAX, |d| d.as_millis() as u64)
+    };
+    Ok(SilenceReply {
+        silent_ms,
+        leader,
+        term: m.current_term,
+    })
+}
+
+/// Whether the silent leader is to be given up: first it is asked who it is (`Hello`, on a
+/// fresh connection, within `ping`) — a leader whose process answers is alive, only its Raft
+/// core is held up (a saturated disk), and an election would not help; then every other voter
+/// but `leader` is asked whether it hears `leader` (each call within `timeout`): true once
+/// enough of them agree it is silent to make a majority with this replica.
+async fn poll(
+    raft: &Raft,
+    me: &Me,
+    leader: NodeId,
+    silence: Duration,
+    ping: Duration,
+    timeout: Duration,
+) -> bool {
+    let leader_addr = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    };
+    if let Some(addr) = leader_addr {
+        let request = flotilla_proto::raftpb::HelloRequest {
+            cluster: me.cluster_name.clone(),
+        };
+        let answered = call_once(me, &addr, ping, request, |mut c, r| async move {
+            c.hello(r).await
+        })
+        .await;
+        if answered.is_ok() {
+            debug!(leader, "the silent leader answers: its process is alive");
+            return false;
+        }
+    }
+    let (voters, others, term) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters = membership.voter_ids().count();
+        let others: Vec<(NodeId, Node)> = membership
+            .voter_ids()
+            .filter(|v| *v != leader && *v != me.node_id)
+            .filter_map(|v| membership.get_node(&v).map(|n| (v, n.clone())))
+            .collect();
+        (voters, others, m.current_term)
+    };
+    let mut asks: FuturesUnordered<_> = others
+        .into_iter()
+        .map(|(id, node)| {
+            let request = SilenceRequest {
+                cluster: me.cluster_name.clone(),
+                leader,
+                term,
+                to_incarnation: node.incarnation.clone(),
+            };
+            async move {
+                let reply = call_once(me, &node.addr, timeout, request, |mut c, r| async move {
+                    c.silence(r).await
+                })
+                .await;
+                (id, reply)
+            }
+        })
+        .collect();
+    let mut agreeing = 0;
+    while let Some((id, reply)) = asks.next().await {
+        match reply {
+            Ok(reply) if agrees(leader, silence, &reply) => agreeing += 1,
+            Ok(reply) => debug!(
+                replica = id,
+                silent_ms = reply.silent_ms,
+                follows = reply.leader,
+                "a voter still hears a leader"
+            ),
+            Err(e) => debug!(replica = id, error = %e, "a voter did not answer the poll"),
+        }
+        if majority(voters, agreeing) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Runs the watch until shutdown. `silence`: how long the leader must be silent before the
+/// other voters are polled.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     raft: Raft,
-    node_id: NodeId,
+    me: Me,
     contact: Contact,
     damage: Damage,
     closed: Closed,
     heartbeat: Duration,
     lease: Duration,
+    silence: Duration,
     shutdown: CancellationToken,
 ) {
-    let mut watch = Watch::new(heartbeat, lease);
+    let node_id = me.node_id;
+    let mut watch = Watch::new(heartbeat, lease, silence);
     let mut tick = tokio::time::interval(watch.tick());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -353,15 +581,28 @@ pub async fn run(
                 };
                 watch.probed(leader, started, outcome);
             }
-            Action::Release => {
+            Action::Poll(leader) => {
+                let started = contact.now();
+                let agreed = poll(&raft, &me, leader, silence, silence / 2, 2 * heartbeat).await;
+                watch.polled(leader, started, agreed);
+            }
+            Action::Release(why) => {
                 let Role::Following(leader) = view.role else {
                     continue;
                 };
-                info!(
-                    leader,
-                    silent_ms = contact.now().saturating_sub(view.last_contact).as_millis() as u64,
-                    "the leader's port refuses connections: giving up its lease and standing for election"
-                );
+                let silent_ms = contact.now().saturating_sub(view.last_contact).as_millis() as u64;
+                match why {
+                    Why::Refused => info!(
+                        leader,
+                        silent_ms,
+                        "the leader's port refuses connections: giving up its lease and standing for election"
+                    ),
+                    Why::Silent => info!(
+                        leader,
+                        silent_ms,
+                        "a majority of the voters has not heard the leader for an election timeout: giving up its lease and standing for election"
+                    ),
+                }
                 let _ = raft.trigger().elect().await;
             }
             Action::Stand => stand(&raft, node_id, &contact, &damage).await,
@@ -409,6 +650,7 @@ fn look(
         View {
             role,
             last_contact: contact.last(),
+            last_heard: contact.heard(),
             rank,
             candidates,
             closed,
@@ -455,6 +697,7 @@ mod tests {
 
     const HB: Duration = Duration::from_millis(100);
     const LEASE: Duration = Duration::from_millis(1200);
+    const SILENCE: Duration = Duration::from_millis(600);
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -465,6 +708,7 @@ mod tests {
         View {
             role: Role::Following(1),
             last_contact: ms(last_contact),
+            last_heard: ms(last_contact),
             rank,
             candidates: 2,
             closed: false,
@@ -492,7 +736,7 @@ mod tests {
 
     #[test]
     fn a_leader_heard_recently_is_left_alone() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         for now in (1000..1199).step_by(25) {
             assert_eq!(w.next(ms(now), following(1000, 0)), Action::Idle);
         }
@@ -500,25 +744,28 @@ mod tests {
 
     #[test]
     fn a_closed_connection_probes_at_once_and_a_refusal_gives_the_lease_up_at_once() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         // Heard 10 ms ago: silence alone would not probe yet, a closed connection does.
         assert_eq!(w.next(ms(1010), following(1000, 0)), Action::Idle);
         let action = probe_then(&mut w, 1010, closed(following(1000, 0)), Probe::Refused);
         assert_eq!(
             action,
-            Action::Release,
+            Action::Release(Why::Refused),
             "released long before the lease (2200)"
         );
     }
 
     #[test]
     fn a_message_received_before_the_refusal_but_accepted_after_it_does_not_void_it() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let view = closed(following(1000, 0));
         assert_eq!(w.next(ms(1010), view), Action::Probe(1));
         w.probed(1, ms(1010), Probe::Refused);
         // An AppendEntries received at 1005 was accepted after the probe.
-        assert_eq!(w.next(ms(1012), following(1005, 0)), Action::Release);
+        assert_eq!(
+            w.next(ms(1012), following(1005, 0)),
+            Action::Release(Why::Refused)
+        );
         // The release stands while the metrics still show that leader.
         assert_eq!(w.next(ms(1020), following(1005, 0)), Action::Idle);
         assert_eq!(w.next(ms(1036), following(1005, 0)), Action::Idle);
@@ -528,7 +775,7 @@ mod tests {
     #[test]
     fn after_a_close_the_leader_is_probed_again_for_half_a_heartbeat() {
         // The dying leader's connections close a moment before its listening socket.
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let answered = probe_then(&mut w, 1000, closed(following(1000, 0)), Probe::Answered);
         assert_eq!(answered, Action::Idle);
         assert_eq!(
@@ -538,10 +785,10 @@ mod tests {
         );
         assert_eq!(
             probe_then(&mut w, 1013, following(1000, 0), Probe::Refused),
-            Action::Release
+            Action::Release(Why::Refused)
         );
         // A healthy leader: a few probes after a close, then none until the next close.
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let mut probes = 0;
         for now in (2000..2600).step_by(5) {
             let view = if now == 2000 {
@@ -566,22 +813,22 @@ mod tests {
 
     #[test]
     fn silence_alone_probes_after_two_heartbeats() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         assert_eq!(w.next(ms(1199), following(1000, 0)), Action::Idle);
         assert_eq!(
             probe_then(&mut w, 1200, following(1000, 0), Probe::Refused),
-            Action::Release
+            Action::Release(Why::Refused)
         );
     }
 
     #[test]
     fn after_the_release_the_ranks_stand_in_turn_until_a_leader_is_known() {
         // Rank 0 of 2: a quarter heartbeat after the release, then every two half-heartbeats.
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let view = closed(following(1000, 0));
         assert_eq!(
             probe_then(&mut w, 1000, view, Probe::Refused),
-            Action::Release
+            Action::Release(Why::Refused)
         );
         // The release may not be processed yet: the metrics still show the dead leader.
         assert_eq!(w.next(ms(1010), following(1000, 0)), Action::Idle);
@@ -602,11 +849,11 @@ mod tests {
         assert_eq!(w.next(ms(1400), leaderless), Action::Idle);
 
         // Rank 1 stands half a heartbeat after rank 0, and in turn after that.
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let view = closed(following(1000, 1));
         assert_eq!(
             probe_then(&mut w, 1000, view, Probe::Refused),
-            Action::Release
+            Action::Release(Why::Refused)
         );
         let leaderless = with_role(following(1000, 1), Role::Leaderless);
         assert_eq!(w.next(ms(1074), leaderless), Action::Idle);
@@ -617,11 +864,11 @@ mod tests {
 
     #[test]
     fn a_vote_for_another_waits_a_heartbeat_and_nothing_stands_after_a_lease() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let view = closed(following(1000, 0));
         assert_eq!(
             probe_then(&mut w, 1000, view, Probe::Refused),
-            Action::Release
+            Action::Release(Why::Refused)
         );
         // It voted (at 1005) for another candidate: that one has a heartbeat to make itself
         // known, then the vote lapses and the schedule goes on.
@@ -655,15 +902,17 @@ mod tests {
     }
 
     #[test]
-    fn a_leader_that_answers_or_is_silent_falls_back_to_the_timeout() {
+    fn a_leader_that_answers_or_is_silent_falls_back_to_the_timeout_while_a_majority_hears_it() {
         for outcome in [Probe::Answered, Probe::NoAnswer] {
-            let mut w = Watch::new(HB, LEASE);
+            let mut w = Watch::new(HB, LEASE, SILENCE);
             assert_eq!(
                 probe_then(&mut w, 1200, following(1000, 0), outcome),
                 Action::Idle
             );
-            // Probed again every heartbeat while the silence lasts, never more.
-            let mut probes = 0;
+            // Probed again every heartbeat while the silence lasts; after an election timeout
+            // of silence the others are polled every half heartbeat too. They still hear the
+            // leader: nothing is given up.
+            let (mut probes, mut polls) = (0, 0);
             for now in (1225..10_000).step_by(25) {
                 match w.next(ms(now), following(1000, 0)) {
                     Action::Idle => {}
@@ -671,25 +920,133 @@ mod tests {
                         probes += 1;
                         w.probed(1, ms(now), outcome);
                     }
+                    Action::Poll(1) => {
+                        assert!(now >= 1600, "{outcome:?}: polled at {now}");
+                        polls += 1;
+                        w.polled(1, ms(now), false);
+                    }
                     a => panic!("{outcome:?} at {now}: {a:?}"),
                 }
             }
             assert_eq!(
-                probes, 87,
-                "{outcome:?}: one probe per 100 ms from 1300 to 9900"
+                polls, 168,
+                "{outcome:?}: one poll per 50 ms from 1600 to 9950"
+            );
+            assert!(
+                (80..=87).contains(&probes),
+                "{outcome:?}: about one probe per 100 ms from 1300, {probes}"
             );
             // A closed connection probes again (at most every quarter heartbeat).
+            let a = w.next(ms(10_000), closed(following(1000, 0)));
+            assert_eq!(a, Action::Poll(1), "{outcome:?}: the poll comes first");
+            w.polled(1, ms(10_000), false);
             let a = w.next(ms(10_000), closed(following(1000, 0)));
             assert_eq!(a, Action::Probe(1), "{outcome:?}");
             w.probed(1, ms(10_000), outcome);
             let a = w.next(ms(10_010), closed(following(1000, 0)));
-            assert_eq!(a, Action::Idle, "{outcome:?}: probed 10 ms ago");
+            assert_eq!(a, Action::Idle, "{outcome:?}: probed and polled 10 ms ago");
         }
     }
 
     #[test]
+    fn a_leader_a_majority_has_not_heard_for_an_election_timeout_is_given_up() {
+        let mut w = Watch::new(HB, LEASE, SILENCE);
+        assert_eq!(
+            probe_then(&mut w, 1200, following(1000, 0), Probe::Answered),
+            Action::Idle
+        );
+        // Probed every heartbeat (the port answers); no poll before an election timeout.
+        for now in (1201..1600).step_by(2) {
+            match w.next(ms(now), following(1000, 0)) {
+                Action::Idle => {}
+                Action::Probe(1) => w.probed(1, ms(now), Probe::Answered),
+                a => panic!("at {now}: {a:?}"),
+            }
+        }
+        assert_eq!(w.next(ms(1600), following(1000, 0)), Action::Poll(1));
+        w.polled(1, ms(1600), true);
+        assert_eq!(
+            w.next(ms(1602), following(1000, 0)),
+            Action::Release(Why::Silent)
+        );
+        // Then it stands like after a refusal: rank 0 a quarter heartbeat later.
+        assert_eq!(w.next(ms(1626), following(1000, 0)), Action::Idle);
+        assert_eq!(w.next(ms(1627), following(1000, 0)), Action::Stand);
+    }
+
+    #[test]
+    fn an_append_entries_received_after_the_poll_started_voids_it() {
+        let mut w = Watch::new(HB, LEASE, SILENCE);
+        assert_eq!(w.next(ms(1600), following(1000, 0)), Action::Poll(1));
+        w.polled(1, ms(1600), true);
+        // Received at 1605 (the follower's disk still syncing it): the leader speaks.
+        let heard = View {
+            last_heard: ms(1605),
+            ..following(1000, 0)
+        };
+        for now in (1610..2205).step_by(5) {
+            match w.next(ms(now), heard) {
+                Action::Idle => {}
+                Action::Probe(1) => w.probed(1, ms(now), Probe::Answered),
+                a => panic!("at {now}: {a:?}"),
+            }
+        }
+        assert_eq!(
+            w.next(ms(2205), heard),
+            Action::Poll(1),
+            "silent 600 ms again"
+        );
+    }
+
+    #[test]
+    fn a_follower_whose_disk_lags_but_hears_its_leader_does_not_poll() {
+        // Accepted last at 1000 (its AppendEntries wait on a slow sync), received at 1550.
+        let mut w = Watch::new(HB, LEASE, SILENCE);
+        let slow = View {
+            last_heard: ms(1550),
+            ..following(1000, 0)
+        };
+        for now in (1600..2150).step_by(5) {
+            match w.next(ms(now), slow) {
+                Action::Idle => {}
+                Action::Probe(1) => w.probed(1, ms(now), Probe::Answered),
+                a => panic!("at {now}: {a:?}"),
+            }
+        }
+        assert_eq!(w.next(ms(2150), slow), Action::Poll(1));
+    }
+
+    #[test]
+    fn a_peer_agrees_when_it_follows_that_leader_or_none_and_has_not_heard_one_lately() {
+        let reply = |leader, silent_ms| SilenceReply {
+            silent_ms,
+            leader,
+            term: 3,
+        };
+        assert!(agrees(1, SILENCE, &reply(1, 300)));
+        assert!(agrees(1, SILENCE, &reply(0, 300)), "leaderless");
+        assert!(agrees(1, SILENCE, &reply(1, u64::MAX)), "never heard one");
+        assert!(!agrees(1, SILENCE, &reply(1, 299)), "heard it 299 ms ago");
+        assert!(
+            !agrees(1, SILENCE, &reply(2, 5_000)),
+            "follows another leader"
+        );
+        assert!(
+            !agrees(1, SILENCE, &reply(3, 0)),
+            "the answering replica leads"
+        );
+        // This voter and the agreeing others against all voters, the leader included.
+        assert!(majority(3, 1));
+        assert!(!majority(3, 0));
+        assert!(!majority(5, 1));
+        assert!(majority(5, 2));
+        assert!(!majority(4, 1), "2 of 4 is not a majority");
+        assert!(majority(4, 2));
+    }
+
+    #[test]
     fn contact_again_resets_the_probe() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         assert_eq!(w.next(ms(1200), following(1000, 0)), Action::Probe(1));
         // The probe was refused, but the leader was heard (restarted on the same port) since.
         w.probed(1, ms(1200), Probe::Refused);
@@ -702,11 +1059,11 @@ mod tests {
 
     #[test]
     fn a_leader_a_learner_or_a_damaged_replica_never_stands() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         let view = closed(following(1000, 0));
         assert_eq!(
             probe_then(&mut w, 1000, view, Probe::Refused),
-            Action::Release
+            Action::Release(Why::Refused)
         );
         let other = with_role(following(1000, 0), Role::Other);
         assert_eq!(w.next(ms(1025), other), Action::Idle);
@@ -720,7 +1077,7 @@ mod tests {
 
     #[test]
     fn another_leader_is_probed_on_its_own() {
-        let mut w = Watch::new(HB, LEASE);
+        let mut w = Watch::new(HB, LEASE, SILENCE);
         assert_eq!(w.next(ms(1200), following(1000, 0)), Action::Probe(1));
         w.probed(1, ms(1200), Probe::Answered);
         let other = View {

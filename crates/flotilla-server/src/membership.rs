@@ -28,20 +28,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flotilla_proto::raftpb::{self, raft_client::RaftClient};
+use flotilla_proto::raftpb;
 
-use crate::peer_auth::{stamped, PeerSecret};
+use crate::peer_auth::PeerSecret;
 use flotilla_store::Node;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, RaftMetrics, ServerState};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tonic::Status;
 use tracing::{error, info, warn};
 
 use crate::error::ApiError;
 use crate::leadership::{forwarded, leader_hint, now_ms};
-use crate::network::peer_connect;
+use crate::network::call_once;
 use crate::proposer::Proposer;
 use crate::Raft;
 
@@ -185,26 +184,13 @@ pub(crate) async fn hello(raft: &Raft, me: &Me) -> Result<raftpb::HelloReply, St
 
 /// Asks the replica at `addr` who it is.
 pub(crate) async fn hello_at(addr: &str, me: &Me) -> Result<raftpb::HelloReply, String> {
-    let call = async {
-        let endpoint = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("not an address: {e}"))?;
-        let channel = peer_connect(endpoint, me.tls.as_ref(), HELLO_TIMEOUT)
-            .await
-            .map_err(|e| crate::network::error_chain(&e))?;
-        RaftClient::new(channel)
-            .hello(stamped(
-                me.peer_secret.as_ref(),
-                raftpb::HelloRequest {
-                    cluster: me.cluster_name.clone(),
-                },
-            ))
-            .await
-            .map(|r| r.into_inner())
-            .map_err(|s| s.message().to_string())
+    let request = raftpb::HelloRequest {
+        cluster: me.cluster_name.clone(),
     };
-    tokio::time::timeout(HELLO_TIMEOUT, call)
-        .await
-        .map_err(|_| format!("no answer within {HELLO_TIMEOUT:?}"))?
+    call_once(me, addr, HELLO_TIMEOUT, request, |mut c, r| async move {
+        c.hello(r).await
+    })
+    .await
 }
 
 /// Whether a pristine replica with initial members `peers` should bootstrap the cluster: not
@@ -751,22 +737,14 @@ impl Membership {
         node: &Node,
         request: raftpb::ElectNowRequest,
     ) -> Result<raftpb::ElectNowReply, String> {
-        let call = async {
-            let endpoint =
-                Channel::from_shared(format!("http://{}", node.addr)).map_err(|e| e.to_string())?;
-            let channel = peer_connect(endpoint, self.me.tls.as_ref(), HELLO_TIMEOUT)
-                .await
-                .map_err(|e| crate::network::error_chain(&e))?;
-            RaftClient::new(channel)
-                .elect_now(stamped(self.me.peer_secret.as_ref(), request))
-                .await
-                .map(|r| r.into_inner())
-                .map_err(|s| s.message().to_string())
-        };
-        tokio::time::timeout(HELLO_TIMEOUT, call)
-            .await
-            .map_err(|_| format!("no answer within {HELLO_TIMEOUT:?}"))
-            .and_then(|r| r)
+        call_once(
+            &self.me,
+            &node.addr,
+            HELLO_TIMEOUT,
+            request,
+            |mut c, r| async move { c.elect_now(r).await },
+        )
+        .await
     }
 }
 

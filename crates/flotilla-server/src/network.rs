@@ -55,6 +55,38 @@ pub(crate) async fn peer_connect(
     }
 }
 
+/// One peer call on a fresh connection to the replica at `addr`, bounded by `timeout` (the
+/// connect included), carrying this replica's cluster secret; the error says what failed.
+pub(crate) async fn call_once<Req, Rep, F, Fut>(
+    me: &crate::membership::Me,
+    addr: &str,
+    timeout: Duration,
+    request: Req,
+    call: F,
+) -> Result<Rep, String>
+where
+    F: FnOnce(RaftClient<Channel>, tonic::Request<Req>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<Rep>, tonic::Status>>,
+{
+    let attempt = async {
+        let endpoint = Channel::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("not an address: {e}"))?;
+        let channel = peer_connect(endpoint, me.tls.as_ref(), timeout)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        call(
+            RaftClient::new(channel),
+            stamped(me.peer_secret.as_ref(), request),
+        )
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
 /// Largest peer message, in either direction.
 pub const MAX_RAFT_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 

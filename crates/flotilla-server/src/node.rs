@@ -414,13 +414,15 @@ pub async fn start(
     }
     tokio::spawn(crate::leader_watch::run(
         raft.clone(),
-        config.node_id,
+        me.clone(),
         contact,
         damage.clone(),
         closed.clone(),
         Duration::from_millis(config.heartbeat_interval_ms),
         // openraft 0.9's leader lease is the largest election timeout.
         Duration::from_millis(config.election_timeout_max_ms),
+        // A leader silent for the shortest election timeout is one plain Raft would replace.
+        Duration::from_millis(config.election_timeout_min_ms),
         shutdown.clone(),
     ));
     tokio::spawn(damage.watch(raft.clone(), shutdown.clone()));

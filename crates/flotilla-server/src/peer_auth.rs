@@ -1,8 +1,8 @@
 //! The cluster secret replicas present to each other (issue 14, item 2, without TLS).
 //!
 //! A replica started with `--peer-secret-file FILE` answers a call on the peer service
-//! (`flotilla.raft.v1.Raft`: AppendEntries, Vote, InstallSnapshot, Hello, ElectNow) only when it
-//! carries the same secret in the `x-flotilla-peer` header; any other caller gets
+//! (`flotilla.raft.v1.Raft`: AppendEntries, Vote, InstallSnapshot, Hello, ElectNow, Silence)
+//! only when it carries the same secret in the `x-flotilla-peer` header; any other caller gets
 //! `UNAUTHENTICATED` before a byte of its message is decoded. Every replica of a cluster is
 //! given the same file, and every peer call it makes carries the secret. Without the file a
 //! replica accepts peer calls from anyone who can reach its port, as before (the cluster name

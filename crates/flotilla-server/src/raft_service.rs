@@ -98,6 +98,8 @@ impl raft_server::Raft for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         let (req, form) = self.decode(request.get_ref())?;
+        // A leader sending a snapshot is heard, though it sends no AppendEntries meanwhile.
+        self.contact.stamp();
         let result = self.raft.install_snapshot(req).await;
         self.encode(form, &result)
     }
@@ -117,6 +119,14 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<flotilla_proto::raftpb::ElectNowReply>, Status> {
         membership::elect_now(&self.raft, &self.me, request.into_inner())
             .await
+            .map(Response::new)
+    }
+
+    async fn silence(
+        &self,
+        request: Request<flotilla_proto::raftpb::SilenceRequest>,
+    ) -> Result<Response<flotilla_proto::raftpb::SilenceReply>, Status> {
+        crate::leader_watch::answer_poll(&self.raft, &self.me, &self.contact, request.get_ref())
             .map(Response::new)
     }
 }

@@ -29,6 +29,8 @@ const COMMITTED_KEY: &[u8] = b"committed";
 const LAST_PURGED_KEY: &[u8] = b"last_purged";
 /// Appends whose fsync is still outstanding, at most (openraft keeps far fewer in flight).
 const FLUSH_QUEUE_LIMIT: usize = 4096;
+/// An unsynced append slower than this is logged: Raft's core (and its heartbeats) waits on it.
+const SLOW_APPEND: std::time::Duration = std::time::Duration::from_millis(100);
 
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -465,9 +467,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry),
             );
         }
+        let started = std::time::Instant::now();
         self.db
             .write(batch)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        let took = started.elapsed();
+        if took >= SLOW_APPEND {
+            // Raft's core waits on this write: no heartbeats go out meanwhile.
+            tracing::warn!(
+                ms = took.as_millis() as u64,
+                "appending to the log blocked (a saturated disk?)"
+            );
+        }
         // Reported flushed by the flusher thread after the WAL fsync. The queue is bounded;
         // when it is full this waits without blocking the runtime.
         let tx = self
