@@ -488,9 +488,14 @@ async fn poll(
         let request = flotilla_proto::raftpb::HelloRequest {
             cluster: me.cluster_name.clone(),
         };
-        let answered = call_once(me, &addr, ping, request, |mut c, r| async move {
-            c.hello(r).await
-        })
+        let answered = call_once(
+            me.tls.as_ref(),
+            me.peer_secret.as_ref(),
+            &addr,
+            ping,
+            request,
+            |mut c, r| async move { c.hello(r).await },
+        )
         .await;
         if answered.is_ok() {
             debug!(leader, "the silent leader answers: its process is alive");
@@ -519,9 +524,14 @@ async fn poll(
                 to_incarnation: node.incarnation.clone(),
             };
             async move {
-                let reply = call_once(me, &node.addr, timeout, request, |mut c, r| async move {
-                    c.silence(r).await
-                })
+                let reply = call_once(
+                    me.tls.as_ref(),
+                    me.peer_secret.as_ref(),
+                    &node.addr,
+                    timeout,
+                    request,
+                    |mut c, r| async move { c.silence(r).await },
+                )
                 .await;
                 (id, reply)
             }

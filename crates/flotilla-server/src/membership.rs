@@ -187,9 +187,14 @@ pub(crate) async fn hello_at(addr: &str, me: &Me) -> Result<raftpb::HelloReply, 
     let request = raftpb::HelloRequest {
         cluster: me.cluster_name.clone(),
     };
-    call_once(me, addr, HELLO_TIMEOUT, request, |mut c, r| async move {
-        c.hello(r).await
-    })
+    call_once(
+        me.tls.as_ref(),
+        me.peer_secret.as_ref(),
+        addr,
+        HELLO_TIMEOUT,
+        request,
+        |mut c, r| async move { c.hello(r).await },
+    )
     .await
 }
 
@@ -738,7 +743,8 @@ impl Membership {
         request: raftpb::ElectNowRequest,
     ) -> Result<raftpb::ElectNowReply, String> {
         call_once(
-            &self.me,
+            self.me.tls.as_ref(),
+            self.me.peer_secret.as_ref(),
             &node.addr,
             HELLO_TIMEOUT,
             request,

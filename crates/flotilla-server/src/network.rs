@@ -58,7 +58,8 @@ pub(crate) async fn peer_connect(
 /// One peer call on a fresh connection to the replica at `addr`, bounded by `timeout` (the
 /// connect included), carrying this replica's cluster secret; the error says what failed.
 pub(crate) async fn call_once<Req, Rep, F, Fut>(
-    me: &crate::membership::Me,
+    tls: Option<&Arc<ReplicaTls>>,
+    secret: Option<&PeerSecret>,
     addr: &str,
     timeout: Duration,
     request: Req,
@@ -71,16 +72,13 @@ where
     let attempt = async {
         let endpoint = Channel::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("not an address: {e}"))?;
-        let channel = peer_connect(endpoint, me.tls.as_ref(), timeout)
+        let channel = peer_connect(endpoint, tls, timeout)
             .await
             .map_err(|e| error_chain(&e))?;
-        call(
-            RaftClient::new(channel),
-            stamped(me.peer_secret.as_ref(), request),
-        )
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_string())
+        call(RaftClient::new(channel), stamped(secret, request))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| s.message().to_string())
     };
     tokio::time::timeout(timeout, attempt)
         .await
