@@ -202,7 +202,8 @@ pub enum Action {
     Idle,
     /// Probe the leader's address, then report with [`Watch::probed`].
     Probe(NodeId),
-    /// Ask the other voters whether they hear the leader, then report with [`Watch::polled`].
+    /// Ask the leader whether it is alive (Hello), else the other voters whether they hear it,
+    /// then report with [`Watch::polled`].
     Poll(NodeId),
     /// Give up the leader's lease: stand for election once, at once.
     Release(Why),
@@ -434,18 +435,7 @@ pub(crate) fn answer_poll(
     contact: &Contact,
     req: &SilenceRequest,
 ) -> Result<SilenceReply, Status> {
-    if req.cluster != me.cluster_name {
-        return Err(Status::permission_denied(format!(
-            "message from cluster {:?}, this replica belongs to {:?}",
-            req.cluster, me.cluster_name
-        )));
-    }
-    if !req.to_incarnation.is_empty() && req.to_incarnation != me.incarnation {
-        return Err(Status::failed_precondition(format!(
-            "replica {} has incarnation {}, not {}",
-            me.node_id, me.incarnation, req.to_incarnation
-        )));
-    }
+    crate::membership::check_addressed(me, &req.cluster, &req.to_incarnation)?;
     let m = raft.metrics();
     let m = m.borrow();
     let leader = m.current_leader.unwrap_or(0);

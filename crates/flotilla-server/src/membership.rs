@@ -80,6 +80,23 @@ pub struct Membership {
     pub heartbeat: Duration,
     /// One membership operation at a time on this replica.
     busy: tokio::sync::Mutex<()>,
+    /// The voter leadership is being handed to, while a transfer runs here.
+    handing_to: HandingTo,
+}
+
+/// On a leader handing leadership over: the target, whose candidacy alone this replica may vote
+/// for until the transfer ends (`raft_service` refuses the others). A released voter stands
+/// once above the leader's term; without this, the old leader (whose own lease runs from its
+/// election, not its heartbeats) grants that candidacy when its log is complete, and the
+/// released voter, not the target, takes over. Refusing a vote is always safe.
+#[derive(Clone, Default)]
+pub(crate) struct HandingTo(Arc<AtomicU64>);
+
+impl HandingTo {
+    /// The target of the transfer under way, if any.
+    pub(crate) fn target(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Acquire)).filter(|t| *t != 0)
+    }
 }
 
 /// The refusal a replica whose data dir is not the pinned one gets.
@@ -87,6 +104,25 @@ fn wrong_incarnation(id: u64, found: &str, expected: &str) -> String {
     format!(
         "replica {id}'s data dir is not the one the cluster knows (incarnation {found}, expected {expected}): remove replica {id} and add it again"
     )
+}
+
+/// Refuses a peer call (ElectNow, Silence) from another cluster, or addressed to another
+/// incarnation of this replica (an empty `to_incarnation`: not pinned yet).
+pub(crate) fn check_addressed(me: &Me, cluster: &str, to_incarnation: &str) -> Result<(), Status> {
+    if cluster != me.cluster_name {
+        return Err(Status::permission_denied(format!(
+            "message from cluster {cluster:?}, this replica belongs to {:?}",
+            me.cluster_name
+        )));
+    }
+    if !to_incarnation.is_empty() && to_incarnation != me.incarnation {
+        return Err(Status::failed_precondition(wrong_incarnation(
+            me.node_id,
+            &me.incarnation,
+            to_incarnation,
+        )));
+    }
+    Ok(())
 }
 
 /// Logs `message` unless one was logged through `last_ms` in the last 10 s.
@@ -284,10 +320,12 @@ pub struct Added {
 struct Quiet<'a> {
     raft: &'a Raft,
     _hold: crate::proposer::Hold,
+    handing_to: &'a HandingTo,
 }
 
 impl Drop for Quiet<'_> {
     fn drop(&mut self) {
+        self.handing_to.0.store(0, Ordering::Release);
         self.raft.runtime_config().heartbeat(true);
     }
 }
@@ -307,7 +345,13 @@ impl Membership {
             lease,
             heartbeat,
             busy: tokio::sync::Mutex::new(()),
+            handing_to: HandingTo::default(),
         }
+    }
+
+    /// The transfer target this replica's vote is pinned to while it hands leadership over.
+    pub(crate) fn handing_to(&self) -> HandingTo {
+        self.handing_to.clone()
     }
 
     fn metrics(&self) -> Metrics {
@@ -630,7 +674,9 @@ impl Membership {
         let quiet = Quiet {
             raft: &self.raft,
             _hold: self.proposer.hold(),
+            handing_to: &self.handing_to,
         };
+        self.handing_to.0.store(id, Ordering::Release);
         self.raft.runtime_config().heartbeat(false);
         let started = Instant::now();
         // Entries already proposed finish replicating; the target must have all of them.
@@ -768,19 +814,7 @@ pub(crate) async fn elect_now(
     me: &Me,
     req: raftpb::ElectNowRequest,
 ) -> Result<raftpb::ElectNowReply, Status> {
-    if req.cluster != me.cluster_name {
-        return Err(Status::permission_denied(format!(
-            "message from cluster {:?}, this replica belongs to {:?}",
-            req.cluster, me.cluster_name
-        )));
-    }
-    if !req.to_incarnation.is_empty() && req.to_incarnation != me.incarnation {
-        return Err(Status::failed_precondition(wrong_incarnation(
-            me.node_id,
-            &me.incarnation,
-            &req.to_incarnation,
-        )));
-    }
+    check_addressed(me, &req.cluster, &req.to_incarnation)?;
     let m = raft.metrics().borrow().clone();
     if m.current_term > req.term {
         return Err(Status::failed_precondition(format!(

@@ -384,6 +384,7 @@ pub async fn start(
         me: me.clone(),
         damage: damage.clone(),
         contact: contact.clone(),
+        handing_to: api_membership.handing_to(),
     };
     if let Some(http_listener) = http_listener {
         let observed = Arc::new(crate::http::Observed {

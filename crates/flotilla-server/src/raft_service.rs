@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::damage::Damage;
 use crate::leader_watch::Contact;
-use crate::membership::{self, Me};
+use crate::membership::{self, HandingTo, Me};
 use crate::peer_wire::{self, Form, WireMessage};
 use crate::Raft;
 
@@ -22,6 +22,8 @@ pub struct RaftService {
     pub damage: Damage,
     /// When a leader was last heard (for `leader_watch`).
     pub contact: Contact,
+    /// While this replica hands leadership over: the only candidate it may vote for.
+    pub handing_to: HandingTo,
 }
 
 impl RaftService {
@@ -81,8 +83,23 @@ impl raft_server::Raft for RaftService {
         let (req, form): (openraft::raft::VoteRequest<flotilla_store::NodeId>, _) =
             self.decode(request.get_ref())?;
         self.contact.saw_vote_term(req.vote.leader_id().term);
-        if let Some(why) = self.damage.refuses_vote(req.last_log_id.as_ref()) {
+        let refusal = if let Some(target) = self
+            .handing_to
+            .target()
+            .filter(|t| req.vote.leader_id().voted_for() != Some(*t))
+        {
+            tracing::info!(
+                candidate = %req.vote,
+                "vote refused: leadership is being handed over to replica {target}"
+            );
+            true
+        } else if let Some(why) = self.damage.refuses_vote(req.last_log_id.as_ref()) {
             tracing::warn!(candidate = %req.vote, "vote refused: {why}");
+            true
+        } else {
+            false
+        };
+        if refusal {
             let vote = self.raft.metrics().borrow().vote;
             let last = self.raft.data_metrics().borrow().last_log;
             let refused: Result<_, openraft::error::RaftError<flotilla_store::NodeId>> =
