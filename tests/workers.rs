@@ -77,6 +77,7 @@ fn rust_worker(
         queues: vec![queue.into()],
         heartbeat_interval: Duration::from_millis(300),
         drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+        batch_reports: true,
     };
     tokio::spawn(flotilla_worker::run(
         client.clone(),
@@ -862,6 +863,42 @@ fn workers_bench_workflow_runs_and_reports() {
     );
 }
 
+/// `flotilla bench e2e`, small, both ways of reporting outcomes: batched (`ReportOutcomes`)
+/// and one call per outcome (the path a worker falls back to against a leader without
+/// `ReportOutcomes`). Each run ends only once every task left the queue (succeeded), exits 0
+/// and writes its points.
+#[test]
+fn workers_bench_e2e_runs_with_batched_and_single_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    for (flag, batched) in [(None, true), (Some("--one-report-per-call"), false)] {
+        let out = dir.path().join(format!("e2e-{batched}.json"));
+        let run = std::process::Command::new("timeout")
+            .arg("120")
+            .arg(bin())
+            .args(["bench", "e2e", "--tasks", "600", "--latency-secs", "0.5"])
+            .args(flag)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "batched {batched}: {:?} {}",
+            run.status,
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let points: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let e2e = &points[0];
+        assert_eq!(e2e["scenario"], "e2e", "{points}");
+        assert_eq!(e2e["tasks"], 600, "{points}");
+        assert_eq!(e2e["batched_reports"], batched, "{points}");
+        assert!(e2e["tasks_per_sec"].as_f64().unwrap() > 0.0, "{points}");
+        assert_eq!(points[1]["scenario"], "dispatch_latency", "{points}");
+        assert!(points[1]["tasks"].as_u64().unwrap() > 0, "{points}");
+    }
+}
+
 /// Flow limits on a live cluster, set through the CLI: a queue with `max-running 2` never runs
 /// more than 2 tasks at once on an 8-slot worker; a queue limited to 5 starts/s (burst 1)
 /// spreads 10 starts over at least 1.8 s; a queue of weight 1 beside it keeps running. The
@@ -954,6 +991,7 @@ async fn workers_flow_limits_hold_on_a_live_cluster() {
         queues: vec!["limited".into(), "rated".into(), "free".into()],
         heartbeat_interval: Duration::from_millis(300),
         drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+        batch_reports: true,
     };
     let worker = tokio::spawn(flotilla_worker::run(
         client.clone(),
@@ -1732,4 +1770,165 @@ async fn workers_schedule_fires_each_tick_once_across_a_leader_kill() {
     let out = flotilla(&["schedule", "delete", "tick"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+}
+
+/// `ReportOutcomes`: many outcomes of one worker session in one call, each fenced and answered
+/// on its own and in order — a stale attempt is refused while the others in the same call go
+/// through, a report sent again is acknowledged again and changes nothing — and the call as a
+/// whole is refused from another session, with more than the limit, or with an outcome that
+/// is neither a result nor a failure (naming the field).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_batched_reports_are_fenced_and_answered_one_by_one() {
+    use flotilla_client::{Code, WorkerEvent, MAX_OUTCOMES_PER_CALL};
+    use flotilla_core::WorkerSpec;
+    use flotilla_proto::pb;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cluster(dir.path(), 3000).await;
+    let client = c.client();
+    let ids = client
+        .submit((0..3).map(|i| sh(&format!("echo {i}"))).collect())
+        .await
+        .unwrap();
+    let session = "batched-reports-session".to_string();
+    let spec = WorkerSpec {
+        id: "wb".into(),
+        session: session.clone(),
+        capacity: Capacity {
+            slots: 3,
+            cpu_millis: 3000,
+            mem_mb: 3072,
+        },
+        labels: Default::default(),
+        queues: vec![],
+    };
+    let mut stream = client.register_worker(&spec).await.expect("register wb");
+    let mut attempts = BTreeMap::new();
+    while attempts.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .expect("three assignments within 20 s")
+            .unwrap()
+        {
+            Some(WorkerEvent::Assign(a)) => {
+                attempts.insert(a.task_id, a.attempt);
+            }
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+    let (t0, t1, t2) = (ids[0], ids[1], ids[2]);
+    let reports = vec![
+        (t0, attempts[&t0], Outcome::Success(b"r0".to_vec())),
+        (t1, attempts[&t1] + 1, Outcome::Success(b"stale".to_vec())),
+        (
+            t2,
+            attempts[&t2],
+            Outcome::Failure {
+                error: "boom".into(),
+                retryable: false,
+            },
+        ),
+        (t0, attempts[&t0], Outcome::Success(b"r0".to_vec())),
+    ];
+    for round in 0..2 {
+        let answers = client
+            .report_outcomes("wb", &session, &reports)
+            .await
+            .expect("the call is taken");
+        let codes: Vec<Option<Code>> = answers
+            .iter()
+            .map(|a| a.as_ref().err().map(|e| e.code().expect("a rejection")))
+            .collect();
+        // Round 1 sends everything again: what was applied is acknowledged again.
+        assert_eq!(
+            codes,
+            vec![None, Some(Code::FailedPrecondition), None, None],
+            "round {round}: {answers:?}"
+        );
+        let stale = answers[1].as_ref().unwrap_err().to_string();
+        assert!(stale.contains("attempt"), "{stale}");
+    }
+    let got = |id| {
+        let client = client.clone();
+        async move { client.get(id).await.unwrap() }
+    };
+    let (a, b, d) = (got(t0).await, got(t1).await, got(t2).await);
+    assert_eq!(
+        (a.state, a.result.as_deref()),
+        (TaskState::Succeeded, Some(&b"r0"[..]))
+    );
+    assert_eq!((b.state, b.result.as_deref()), (TaskState::Running, None));
+    assert_eq!(d.state, TaskState::Failed);
+
+    // From another session: the whole call is refused and nothing changes.
+    let err = client
+        .report_outcomes(
+            "wb",
+            "guess",
+            &[(t1, attempts[&t1], Outcome::Success(vec![]))],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(Code::PermissionDenied), "{err}");
+    assert_eq!(got(t1).await.state, TaskState::Running);
+    // Over the limit: refused by the client before sending, and by the leader if sent anyway.
+    let many: Vec<_> = (0..=MAX_OUTCOMES_PER_CALL)
+        .map(|_| (t1, attempts[&t1], Outcome::Success(vec![])))
+        .collect();
+    let err = client
+        .report_outcomes("wb", &session, &many)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("outcomes: 1001"), "{err}");
+    let leader = c.wait_for_leader(Duration::from_secs(15)).await.unwrap();
+    let mut raw = pb::workers_client::WorkersClient::connect(format!("http://{}", c.addr(leader)))
+        .await
+        .unwrap();
+    let outcome = |o| pb::AttemptOutcome {
+        task_id: t1.0,
+        attempt: attempts[&t1],
+        outcome: o,
+    };
+    let err = raw
+        .report_outcomes(pb::ReportOutcomesRequest {
+            worker_id: "wb".into(),
+            session: session.clone(),
+            outcomes: (0..=MAX_OUTCOMES_PER_CALL)
+                .map(|_| outcome(Some(pb::attempt_outcome::Outcome::Result(vec![]))))
+                .collect(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("outcomes"), "{}", err.message());
+    let err = raw
+        .report_outcomes(pb::ReportOutcomesRequest {
+            worker_id: "wb".into(),
+            session: session.clone(),
+            outcomes: vec![outcome(None)],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("outcomes[0].outcome"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        got(t1).await.state,
+        TaskState::Running,
+        "nothing changed t1"
+    );
+    // The current attempt, alone: accepted.
+    let answers = client
+        .report_outcomes(
+            "wb",
+            &session,
+            &[(t1, attempts[&t1], Outcome::Success(b"r1".to_vec()))],
+        )
+        .await
+        .unwrap();
+    assert!(answers[0].is_ok(), "{answers:?}");
+    assert_eq!(got(t1).await.state, TaskState::Succeeded);
 }

@@ -59,6 +59,10 @@ pub struct E2eBench {
     /// Start the cluster with TLS (a CA made for the run); with --cluster, give --ca instead.
     #[arg(long)]
     tls: bool,
+    /// The workers report each outcome in its own call instead of in batches (to measure
+    /// what batching gives).
+    #[arg(long)]
+    one_report_per_call: bool,
     /// Write the points as a JSON array to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -306,17 +310,14 @@ async fn run_point(
 
 /// The cluster to measure: --cluster if given, else a fresh 3-replica cluster on loopback
 /// (returned so that it lives as long as the run).
-/// Starts a benchmark's in-process worker: `slots` slots (a core and a GB of memory each),
-/// serving `queues`, running `handler`, until `shutdown`.
-pub(crate) fn spawn_worker(
-    client: &Client,
+/// The configuration of a benchmark's in-process worker: `slots` slots (a core and a GB of
+/// memory each), serving `queues`.
+pub(crate) fn bench_worker_config(
     id: String,
     slots: u32,
     queues: &[&str],
-    handler: Arc<dyn flotilla_worker::Handler>,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    let config = flotilla_worker::WorkerConfig {
+) -> flotilla_worker::WorkerConfig {
+    flotilla_worker::WorkerConfig {
         id,
         capacity: flotilla_core::Capacity {
             slots,
@@ -327,10 +328,23 @@ pub(crate) fn spawn_worker(
         queues: queues.iter().map(|q| q.to_string()).collect(),
         heartbeat_interval: Duration::from_secs(1),
         drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
-    };
+        batch_reports: true,
+    }
+}
+
+/// Starts a benchmark's in-process worker ([`bench_worker_config`]), running `handler`, until
+/// `shutdown`.
+pub(crate) fn spawn_worker(
+    client: &Client,
+    id: String,
+    slots: u32,
+    queues: &[&str],
+    handler: Arc<dyn flotilla_worker::Handler>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
     tokio::spawn(flotilla_worker::run(
         client.clone(),
-        config,
+        bench_worker_config(id, slots, queues),
         handler,
         shutdown,
     ));
@@ -394,6 +408,8 @@ struct E2ePoint {
     /// Whether the calls went over TLS.
     tls: bool,
     workers: usize,
+    /// Whether workers sent their outcomes in batches.
+    batched_reports: bool,
     tasks: u64,
     secs: f64,
     tasks_per_sec: f64,
@@ -434,14 +450,15 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
                 .insert(ctx.task_id, Instant::now());
             async { Outcome::Success(Vec::new()) }
         };
-        spawn_worker(
-            &client,
-            format!("bench-{n}-{}", std::process::id()),
-            64,
-            &["e2e"],
+        let mut config =
+            bench_worker_config(format!("bench-{n}-{}", std::process::id()), 64, &["e2e"]);
+        config.batch_reports = !args.one_report_per_call;
+        tokio::spawn(flotilla_worker::run(
+            client.clone(),
+            config,
             Arc::new(handler),
             shutdown.child_token(),
-        );
+        ));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -487,6 +504,7 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
         scenario: "e2e",
         tls: args.tls || ctx.tls.is_some(),
         workers: args.workers,
+        batched_reports: !args.one_report_per_call,
         tasks: args.tasks,
         secs,
         tasks_per_sec: rate,
@@ -534,6 +552,7 @@ async fn e2e(ctx: &Ctx, args: E2eBench) -> Result<ExitCode> {
         scenario: "dispatch_latency",
         tls: args.tls || ctx.tls.is_some(),
         workers: args.workers,
+        batched_reports: !args.one_report_per_call,
         tasks: acked.len() as u64,
         secs: args.latency_secs,
         tasks_per_sec: acked.len() as f64 / args.latency_secs,

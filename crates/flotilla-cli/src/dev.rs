@@ -99,6 +99,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode> {
             heartbeat_interval: Duration::from_secs(1),
             // Ctrl-C should not wait long for a dev task.
             drain_timeout: Duration::from_secs(5),
+            batch_reports: true,
         };
         workers.push(tokio::spawn(flotilla_worker::run(
             client.clone(),

@@ -88,6 +88,7 @@ pub fn config_from(args: &WorkerArgs) -> Result<WorkerConfig> {
         queues: args.queues.clone(),
         heartbeat_interval: Duration::from_millis(args.heartbeat_ms),
         drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+        batch_reports: true,
     })
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use flotilla_core::{TaskId, WorkerSpec};
 use flotilla_proto::pb::{self, workers_client::WorkersClient};
-use flotilla_proto::{worker_spec_from_pb, worker_spec_to_pb};
+use flotilla_proto::{worker_spec_from_pb, worker_spec_to_pb, MAX_OUTCOMES_PER_CALL};
 use tonic::Streaming;
 
 use crate::client::MAX_MESSAGE_BYTES;
@@ -29,6 +29,15 @@ pub struct Assignment {
     pub timeout: Option<Duration>,
     /// The tasks this one depends on (their results: [`Client::task_inputs`]).
     pub parents: Vec<TaskId>,
+}
+
+/// The outcome of one attempt, as its worker reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It succeeded with this result.
+    Success(Vec<u8>),
+    /// It failed; a retryable failure runs again (within the task's retry budget).
+    Failure { error: String, retryable: bool },
 }
 
 /// What the leader sends on a worker's stream.
@@ -189,6 +198,70 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Reports many attempts' outcomes of one worker session in one call (at most
+    /// [`MAX_OUTCOMES_PER_CALL`]): one answer per report, in order — `Ok` when it was applied
+    /// (or had been already), a rejection as [`Client::complete_task`] gives one otherwise.
+    /// The call as a whole fails when no leader could take it; sending the same reports again
+    /// is safe.
+    pub async fn report_outcomes(
+        &self,
+        worker_id: &str,
+        session: &str,
+        reports: &[(TaskId, u32, Outcome)],
+    ) -> Result<Vec<Result<(), ClientError>>, ClientError> {
+        if reports.len() > MAX_OUTCOMES_PER_CALL {
+            return Err(ClientError::BadRequest(format!(
+                "outcomes: {} in one call exceeds limit {MAX_OUTCOMES_PER_CALL}",
+                reports.len()
+            )));
+        }
+        let req = pb::ReportOutcomesRequest {
+            worker_id: worker_id.into(),
+            session: session.into(),
+            outcomes: reports
+                .iter()
+                .map(|(task_id, attempt, outcome)| pb::AttemptOutcome {
+                    task_id: task_id.0,
+                    attempt: *attempt,
+                    outcome: Some(match outcome {
+                        Outcome::Success(result) => {
+                            pb::attempt_outcome::Outcome::Result(result.clone())
+                        }
+                        Outcome::Failure { error, retryable } => {
+                            pb::attempt_outcome::Outcome::Failure(pb::AttemptFailure {
+                                error: error.clone(),
+                                retryable: *retryable,
+                            })
+                        }
+                    }),
+                })
+                .collect(),
+        };
+        let resp = self
+            .call_raw("report outcomes", Duration::ZERO, |ch| {
+                let req = req.clone();
+                async move { workers(ch).report_outcomes(req).await }
+            })
+            .await?;
+        if resp.results.len() != reports.len() {
+            return Err(ClientError::BadResponse(format!(
+                "{} answers to {} outcomes",
+                resp.results.len(),
+                reports.len()
+            )));
+        }
+        Ok(resp
+            .results
+            .into_iter()
+            .map(|r| match tonic::Code::from(r.code) {
+                tonic::Code::Ok => Ok(()),
+                code => Err(ClientError::Rejected(Box::new(tonic::Status::new(
+                    code, r.message,
+                )))),
+            })
+            .collect())
     }
 
     /// Reports an attempt's failure; refused as [`Client::complete_task`] is.

@@ -21,6 +21,9 @@ pub use convert::{
 /// gRPC metadata key carrying the leader hint, `ID=HOST:PORT`.
 pub const LEADER_HINT_KEY: &str = "flotilla-leader";
 
+/// Most outcomes one `Workers/ReportOutcomes` call may carry; the leader refuses more.
+pub const MAX_OUTCOMES_PER_CALL: usize = 1000;
+
 /// Requests in one SubmitStream message, at most; a larger message ends the stream with
 /// INVALID_ARGUMENT.
 pub const STREAM_MESSAGE_LIMIT: usize = 1024;

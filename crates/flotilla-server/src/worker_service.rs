@@ -1,5 +1,7 @@
 //! The worker protocol service (`flotilla.v1.Workers`): registration and the assignment stream
-//! (through the [`Dispatcher`]), heartbeats, and fenced completions, failures and checkpoints;
+//! (through the [`Dispatcher`]), heartbeats, and fenced completions, failures and checkpoints
+//! — one at a time or many of one session in a call (`ReportOutcomes`, each fenced and answered
+//! on its own);
 //! and the results of a running attempt's parents (`TaskInputs`), so a task's output is its
 //! dependents' input.
 //!
@@ -12,7 +14,7 @@ use std::sync::Arc;
 
 use flotilla_core::{Command, Response as CoreResponse, TaskId, TaskState};
 use flotilla_proto::pb::{self, workers_server::Workers};
-use flotilla_proto::worker_spec_from_pb;
+use flotilla_proto::{worker_spec_from_pb, MAX_OUTCOMES_PER_CALL};
 use flotilla_store::SharedState;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -142,6 +144,78 @@ impl Workers for WorkerService {
             retryable: req.retryable,
         })
         .await
+    }
+
+    async fn report_outcomes(
+        &self,
+        request: Request<pb::ReportOutcomesRequest>,
+    ) -> Result<Response<pb::ReportOutcomesResponse>, Status> {
+        let caller = request.extensions().get::<Principal>().cloned();
+        let req = request.into_inner();
+        if req.outcomes.len() > MAX_OUTCOMES_PER_CALL {
+            return Err(ApiError::Invalid {
+                field: "outcomes".into(),
+                message: format!(
+                    "{} in one call exceeds limit {MAX_OUTCOMES_PER_CALL}",
+                    req.outcomes.len()
+                ),
+            }
+            .into());
+        }
+        self.dispatcher
+            .check_reporter(&req.worker_id, &req.session, caller.as_ref())?;
+        let now_ms = now_ms();
+        let mut commands = Vec::with_capacity(req.outcomes.len());
+        for (i, o) in req.outcomes.into_iter().enumerate() {
+            let task_id = TaskId(o.task_id);
+            let (mut worker_id, mut attempt) = (req.worker_id.clone(), o.attempt);
+            commands.push(match o.outcome {
+                Some(pb::attempt_outcome::Outcome::Result(result)) => {
+                    self.forge_current(task_id, &mut worker_id, &mut attempt);
+                    Command::Complete {
+                        now_ms,
+                        task_id,
+                        worker_id,
+                        attempt,
+                        result,
+                    }
+                }
+                Some(pb::attempt_outcome::Outcome::Failure(f)) => Command::Fail {
+                    now_ms,
+                    task_id,
+                    worker_id,
+                    attempt,
+                    error: f.error,
+                    retryable: f.retryable,
+                },
+                None => {
+                    return Err(ApiError::Invalid {
+                        field: format!("outcomes[{i}].outcome"),
+                        message: "missing (a result or a failure)".into(),
+                    }
+                    .into())
+                }
+            });
+        }
+        // All proposed at once: the group commit folds them into one entry or a few.
+        let answers =
+            futures::future::join_all(commands.into_iter().map(|c| self.proposer.propose(c))).await;
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            // A failure of the call itself (not the leader, unavailable) fails the whole call:
+            // the worker sends it all again, and what was applied is acknowledged again.
+            results.push(match answer? {
+                CoreResponse::Rejected(e) => {
+                    let status: Status = ApiError::from(e).into();
+                    pb::OutcomeResult {
+                        code: status.code() as i32,
+                        message: status.message().to_string(),
+                    }
+                }
+                _ => pb::OutcomeResult::default(),
+            });
+        }
+        Ok(Response::new(pb::ReportOutcomesResponse { results }))
     }
 
     type TaskInputsStream = ReceiverStream<Result<pb::TaskInput, Status>>;

@@ -251,13 +251,34 @@ fn grpc_requests_never_panic_the_api_path() {
             worker: Some(flotilla_proto::worker_spec_to_pb(&worker("w2"))),
         }
         .encode_to_vec(),
+        pb::ReportOutcomesRequest {
+            worker_id: "w1".into(),
+            session: "w1-session".into(),
+            outcomes: vec![
+                pb::AttemptOutcome {
+                    task_id: 2,
+                    attempt: 1,
+                    outcome: Some(pb::attempt_outcome::Outcome::Result(b"ok".to_vec())),
+                },
+                pb::AttemptOutcome {
+                    task_id: 3,
+                    attempt: 2,
+                    outcome: Some(pb::attempt_outcome::Outcome::Failure(pb::AttemptFailure {
+                        error: "boom".into(),
+                        retryable: true,
+                    })),
+                },
+            ],
+        }
+        .encode_to_vec(),
     ];
     fuzz(
         "grpc worker calls",
         worker_bases,
         &["decoded", "valid"],
         |bytes| {
-            let a = pb::CompleteTaskRequest::decode(bytes).is_ok();
+            let a = pb::CompleteTaskRequest::decode(bytes).is_ok()
+                || pb::ReportOutcomesRequest::decode(bytes).is_ok();
             match pb::ConnectRequest::decode(bytes) {
                 Ok(c) => match c.worker.map(flotilla_proto::worker_spec_from_pb) {
                     Some(w) if w.validate().is_ok() => 2,

@@ -45,6 +45,7 @@ async fn main() {
         queues: vec!["square".into()],
         heartbeat_interval: Duration::from_secs(1),
         drain_timeout: flotilla_worker::DEFAULT_DRAIN_TIMEOUT,
+        batch_reports: true,
     };
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();

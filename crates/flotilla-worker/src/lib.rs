@@ -6,7 +6,8 @@
 //! leader change it re-registers with the same session and keeps running what it runs.
 //!
 //! ```text
-//!  register ─▶ stream: Assign ─▶ handler(ctx) ─▶ Complete / Fail (attempt-fenced)
+//!  register ─▶ stream: Assign ─▶ handler(ctx) ─▶ outbox ─▶ ReportOutcomes (batched, each
+//!                                                            outcome attempt-fenced)
 //!      ▲         heartbeat every interval: running attempts ─▶ attempts to cancel
 //!      └── stream closed / leader changed / lease lost: register again
 //!  shutdown ─▶ drain: heartbeats say `draining` (nothing new), running attempts finish until
@@ -20,9 +21,9 @@
 
 mod attempt_files;
 mod command;
+mod outbox;
 mod runtime;
 
 pub use command::{CommandHandler, CommandPayload, DEFAULT_CHECKPOINT_EVERY};
-pub use runtime::{
-    run, Handler, Outcome, TaskContext, WorkerConfig, WorkerError, DEFAULT_DRAIN_TIMEOUT,
-};
+pub use flotilla_client::Outcome;
+pub use runtime::{run, Handler, TaskContext, WorkerConfig, WorkerError, DEFAULT_DRAIN_TIMEOUT};

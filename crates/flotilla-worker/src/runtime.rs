@@ -7,12 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flotilla_client::{Assignment, Client, ClientError, WorkerEvent};
+use flotilla_client::{Assignment, Client, ClientError, Outcome, WorkerEvent};
 use flotilla_core::{Capacity, TaskId, WorkerSpec};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::outbox::Outbox;
 
 /// How a worker presents itself and paces itself.
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// On shutdown, how long running attempts may go on before they are handed back.
     pub drain_timeout: Duration,
+    /// Send outcomes in batches (`ReportOutcomes`, see `outbox`); false: one call per outcome.
+    pub batch_reports: bool,
 }
 
 /// The default of [`WorkerConfig::drain_timeout`].
@@ -35,13 +39,6 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum WorkerError {
     #[error("invalid worker configuration: {0}")]
     Config(String),
-}
-
-/// The result of one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Success(Vec<u8>),
-    Failure { error: String, retryable: bool },
 }
 
 /// What a handler gets for one attempt.
@@ -161,6 +158,8 @@ struct Shared {
     attempts: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Cancelled when outcomes that could not be delivered yet are given up.
     give_up: CancellationToken,
+    /// Where finished attempts' outcomes go to the leader, batched.
+    outbox: Outbox,
 }
 
 /// Runs the worker until `shutdown` is cancelled, then drains it: no new assignments (the
@@ -193,6 +192,12 @@ pub async fn run(
         ended: Arc::default(),
         attempts: Arc::default(),
         give_up: CancellationToken::new(),
+        outbox: Outbox::start(
+            client.clone(),
+            spec.id.clone(),
+            spec.session.clone(),
+            config.batch_reports,
+        ),
     };
     let started: Arc<Mutex<Started>> = Arc::default();
     let mut backoff = Duration::from_millis(100);
@@ -528,25 +533,7 @@ fn start_attempt(shared: &Shared, a: Assignment) {
 /// the cluster is merely unavailable (unless the worker gives up on it at exit).
 async fn report(s: &Shared, task_id: TaskId, attempt: u32, outcome: &Outcome) {
     loop {
-        let sent = match outcome {
-            Outcome::Success(result) => {
-                s.client
-                    .complete_task(&s.worker_id, &s.session, task_id, attempt, result.clone())
-                    .await
-            }
-            Outcome::Failure { error, retryable } => {
-                s.client
-                    .fail_task(
-                        &s.worker_id,
-                        &s.session,
-                        task_id,
-                        attempt,
-                        error.clone(),
-                        *retryable,
-                    )
-                    .await
-            }
-        };
+        let sent = s.outbox.send(task_id, attempt, outcome.clone()).await;
         match sent {
             Ok(()) => return,
             Err(ClientError::Unavailable(e)) if !s.give_up.is_cancelled() => {

@@ -1,0 +1,194 @@
+//! The outbox: attempts' outcomes on their way to the leader, sent in batches.
+//!
+//! Every finished attempt hands its outcome to the outbox and awaits the leader's answer to
+//! it. One loop per worker process sends what has queued as one `ReportOutcomes` call — at most
+//! [`MAX_OUTCOMES_PER_CALL`] outcomes and about [`MAX_BATCH_BYTES`] — and while that call is
+//! in flight, the next batch gathers. Under load one call (and one h2 stream, one decode, one
+//! session check on the leader) serves many attempts; alone, an outcome goes at once. Each
+//! outcome is still fenced and answered on its own; retrying one that the cluster did not take
+//! is the caller's choice (see `runtime::report`).
+//!
+//! A leader that does not know `ReportOutcomes` (an older version, during a rolling upgrade)
+//! answers UNIMPLEMENTED; the outbox then sends each outcome as its own call, as before.
+
+use std::collections::VecDeque;
+
+use flotilla_client::{Client, ClientError, Code, Outcome, TaskId, MAX_OUTCOMES_PER_CALL};
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+/// Bytes of results and errors sent in one call, about (a single larger outcome goes alone).
+pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// An outcome waiting for its call, and who waits for the answer.
+struct Queued {
+    task_id: TaskId,
+    attempt: u32,
+    outcome: Outcome,
+    answer: oneshot::Sender<Result<(), ClientError>>,
+}
+
+/// The sending side; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Outbox {
+    tx: mpsc::UnboundedSender<Queued>,
+}
+
+impl Outbox {
+    /// Starts the loop that delivers for one worker session (`batched`: in `ReportOutcomes`
+    /// calls; false: one call per outcome); it ends when every [`Outbox`] handle is dropped.
+    pub(crate) fn start(
+        client: Client,
+        worker_id: String,
+        session: String,
+        batched: bool,
+    ) -> Outbox {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(deliver(client, worker_id, session, batched, rx));
+        Outbox { tx }
+    }
+
+    /// Sends one outcome and waits for the leader's answer to it.
+    pub(crate) async fn send(
+        &self,
+        task_id: TaskId,
+        attempt: u32,
+        outcome: Outcome,
+    ) -> Result<(), ClientError> {
+        let (answer, rx) = oneshot::channel();
+        self.tx
+            .send(Queued {
+                task_id,
+                attempt,
+                outcome,
+                answer,
+            })
+            .map_err(|_| ClientError::Unavailable("the worker is stopping".into()))?;
+        rx.await
+            .map_err(|_| ClientError::Unavailable("the worker is stopping".into()))?
+    }
+}
+
+fn outcome_bytes(o: &Outcome) -> usize {
+    32 + match o {
+        Outcome::Success(result) => result.len(),
+        Outcome::Failure { error, .. } => error.len(),
+    }
+}
+
+/// How many of the queued outcomes (from the front) the next call carries: at least one, at
+/// most [`MAX_OUTCOMES_PER_CALL`], and no more than [`MAX_BATCH_BYTES`] unless one alone is.
+fn batch_len<'a>(queued: impl Iterator<Item = &'a Outcome>) -> usize {
+    let mut bytes = 0;
+    let mut n = 0;
+    for o in queued.take(MAX_OUTCOMES_PER_CALL) {
+        bytes += outcome_bytes(o);
+        if n > 0 && bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+async fn deliver(
+    client: Client,
+    worker_id: String,
+    session: String,
+    mut batched: bool,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
+) {
+    let mut queued: VecDeque<Queued> = VecDeque::new();
+    loop {
+        if queued.is_empty() {
+            match rx.recv().await {
+                Some(q) => queued.push_back(q),
+                None => return,
+            }
+        }
+        while let Ok(q) = rx.try_recv() {
+            queued.push_back(q);
+        }
+        let n = batch_len(queued.iter().map(|q| &q.outcome));
+        let batch: Vec<Queued> = queued.drain(..n).collect();
+        if batched {
+            let reports: Vec<(TaskId, u32, Outcome)> = batch
+                .iter()
+                .map(|q| (q.task_id, q.attempt, q.outcome.clone()))
+                .collect();
+            match client.report_outcomes(&worker_id, &session, &reports).await {
+                Ok(answers) => {
+                    for (q, a) in batch.into_iter().zip(answers) {
+                        let _ = q.answer.send(a);
+                    }
+                    continue;
+                }
+                Err(e) if e.code() == Some(Code::Unimplemented) => {
+                    info!(worker = %worker_id, "the leader does not take batched reports; reporting one by one");
+                    batched = false;
+                }
+                Err(e) => {
+                    for q in batch {
+                        let _ = q.answer.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            }
+        }
+        let calls = batch.into_iter().map(|q| {
+            let (client, worker_id, session) = (&client, &worker_id, &session);
+            async move {
+                let sent = match q.outcome {
+                    Outcome::Success(result) => {
+                        client
+                            .complete_task(worker_id, session, q.task_id, q.attempt, result)
+                            .await
+                    }
+                    Outcome::Failure { error, retryable } => {
+                        client
+                            .fail_task(worker_id, session, q.task_id, q.attempt, error, retryable)
+                            .await
+                    }
+                };
+                let _ = q.answer.send(sent);
+            }
+        });
+        futures::future::join_all(calls).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn success(bytes: usize) -> Outcome {
+        Outcome::Success(vec![0; bytes])
+    }
+
+    /// A batch takes at least one outcome, at most the call's count limit, and stops before
+    /// the byte budget unless a single outcome is over it alone.
+    #[test]
+    fn a_batch_is_bounded_by_count_and_bytes_but_never_empty() {
+        let small: Vec<Outcome> = (0..MAX_OUTCOMES_PER_CALL + 5).map(|_| success(8)).collect();
+        assert_eq!(batch_len(small.iter()), MAX_OUTCOMES_PER_CALL);
+        assert_eq!(batch_len(small[..3].iter()), 3);
+        let big = [success(MAX_BATCH_BYTES + 1), success(8)];
+        assert_eq!(batch_len(big.iter()), 1, "one oversized outcome goes alone");
+        let halves = [
+            success(MAX_BATCH_BYTES / 2),
+            success(MAX_BATCH_BYTES / 2),
+            success(8),
+        ];
+        assert_eq!(
+            batch_len(halves.iter()),
+            1,
+            "two halves plus overhead exceed the budget"
+        );
+        let fail = Outcome::Failure {
+            error: "e".repeat(MAX_BATCH_BYTES),
+            retryable: true,
+        };
+        assert_eq!(batch_len([success(8), fail].iter()), 1);
+        assert_eq!(batch_len(std::iter::empty()), 0);
+    }
+}
