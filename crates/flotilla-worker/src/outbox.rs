@@ -2,20 +2,28 @@
 //!
 //! Every finished attempt hands its outcome to the outbox and awaits the leader's answer to
 //! it. One loop per worker process sends what has queued as one `ReportOutcomes` call — at most
-//! [`MAX_OUTCOMES_PER_CALL`] outcomes and about [`MAX_BATCH_BYTES`] — and while that call is
-//! in flight, the next batch gathers. Under load one call (and one h2 stream, one decode, one
+//! [`MAX_OUTCOMES_PER_CALL`] outcomes and about [`MAX_BATCH_BYTES`] — with up to
+//! [`CALLS_IN_FLIGHT`] calls on their way; while they are, the next batch gathers. Under load one call (and one h2 stream, one decode, one
 //! session check on the leader) serves many attempts; alone, an outcome goes at once. Each
 //! outcome is still fenced and answered on its own; retrying one that the cluster did not take
 //! is the caller's choice (see `runtime::report`).
 //!
 //! A leader that does not know `ReportOutcomes` (an older version, during a rolling upgrade)
-//! answers UNIMPLEMENTED; the outbox then sends each outcome as its own call, as before.
+//! answers UNIMPLEMENTED; the outbox then sends each outcome as its own call at once, as
+//! before (also the way with batching off).
 
 use std::collections::VecDeque;
 
 use flotilla_client::{Client, ClientError, Code, Outcome, TaskId, MAX_OUTCOMES_PER_CALL};
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
+
+/// `ReportOutcomes` calls in flight at once per worker: an outcome that finishes while one is
+/// on its way need not wait for it.
+pub(crate) const CALLS_IN_FLIGHT: usize = 2;
 
 /// Bytes of results and errors sent in one call, about (a single larger outcome goes alone).
 pub(crate) const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -91,6 +99,52 @@ fn batch_len<'a>(queued: impl Iterator<Item = &'a Outcome>) -> usize {
     n
 }
 
+/// One `ReportOutcomes` call for `batch`; the batch comes back when the leader does not know
+/// the method (UNIMPLEMENTED), to be sent one by one.
+async fn send_batch(
+    client: &Client,
+    worker_id: &str,
+    session: &str,
+    batch: Vec<Queued>,
+) -> Option<Vec<Queued>> {
+    let reports: Vec<(TaskId, u32, Outcome)> = batch
+        .iter()
+        .map(|q| (q.task_id, q.attempt, q.outcome.clone()))
+        .collect();
+    match client.report_outcomes(worker_id, session, &reports).await {
+        Ok(answers) => {
+            for (q, a) in batch.into_iter().zip(answers) {
+                let _ = q.answer.send(a);
+            }
+            None
+        }
+        Err(e) if e.code() == Some(Code::Unimplemented) => Some(batch),
+        Err(e) => {
+            for q in batch {
+                let _ = q.answer.send(Err(e.clone()));
+            }
+            None
+        }
+    }
+}
+
+/// One outcome in a call of its own (`CompleteTask` or `FailTask`).
+async fn send_one(client: &Client, worker_id: &str, session: &str, q: Queued) {
+    let sent = match q.outcome {
+        Outcome::Success(result) => {
+            client
+                .complete_task(worker_id, session, q.task_id, q.attempt, result)
+                .await
+        }
+        Outcome::Failure { error, retryable } => {
+            client
+                .fail_task(worker_id, session, q.task_id, q.attempt, error, retryable)
+                .await
+        }
+    };
+    let _ = q.answer.send(sent);
+}
+
 async fn deliver(
     client: Client,
     worker_id: String,
@@ -99,61 +153,46 @@ async fn deliver(
     mut rx: mpsc::UnboundedReceiver<Queued>,
 ) {
     let mut queued: VecDeque<Queued> = VecDeque::new();
+    let mut calls: FuturesUnordered<BoxFuture<'_, Option<Vec<Queued>>>> = FuturesUnordered::new();
+    let mut open = true;
     loop {
-        if queued.is_empty() {
-            match rx.recv().await {
+        tokio::select! {
+            q = rx.recv(), if open => match q {
                 Some(q) => queued.push_back(q),
-                None => return,
+                None => open = false,
+            },
+            Some(back) = calls.next(), if !calls.is_empty() => {
+                if let Some(back) = back {
+                    info!(worker = %worker_id, "the leader does not take batched reports; reporting one by one");
+                    batched = false;
+                    for q in back.into_iter().rev() {
+                        queued.push_front(q);
+                    }
+                }
             }
+            else => return,
         }
         while let Ok(q) = rx.try_recv() {
             queued.push_back(q);
         }
-        let n = batch_len(queued.iter().map(|q| &q.outcome));
-        let batch: Vec<Queued> = queued.drain(..n).collect();
+        let (client, worker_id, session) = (&client, &worker_id, &session);
         if batched {
-            let reports: Vec<(TaskId, u32, Outcome)> = batch
-                .iter()
-                .map(|q| (q.task_id, q.attempt, q.outcome.clone()))
-                .collect();
-            match client.report_outcomes(&worker_id, &session, &reports).await {
-                Ok(answers) => {
-                    for (q, a) in batch.into_iter().zip(answers) {
-                        let _ = q.answer.send(a);
+            while calls.len() < CALLS_IN_FLIGHT && !queued.is_empty() {
+                let n = batch_len(queued.iter().map(|q| &q.outcome));
+                let batch: Vec<Queued> = queued.drain(..n).collect();
+                calls.push(send_batch(client, worker_id, session, batch).boxed());
+            }
+        } else {
+            for q in queued.drain(..) {
+                calls.push(
+                    async move {
+                        send_one(client, worker_id, session, q).await;
+                        None
                     }
-                    continue;
-                }
-                Err(e) if e.code() == Some(Code::Unimplemented) => {
-                    info!(worker = %worker_id, "the leader does not take batched reports; reporting one by one");
-                    batched = false;
-                }
-                Err(e) => {
-                    for q in batch {
-                        let _ = q.answer.send(Err(e.clone()));
-                    }
-                    continue;
-                }
+                    .boxed(),
+                );
             }
         }
-        let calls = batch.into_iter().map(|q| {
-            let (client, worker_id, session) = (&client, &worker_id, &session);
-            async move {
-                let sent = match q.outcome {
-                    Outcome::Success(result) => {
-                        client
-                            .complete_task(worker_id, session, q.task_id, q.attempt, result)
-                            .await
-                    }
-                    Outcome::Failure { error, retryable } => {
-                        client
-                            .fail_task(worker_id, session, q.task_id, q.attempt, error, retryable)
-                            .await
-                    }
-                };
-                let _ = q.answer.send(sent);
-            }
-        });
-        futures::future::join_all(calls).await;
     }
 }
 
