@@ -431,8 +431,12 @@ impl Dispatcher {
                     warn!(worker = %worker_id, reason, "worker lease expired");
                 }
             }
-            let results =
-                join_all(proposals.iter().map(|c| self.proposer.propose(c.clone()))).await;
+            let results = join_all(
+                proposals
+                    .iter()
+                    .map(|c| self.proposer.propose_now(c.clone())),
+            )
+            .await;
             for (command, result) in proposals.into_iter().zip(results) {
                 match (&command, &result) {
                     (

@@ -47,6 +47,9 @@ pub struct ProposerLimits {
 struct Pending {
     command: Command,
     reply: oneshot::Sender<Result<Response, ApiError>>,
+    /// The dispatcher's: an entry holding it goes without lingering, and its caller is not
+    /// expected to send again when answered (see [`Proposer::propose_now`]).
+    now: bool,
 }
 
 /// Handle to the group-commit loop. Cheap to clone.
@@ -104,9 +107,25 @@ impl Proposer {
 
     /// Proposes `command` and waits until it is committed and applied.
     pub async fn propose(&self, command: Command) -> Result<Response, ApiError> {
+        self.send(command, false).await
+    }
+
+    /// As [`Proposer::propose`], for the dispatcher's rounds: the entry that carries it does
+    /// not linger for more commands (an `Assign` waiting out the linger is dispatch latency),
+    /// and its answer does not make the next entry wait for the dispatcher to send again (it
+    /// plans its next round only after this one's commits).
+    pub async fn propose_now(&self, command: Command) -> Result<Response, ApiError> {
+        self.send(command, true).await
+    }
+
+    async fn send(&self, command: Command, now: bool) -> Result<Response, ApiError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Pending { command, reply })
+            .try_send(Pending {
+                command,
+                reply,
+                now,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ApiError::Unavailable(
                     "proposal queue full (proposal_queue_limit); retry later".into(),
@@ -158,6 +177,8 @@ async fn run(
         };
         let want = expected.swap(0, Ordering::Relaxed);
         let batch = gather(&mut rx, first, want, &limits, &mut linger).await;
+        // Callers who may send again as soon as they are answered.
+        let n_again = batch.iter().filter(|p| !p.now).count();
         let (commands, replies): (Vec<Command>, Vec<_>) =
             batch.into_iter().map(|p| (p.command, p.reply)).unzip();
         let n_cmds = commands.len();
@@ -195,7 +216,7 @@ async fn run(
                     let queued = queue
                         .upgrade()
                         .map_or(0, |q| q.max_capacity() - q.capacity());
-                    expected.fetch_add(queued + n_cmds, Ordering::Relaxed);
+                    expected.fetch_add(queued + n_again, Ordering::Relaxed);
                     match outcome {
                         Ok(responses) => {
                             for (r, resp) in replies.into_iter().zip(responses) {
@@ -247,7 +268,8 @@ impl Linger {
 
 /// One entry's commands: `first`, whatever is queued now, then — when `want` more are expected
 /// and the linger policy says so — what arrives within `limits.linger`, up to the entry's
-/// limits.
+/// limits. An entry with a dispatcher's command ([`Proposer::propose_now`]) does not wait, and
+/// one arriving during the wait ends it.
 async fn gather(
     rx: &mut mpsc::Receiver<Pending>,
     first: Pending,
@@ -269,14 +291,19 @@ async fn gather(
             Err(_) => break,
         }
     }
-    if linger.should_wait(want, batch.len(), full(&batch, bytes), limits.linger) {
+    let urgent = batch.iter().any(|p| p.now);
+    if !urgent && linger.should_wait(want, batch.len(), full(&batch, bytes), limits.linger) {
         let deadline = tokio::time::Instant::now() + limits.linger;
         let mut timed_out = false;
         while batch.len() < want && !full(&batch, bytes) {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(p)) => {
                     bytes += command_bytes(&p.command);
+                    let now = p.now;
                     batch.push(p);
+                    if now {
+                        break;
+                    }
                 }
                 Ok(None) => break,
                 Err(_) => {
@@ -314,9 +341,59 @@ mod tests {
     }
 
     fn pending() -> (Pending, oneshot::Receiver<Result<Response, ApiError>>) {
+        pending_from(false)
+    }
+
+    fn pending_from(dispatcher: bool) -> (Pending, oneshot::Receiver<Result<Response, ApiError>>) {
         let (reply, rx) = oneshot::channel();
         let command = Command::Tick { now_ms: 1 };
-        (Pending { command, reply }, rx)
+        (
+            Pending {
+                command,
+                reply,
+                now: dispatcher,
+            },
+            rx,
+        )
+    }
+
+    /// The dispatcher's commands never wait out the linger: an entry that starts with one goes
+    /// at once, and one that arrives while an entry waits ends the wait — though more commands
+    /// were expected and the linger is on. The penalty is left as it was.
+    #[tokio::test(start_paused = true)]
+    async fn the_dispatchers_commands_do_not_linger() {
+        let (_tx, mut rx, _) = queue(0);
+        let mut linger = Linger::default();
+        let started = tokio::time::Instant::now();
+        let batch = gather(
+            &mut rx,
+            pending_from(true).0,
+            5,
+            &limits(10, 100),
+            &mut linger,
+        )
+        .await;
+        assert_eq!((batch.len(), started.elapsed()), (1, Duration::ZERO));
+        assert_eq!(linger, Linger::default());
+
+        let (tx, mut rx, mut first) = queue(1);
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(pending().0).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            tx.send(pending_from(true).0).await.unwrap();
+            tx
+        });
+        let started = tokio::time::Instant::now();
+        let batch = gather(&mut rx, first.remove(0), 5, &limits(10, 100), &mut linger).await;
+        assert_eq!(batch.len(), 3);
+        assert!(batch[2].now);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(2),
+            "ended by the dispatcher's"
+        );
+        drop(sender.await.unwrap());
     }
 
     fn queue(n: usize) -> (mpsc::Sender<Pending>, mpsc::Receiver<Pending>, Vec<Pending>) {
