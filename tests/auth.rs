@@ -212,10 +212,10 @@ async fn tokens_with_roles_allow_and_refuse_calls() {
     tc.cluster.kill_worker("w1").unwrap();
 }
 
-/// Issue 14 item 4: a completion, failure, checkpoint or heartbeat is accepted only from the
-/// session the worker registered with, made with the token it registered with. Knowing the
-/// worker's id and the attempt (both visible through `GetTask`) is not enough, and each refusal
-/// changes nothing.
+/// Issue 14 item 4: a completion, failure (one by one or batched), checkpoint or heartbeat is
+/// accepted only from the session the worker registered with, made with the token it
+/// registered with. Knowing the worker's id and the attempt (both visible through `GetTask`)
+/// is not enough, and each refusal changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cannot_be_impersonated_even_knowing_the_attempt() {
     use flotilla_client::WorkerEvent;
@@ -308,6 +308,21 @@ async fn a_worker_cannot_be_impersonated_even_knowing_the_attempt() {
         another,
     );
     refused(
+        "batched report, runner-b",
+        b.report_outcomes(
+            "wa",
+            &session,
+            &[(
+                task,
+                attempt,
+                flotilla_client::Outcome::Success(b"forged".to_vec()),
+            )],
+        )
+        .await
+        .map(|_| ()),
+        another,
+    );
+    refused(
         "heartbeat, runner-b",
         b.heartbeat("wa", &session, &[]).await.map(|_| ()),
         another,
@@ -322,6 +337,21 @@ async fn a_worker_cannot_be_impersonated_even_knowing_the_attempt() {
         "complete, guessed session",
         a.complete_task("wa", "guess", task, attempt, b"forged".to_vec())
             .await,
+        "session",
+    );
+    refused(
+        "batched report, guessed session",
+        a.report_outcomes(
+            "wa",
+            "guess",
+            &[(
+                task,
+                attempt,
+                flotilla_client::Outcome::Success(b"forged".to_vec()),
+            )],
+        )
+        .await
+        .map(|_| ()),
         "session",
     );
     // The session is never shown.
