@@ -200,6 +200,133 @@ async fn deliver(
 mod tests {
     use super::*;
 
+    use std::convert::Infallible;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+
+    use flotilla_proto::pb;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::codegen::{http, Body, BoxFuture, Service, StdError};
+    use tonic::Status;
+
+    /// A leader of an older version: it knows `CompleteTask` and `FailTask` (recording each
+    /// report) and answers UNIMPLEMENTED to everything else, `ReportOutcomes` included.
+    #[derive(Clone, Default)]
+    struct OldLeader {
+        /// (method, task, attempt) of every call, in order.
+        calls: Arc<Mutex<Vec<(String, u64, u32)>>>,
+    }
+
+    /// Records a call to `method` (its task and attempt read by the fn) and answers OK.
+    struct Record<Req>(OldLeader, &'static str, fn(&Req) -> (u64, u32));
+
+    impl<Req> tonic::server::UnaryService<Req> for Record<Req> {
+        type Response = pb::Ack;
+        type Future = BoxFuture<tonic::Response<pb::Ack>, Status>;
+        fn call(&mut self, request: tonic::Request<Req>) -> Self::Future {
+            let (task, attempt) = (self.2)(request.get_ref());
+            self.0
+                .calls
+                .lock()
+                .unwrap()
+                .push((self.1.to_string(), task, attempt));
+            Box::pin(async { Ok(tonic::Response::new(pb::Ack {})) })
+        }
+    }
+
+    impl<B> Service<http::Request<B>> for OldLeader
+    where
+        B: Body + Send + 'static,
+        B::Error: Into<StdError> + Send + 'static,
+    {
+        type Response = http::Response<tonic::body::BoxBody>;
+        type Error = Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            let leader = self.clone();
+            match req.uri().path() {
+                "/flotilla.v1.Workers/CompleteTask" => Box::pin(async move {
+                    let svc = Record(leader, "complete", |r: &pb::CompleteTaskRequest| {
+                        (r.task_id, r.attempt)
+                    });
+                    Ok(
+                        tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
+                            .unary(svc, req)
+                            .await,
+                    )
+                }),
+                "/flotilla.v1.Workers/FailTask" => Box::pin(async move {
+                    let svc = Record(leader, "fail", |r: &pb::FailTaskRequest| {
+                        (r.task_id, r.attempt)
+                    });
+                    Ok(
+                        tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
+                            .unary(svc, req)
+                            .await,
+                    )
+                }),
+                other => {
+                    let method = other.rsplit('/').next().unwrap_or_default().to_string();
+                    leader.calls.lock().unwrap().push((method, 0, 0));
+                    Box::pin(async move { Ok(Status::unimplemented("unknown method").into_http()) })
+                }
+            }
+        }
+    }
+
+    impl tonic::server::NamedService for OldLeader {
+        const NAME: &'static str = "flotilla.v1.Workers";
+    }
+
+    /// Against a leader without `ReportOutcomes` (a rolling upgrade), the outbox falls back to
+    /// one call per outcome: every outcome is delivered and answered OK, and after the first
+    /// UNIMPLEMENTED it never tries a batch again.
+    #[tokio::test]
+    async fn against_a_leader_without_batches_each_outcome_goes_in_its_own_call() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let leader = OldLeader::default();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(leader.clone())
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let client = Client::new([addr]).unwrap();
+        let outbox = Outbox::start(client, "w".into(), "s".into(), true);
+        let failure = Outcome::Failure {
+            error: "boom".into(),
+            retryable: true,
+        };
+        let (a, b) = tokio::join!(
+            outbox.send(TaskId(1), 1, Outcome::Success(b"r".to_vec())),
+            outbox.send(TaskId(2), 3, failure),
+        );
+        a.expect("completion delivered");
+        b.expect("failure delivered");
+        outbox
+            .send(TaskId(3), 1, Outcome::Success(vec![]))
+            .await
+            .expect("a later completion delivered");
+        let mut calls = leader.calls.lock().unwrap().clone();
+        assert_eq!(calls[0], ("ReportOutcomes".to_string(), 0, 0), "{calls:?}");
+        calls.remove(0);
+        calls.sort();
+        assert_eq!(
+            calls,
+            vec![
+                ("complete".to_string(), 1, 1),
+                ("complete".to_string(), 3, 1),
+                ("fail".to_string(), 2, 3),
+            ],
+            "one call per outcome, no batch tried again"
+        );
+    }
+
     fn success(bytes: usize) -> Outcome {
         Outcome::Success(vec![0; bytes])
     }
